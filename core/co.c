@@ -1,0 +1,154 @@
+/* co.c - coroutines waiting on C-side I/O; see co.h for the contract.
+ *
+ * The coroutine's lua_State extra space holds its ev_co_t*, so a C function
+ * finds "who is calling" in O(1) with no table lookup. ev_co_resume() is the
+ * only place that calls lua_resume; it also finishes the coroutine, so every
+ * path (return, error, abort) releases the registry anchor exactly once. */
+#include "co.h"
+
+#include <event2/event.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct ev_co {
+    lua_State *L;           /* the thread */
+    lua_State *M;           /* the main thread: owns the anchor */
+    int ref;                /* registry anchor of the thread */
+    struct event_base *base;
+    struct event *timer;    /* the wait's timeout */
+    const ev_wait_ops_t *ops; /* the wait in progress, or NULL */
+    void *data;
+    ev_co_done_fn done;
+    void *ud;
+    char tag[72];
+};
+
+static int live;
+
+int ev_co_live(void) { return live; }
+
+static ev_co_t **slot(lua_State *L) { return (ev_co_t **)lua_getextraspace(L); }
+
+ev_co_t *ev_co_current(lua_State *L) { return *slot(L); }
+
+lua_State *ev_co_state(ev_co_t *co) { return co->L; }
+
+void ev_co_set_tag(ev_co_t *co, const char *tag)
+{
+    snprintf(co->tag, sizeof co->tag, "%s", tag);
+}
+
+const char *ev_co_tag(const ev_co_t *co) { return co->tag; }
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg);
+
+ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, void *ud)
+{
+    ev_co_t *co = calloc(1, sizeof *co);
+    if (!co)
+        return NULL;
+    co->timer = evtimer_new(base, on_timeout, co);
+    if (!co->timer) {
+        free(co);
+        return NULL;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    co->M = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    co->L = lua_newthread(co->M);
+    co->ref = luaL_ref(co->M, LUA_REGISTRYINDEX);
+    *slot(co->L) = co;
+    co->base = base;
+    co->done = done;
+    co->ud = ud;
+    live++;
+    return co;
+}
+
+static void co_free(ev_co_t *co)
+{
+    *slot(co->L) = NULL;
+    luaL_unref(co->M, LUA_REGISTRYINDEX, co->ref);
+    event_free(co->timer);
+    free(co);
+    live--;
+}
+
+/* The one resume point. */
+static void co_resume(ev_co_t *co, int nargs)
+{
+    int nres = 0;
+    int status = lua_resume(co->L, NULL, nargs, &nres);
+    if (status == LUA_YIELD) {
+        if (co->ops)
+            return; /* waiting on our I/O: the callback resumes it */
+        /* a bare coroutine.yield() in the body: nothing would ever wake it */
+        lua_settop(co->L, 0);
+        lua_pushliteral(co->L, "attempt to yield from the request coroutine without an "
+                               "evently operation");
+        status = LUA_ERRRUN;
+    }
+    if (status != LUA_OK && status != LUA_YIELD)
+        ev_debug("co %s: finished with error", co->tag);
+    if (co->done)
+        co->done(co, co->L, status, co->ud);
+    co_free(co);
+}
+
+void ev_co_start(ev_co_t *co, int nargs) { co_resume(co, nargs); }
+
+int ev_co_wait(lua_State *L, double timeout_s, const ev_wait_ops_t *ops, void *data)
+{
+    ev_co_t *co = ev_co_current(L);
+    if (!co || !lua_isyieldable(L))
+        return luaL_error(L, "%s: must be called from a request, timer or script coroutine",
+                          ops->name);
+    co->ops = ops;
+    co->data = data;
+    if (timeout_s >= 0) {
+        struct timeval tv;
+        tv.tv_sec = (time_t)timeout_s;
+        tv.tv_usec = (suseconds_t)((timeout_s - (double)tv.tv_sec) * 1e6);
+        evtimer_add(co->timer, &tv);
+    }
+    ev_debug("co %s: lua ready to wait on %s for %.3f s", co->tag, ops->name, timeout_s);
+    return lua_yield(L, 0);
+}
+
+void ev_co_wake(ev_co_t *co, ev_wake_t why)
+{
+    const ev_wait_ops_t *ops = co->ops;
+    if (!ops)
+        return; /* already woken: never resume twice */
+    co->ops = NULL;
+    evtimer_del(co->timer);
+    if (why == EV_WAKE_TIMEOUT && ops->cancel)
+        ops->cancel(co->data);
+    ev_debug("co %s: lua resuming after %s (%s)", co->tag, ops->name,
+             why == EV_WAKE_DONE ? "done" : "timeout");
+    int n = ops->push(co->L, co->data, why);
+    co_resume(co, n);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ev_co_wake(arg, EV_WAKE_TIMEOUT);
+}
+
+void ev_co_abort(ev_co_t *co)
+{
+    const ev_wait_ops_t *ops = co->ops;
+    co->ops = NULL;
+    evtimer_del(co->timer);
+    if (ops && ops->cancel)
+        ops->cancel(co->data);
+    ev_debug("co %s: aborted", co->tag);
+    lua_resetthread(co->L); /* runs pending <close> variables */
+    co->done = NULL;
+    co_free(co);
+}

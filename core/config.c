@@ -1,0 +1,295 @@
+/* config.c - defaults, Lua config file, environment, validation.
+ *
+ * Every source funnels into ev_config_set(key, string) so a value is parsed
+ * and checked in exactly one place whichever way it arrives. The config file
+ * is Lua returning a table: { port = 8080, workers = 2, plugins = {"a"} }. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <limits.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef EVENTLY_LUA_DIR
+#define EVENTLY_LUA_DIR "core/lua"
+#endif
+
+typedef enum { T_STR, T_INT, T_SIZE, T_LIST } kind_t;
+
+typedef struct {
+    const char *key;
+    const char *env;
+    kind_t kind;
+    size_t off;
+    long min, max;
+} field_t;
+
+#define F(k, e, t, member, lo, hi) {k, e, t, offsetof(ev_config_t, member), lo, hi}
+static const field_t fields[] = {
+    F("home", "EVENTLY_HOME", T_STR, home, 0, 0),
+    F("host", "EVENTLY_HOST", T_STR, host, 0, 0),
+    F("port", "EVENTLY_PORT", T_INT, port, 1, 65535),
+    F("workers", "EVENTLY_WORKERS", T_INT, workers, 1, 256),
+    F("scripts", "EVENTLY_SCRIPTS", T_STR, scripts, 0, 0),
+    F("plugins_dir", "EVENTLY_PLUGINS_DIR", T_STR, plugins_dir, 0, 0),
+    F("migrations", "EVENTLY_MIGRATIONS", T_STR, migrations, 0, 0),
+    F("database_url", "EVENTLY_DATABASE_URL", T_STR, database_url, 0, 0),
+    F("replica_url", "EVENTLY_REPLICA_URL", T_STR, replica_url, 0, 0),
+    F("redis_url", "EVENTLY_REDIS_URL", T_STR, redis_url, 0, 0),
+    F("kafka_brokers", "EVENTLY_KAFKA_BROKERS", T_STR, kafka_brokers, 0, 0),
+    F("smtp_url", "EVENTLY_SMTP_URL", T_STR, smtp_url, 0, 0),
+    F("log_level", "EVENTLY_LOG_LEVEL", T_STR, log_level, 0, 0),
+    F("access_log", "EVENTLY_ACCESS_LOG", T_STR, access_log, 0, 0),
+    F("max_body", "EVENTLY_MAX_BODY", T_SIZE, max_body, 0, 1L << 30),
+    F("max_header", "EVENTLY_MAX_HEADER", T_SIZE, max_header, 1024, 1L << 20),
+    F("max_connections", "EVENTLY_MAX_CONNECTIONS", T_INT, max_connections, 1, 1000000),
+    F("idle_timeout", "EVENTLY_IDLE_TIMEOUT", T_INT, idle_timeout, 1, 86400),
+    F("read_timeout", "EVENTLY_READ_TIMEOUT", T_INT, read_timeout, 1, 3600),
+    F("handler_timeout", "EVENTLY_HANDLER_TIMEOUT", T_INT, handler_timeout, 1, 3600),
+    F("drain_timeout", "EVENTLY_DRAIN_TIMEOUT", T_INT, drain_timeout, 0, 3600),
+    F("plugins", "EVENTLY_PLUGINS", T_LIST, plugins, 0, 0),
+    F("lua_path", "EVENTLY_LUA_PATH", T_STR, lua_path, 0, 0),
+};
+#undef F
+
+static void set_str(char **slot, const char *v)
+{
+    free(*slot);
+    *slot = v ? strdup(v) : NULL;
+}
+
+void ev_config_defaults(ev_config_t *c)
+{
+    memset(c, 0, sizeof *c);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    set_str(&c->home, "./var");
+    set_str(&c->host, "127.0.0.1");
+    c->port = 8080;
+    c->workers = cores > 0 ? (int)cores : 1;
+    set_str(&c->scripts, "./scripts");
+    set_str(&c->plugins_dir, "./plugins");
+    set_str(&c->migrations, "./migrations");
+    set_str(&c->log_level, "info");
+    set_str(&c->access_log, "stderr");
+    c->max_body = 1024 * 1024;
+    c->max_header = 16 * 1024;
+    c->max_connections = 4096;
+    c->idle_timeout = 60;
+    c->read_timeout = 15;
+    c->handler_timeout = 30;
+    c->drain_timeout = 30;
+    set_str(&c->lua_path, EVENTLY_LUA_DIR);
+}
+
+static const field_t *find_field(const char *key)
+{
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (strcmp(fields[i].key, key) == 0)
+            return &fields[i];
+    return NULL;
+}
+
+/* Accepts "1048576", "512k", "1m", "1g" (binary units). */
+static int parse_size(const char *v, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno || end == v || n < 0)
+        return -1;
+    long long mul = 1;
+    switch (tolower((unsigned char)*end)) {
+    case '\0': break;
+    case 'k': mul = 1024; end++; break;
+    case 'm': mul = 1024 * 1024; end++; break;
+    case 'g': mul = 1024LL * 1024 * 1024; end++; break;
+    default: return -1;
+    }
+    if ((tolower((unsigned char)*end) == 'b' && end[1] == '\0'))
+        end++;
+    if (*end != '\0' || n > LLONG_MAX / mul)
+        return -1;
+    *out = n * mul;
+    return 0;
+}
+
+static int set_list(ev_config_t *c, const char *v, char *err, size_t errlen)
+{
+    for (int i = 0; i < c->nplugins; i++)
+        free(c->plugins[i]);
+    c->nplugins = 0;
+    char *copy = strdup(v), *save = NULL;
+    for (char *tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+        if (c->nplugins == EV_MAX_PLUGINS) {
+            snprintf(err, errlen, "plugins: at most %d", EV_MAX_PLUGINS);
+            free(copy);
+            return -1;
+        }
+        c->plugins[c->nplugins++] = strdup(tok);
+    }
+    free(copy);
+    return 0;
+}
+
+int ev_config_set(ev_config_t *c, const char *key, const char *value, char *err, size_t errlen)
+{
+    const field_t *f = find_field(key);
+    if (!f) {
+        snprintf(err, errlen, "unknown setting '%s'", key);
+        return -1;
+    }
+    void *slot = (char *)c + f->off;
+    long long n;
+    switch (f->kind) {
+    case T_STR:
+        set_str(slot, *value ? value : NULL);
+        return 0;
+    case T_LIST:
+        return set_list(c, value, err, errlen);
+    case T_INT:
+    case T_SIZE:
+        if (parse_size(value, &n) != 0 || (f->kind == T_INT && strpbrk(value, "kKmMgG")) ||
+            n < f->min || n > f->max) {
+            snprintf(err, errlen, "%s (%s): bad value '%s', expected %s between %ld and %ld",
+                     f->key, f->env, value, f->kind == T_INT ? "an integer" : "a size",
+                     f->min, f->max);
+            return -1;
+        }
+        if (f->kind == T_INT)
+            *(int *)slot = (int)n;
+        else
+            *(size_t *)slot = (size_t)n;
+        return 0;
+    }
+    return -1;
+}
+
+int ev_config_load_env(ev_config_t *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const char *v = getenv(fields[i].env);
+        if (v && ev_config_set(c, fields[i].key, v, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Turns the config-file value on top of the stack into the string form
+ * ev_config_set takes (lists become "a,b"). */
+static int value_string(lua_State *L, const char *key, char *out, size_t cap, char *err,
+                        size_t errlen)
+{
+    int t = lua_type(L, -1);
+    out[0] = '\0';
+    if (t == LUA_TTABLE) {
+        size_t used = 0;
+        lua_Integer n = luaL_len(L, -1);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_geti(L, -1, i);
+            const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+            int w = s ? snprintf(out + used, cap - used, "%s%s", i > 1 ? "," : "", s) : -1;
+            lua_pop(L, 1);
+            if (w < 0 || (size_t)w >= cap - used) {
+                snprintf(err, errlen, "%s: list items must be short strings", key);
+                return -1;
+            }
+            used += (size_t)w;
+        }
+        return 0;
+    }
+    if (t == LUA_TBOOLEAN) {
+        snprintf(out, cap, "%s", lua_toboolean(L, -1) ? "1" : "0");
+        return 0;
+    }
+    if ((t == LUA_TNUMBER && !lua_isinteger(L, -1)) || (t != LUA_TSTRING && t != LUA_TNUMBER)) {
+        snprintf(err, errlen, "%s: unsupported value (%s)", key, lua_typename(L, t));
+        return -1;
+    }
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len); /* number: converted copy on the stack */
+    if (len >= cap) {
+        snprintf(err, errlen, "%s: value too long", key);
+        return -1;
+    }
+    memcpy(out, s, len + 1);
+    return 0;
+}
+
+int ev_config_load_file(ev_config_t *c, const char *path, char *err, size_t errlen)
+{
+    lua_State *L = luaL_newstate();
+    int rc = -1;
+    if (!L) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    luaL_openlibs(L);
+    if (luaL_dofile(L, path) != LUA_OK) {
+        snprintf(err, errlen, "config %s: %s", path, lua_tostring(L, -1));
+        goto done;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "config %s: must return a table", path);
+        goto done;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) { /* table, key, value */
+        char value[4096], verr[300];
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            snprintf(err, errlen, "config %s: keys must be strings", path);
+            goto done;
+        }
+        /* copy the value first: lua_tolstring on a number key would confuse lua_next */
+        lua_pushvalue(L, -1);
+        int bad = value_string(L, lua_tostring(L, -3), value, sizeof value, verr, sizeof verr);
+        lua_pop(L, 2); /* value copy, value */
+        if (bad || ev_config_set(c, lua_tostring(L, -1), value, verr, sizeof verr) != 0) {
+            snprintf(err, errlen, "config %s: %s", path, verr);
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    lua_close(L);
+    return rc;
+}
+
+int ev_config_validate(const ev_config_t *c, char *err, size_t errlen)
+{
+    if (!c->home || !*c->home) {
+        snprintf(err, errlen, "home (EVENTLY_HOME) must not be empty");
+        return -1;
+    }
+    static const char *levels[] = {"debug", "info", "warn", "error"};
+    int ok = 0;
+    for (int i = 0; i < 4; i++)
+        ok |= c->log_level && strcmp(c->log_level, levels[i]) == 0;
+    if (!ok) {
+        snprintf(err, errlen, "log_level (EVENTLY_LOG_LEVEL): bad value '%s', expected debug, info, warn or error",
+                 c->log_level ? c->log_level : "");
+        return -1;
+    }
+    if (c->redis_url && strncmp(c->redis_url, "redis://", 8) != 0 &&
+        strncmp(c->redis_url, "unix:", 5) != 0) {
+        snprintf(err, errlen, "redis_url (EVENTLY_REDIS_URL): bad value '%s', expected redis://host:port or unix:/path",
+                 c->redis_url);
+        return -1;
+    }
+    return 0;
+}
+
+void ev_config_free(ev_config_t *c)
+{
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (fields[i].kind == T_STR)
+            set_str((char **)((char *)c + fields[i].off), NULL);
+    for (int i = 0; i < c->nplugins; i++)
+        free(c->plugins[i]);
+    c->nplugins = 0;
+}

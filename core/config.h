@@ -1,0 +1,52 @@
+/* config.h - the process configuration.
+ *
+ * Precedence: built-in defaults < Lua config file (--config, a file that
+ * returns a table) < EVENTLY_* environment variables < command-line flags.
+ * Every value is validated once at start; a bad value names itself. */
+#ifndef EV_CONFIG_H
+#define EV_CONFIG_H
+
+#include <stddef.h>
+
+#define EV_MAX_PLUGINS 32
+
+typedef struct {
+    char *home;          /* EVENTLY_HOME: state dir, default ./var */
+    char *host;          /* EVENTLY_HOST: bind address, default 127.0.0.1 */
+    int port;            /* EVENTLY_PORT, default 8080 */
+    int workers;         /* EVENTLY_WORKERS, default: number of cores */
+    char *scripts;       /* EVENTLY_SCRIPTS: app dir holding app.lua, default ./scripts */
+    char *plugins_dir;   /* EVENTLY_PLUGINS_DIR: default ./plugins */
+    char *migrations;    /* EVENTLY_MIGRATIONS: default ./migrations */
+    char *database_url;  /* EVENTLY_DATABASE_URL; NULL: embedded */
+    char *replica_url;   /* EVENTLY_REPLICA_URL; NULL: primary */
+    char *redis_url;     /* EVENTLY_REDIS_URL; NULL: embedded */
+    char *kafka_brokers; /* EVENTLY_KAFKA_BROKERS; NULL: in-process */
+    char *smtp_url;      /* EVENTLY_SMTP_URL */
+    char *log_level;     /* EVENTLY_LOG_LEVEL: debug|info|warn|error */
+    char *access_log;    /* EVENTLY_ACCESS_LOG: "stderr" (default), "off" or a file path */
+    size_t max_body;     /* EVENTLY_MAX_BODY bytes, default 1 MiB */
+    size_t max_header;   /* EVENTLY_MAX_HEADER bytes, default 16 KiB */
+    int max_connections; /* EVENTLY_MAX_CONNECTIONS per worker, default 4096 */
+    int idle_timeout;    /* EVENTLY_IDLE_TIMEOUT seconds (keep-alive), default 60 */
+    int read_timeout;    /* EVENTLY_READ_TIMEOUT seconds (request must arrive), default 15 */
+    int handler_timeout; /* EVENTLY_HANDLER_TIMEOUT seconds per request, default 30 */
+    int drain_timeout;   /* EVENTLY_DRAIN_TIMEOUT seconds for graceful stop, default 30 */
+    char *plugins[EV_MAX_PLUGINS]; /* EVENTLY_PLUGINS: comma-separated names */
+    int nplugins;
+    char *lua_path;      /* platform Lua modules (core/lua), EVENTLY_LUA_PATH */
+} ev_config_t;
+
+/* Fills defaults. */
+void ev_config_defaults(ev_config_t *c);
+/* Applies a Lua config file; on error writes a message to err and returns -1. */
+int ev_config_load_file(ev_config_t *c, const char *path, char *err, size_t errlen);
+/* Applies EVENTLY_* variables; -1 with a message naming the variable on a bad value. */
+int ev_config_load_env(ev_config_t *c, char *err, size_t errlen);
+/* Sets one key ("port", "workers", ...) from a string, as env and flags do. */
+int ev_config_set(ev_config_t *c, const char *key, const char *value, char *err, size_t errlen);
+/* Checks cross-field rules after everything is loaded. */
+int ev_config_validate(const ev_config_t *c, char *err, size_t errlen);
+void ev_config_free(ev_config_t *c);
+
+#endif

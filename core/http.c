@@ -1,0 +1,705 @@
+/* http.c - HTTP/1.1 server: bufferevents for I/O, http_parser for syntax.
+ *
+ * Design. One ev_http_conn_t per TCP connection. Bytes are fed to http_parser
+ * chunk by chunk straight from the input evbuffer (no pullup). Callbacks build
+ * the request (url, headers, body) under the limits; on message complete the
+ * parser is paused, so a pipelined next request waits in the buffer until the
+ * current one is answered. While a request is with the handler, reading goes
+ * on only to notice a client that goes away (the abort callback then tells the
+ * owner, who must not answer). The deadline timer bounds how long a request
+ * may take to arrive (408); the bufferevent read timeout bounds idle
+ * keep-alive time. Every transport error is answered here with a problem
+ * document and Connection: close.
+ *
+ * Extending: the connection stays reachable from the request (req->conn) so an
+ * upgrade (WebSocket) can take over the bufferevent after the handshake. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <http_parser.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define MAX_HEADERS 100
+
+struct ev_http_server {
+    struct event_base *base;
+    struct evconnlistener *listener;
+    ev_http_limits_t limits;
+    ev_http_handler_fn handler;
+    ev_http_log_fn log;
+    void *arg;
+    int nconns;
+    int draining;
+    ev_http_conn_t *conns; /* all live connections, for draining */
+    unsigned long long next_id;
+    char id_prefix[17];
+};
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} dynbuf_t;
+
+struct ev_http_conn {
+    ev_http_server_t *srv;
+    struct bufferevent *bev;
+    http_parser parser;
+    dynbuf_t url, body, hdr; /* hdr: "name\0value\0" pairs */
+    size_t header_bytes;
+    size_t nheaders;
+    int in_value;            /* last header callback was a value */
+    int mid_request;         /* some bytes of a request have arrived */
+    int error_status;        /* a limit was hit while parsing: answer this */
+    int complete;            /* a whole request is waiting to be handled */
+    ev_http_req_t *req;      /* request with the handler, or NULL */
+    int in_parse;            /* parse loop running: do not re-enter */
+    int closing;             /* close once output is flushed */
+    int keep_alive;
+    struct event *deadline;
+    char peer[64];
+    ev_http_conn_t *prev, *next;
+    int probe_count;         /* requests seen, probe mode (bev == NULL) */
+};
+
+static void conn_free(ev_http_conn_t *c);
+static void conn_parse(ev_http_conn_t *c);
+
+/* ---- small buffers ---- */
+
+static int dyn_append(dynbuf_t *b, const char *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d)
+            return -1;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+static void dyn_reset(dynbuf_t *b) { b->len = 0; }
+
+static void dyn_free(dynbuf_t *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof *b);
+}
+
+/* ---- parser callbacks: build the request under the limits ---- */
+
+static int count_header_bytes(ev_http_conn_t *c, size_t n)
+{
+    c->header_bytes += n;
+    if (c->header_bytes > c->srv->limits.max_header) {
+        c->error_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    ev_http_conn_t *c = p->data;
+    dyn_reset(&c->url);
+    dyn_reset(&c->body);
+    dyn_reset(&c->hdr);
+    c->header_bytes = 0;
+    c->nheaders = 0;
+    c->in_value = 0;
+    c->mid_request = 1;
+    if (c->deadline) {
+        struct timeval tv = {c->srv->limits.read_timeout, 0};
+        event_add(c->deadline, &tv);
+    }
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+    ev_http_conn_t *c = p->data;
+    if (count_header_bytes(c, n) != 0)
+        return -1;
+    return dyn_append(&c->url, at, n);
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+    ev_http_conn_t *c = p->data;
+    if (count_header_bytes(c, n) != 0)
+        return -1;
+    if (c->in_value || c->nheaders == 0) {
+        if (c->nheaders == MAX_HEADERS) {
+            c->error_status = 431;
+            return -1;
+        }
+        if (c->nheaders > 0 && dyn_append(&c->hdr, "", 1) != 0) /* end previous value */
+            return -1;
+        c->nheaders++;
+        c->in_value = 0;
+    }
+    return dyn_append(&c->hdr, at, n);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+    ev_http_conn_t *c = p->data;
+    if (count_header_bytes(c, n) != 0)
+        return -1;
+    if (!c->in_value) {
+        if (dyn_append(&c->hdr, "", 1) != 0) /* end name */
+            return -1;
+        c->in_value = 1;
+    }
+    return dyn_append(&c->hdr, at, n);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    ev_http_conn_t *c = p->data;
+    if (c->nheaders > 0 && !c->in_value && dyn_append(&c->hdr, "", 1) != 0)
+        return -1; /* a name with no value callback: empty value */
+    if (c->nheaders > 0 && dyn_append(&c->hdr, "", 1) != 0)
+        return -1;
+    if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->srv->limits.max_body) {
+        c->error_status = 413;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+    ev_http_conn_t *c = p->data;
+    if (c->body.len + n > c->srv->limits.max_body) {
+        c->error_status = 413;
+        return -1;
+    }
+    return dyn_append(&c->body, at, n);
+}
+
+static int on_message_complete(http_parser *p)
+{
+    ev_http_conn_t *c = p->data;
+    c->complete = 1;
+    c->mid_request = 0;
+    http_parser_pause(p, 1); /* one request at a time; the rest waits in the buffer */
+    return 0;
+}
+
+static const http_parser_settings settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- answering ---- */
+
+const char *ev_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+static const char *http_date(void)
+{
+    static char buf[40];
+    static time_t cached;
+    time_t now = time(NULL);
+    if (now != cached) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        cached = now;
+    }
+    return buf;
+}
+
+static void write_head(struct evbuffer *out, int status, size_t body_len, int keep_alive,
+                       const char *request_id)
+{
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nServer: evently\r\nDate: %s\r\n"
+                        "Content-Length: %zu\r\nConnection: %s\r\n",
+                        status, ev_http_reason(status), http_date(), body_len,
+                        keep_alive ? "keep-alive" : "close");
+    if (request_id && *request_id)
+        evbuffer_add_printf(out, "X-Request-Id: %s\r\n", request_id);
+}
+
+/* Answers a transport error and closes; the request never reached the handler. */
+static void conn_fail(ev_http_conn_t *c, int status)
+{
+    static const char *types[] = {
+        [0] = "bad-request", [1] = "request-timeout", [2] = "payload-too-large",
+        [3] = "header-too-large", [4] = "unavailable"};
+    int t = status == 408 ? 1 : status == 413 ? 2 : status == 431 ? 3 : status == 503 ? 4 : 0;
+    char body[256];
+    int n = snprintf(body, sizeof body,
+                     "{\"type\":\"https://evently.dev/problems/%s\",\"title\":\"%s\",\"status\":%d}",
+                     types[t], ev_http_reason(status), status);
+    if (c->bev) {
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        write_head(out, status, (size_t)n, 0, NULL);
+        evbuffer_add_printf(out, "Content-Type: application/problem+json\r\n\r\n");
+        evbuffer_add(out, body, (size_t)n);
+        bufferevent_disable(c->bev, EV_READ);
+    }
+    c->closing = 1;
+    ev_debug("http %s: answered %d and closing", c->peer, status);
+}
+
+static int header_name_is(const ev_http_header_t *h, const char *name)
+{
+    return strlen(name) == h->name_len && strncasecmp(h->name, name, h->name_len) == 0;
+}
+
+void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *headers,
+                     size_t nheaders, const char *body, size_t body_len, const char *route)
+{
+    ev_http_conn_t *c = req->conn;
+    ev_http_server_t *s = c->srv;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    int keep = c->keep_alive && !s->draining;
+    int no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+    write_head(out, status, no_body ? 0 : body_len, keep, req->request_id);
+    for (size_t i = 0; i < nheaders; i++) {
+        const ev_http_header_t *h = &headers[i];
+        if (header_name_is(h, "content-length") || header_name_is(h, "connection") ||
+            header_name_is(h, "x-request-id"))
+            continue; /* ours to set */
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    evbuffer_add(out, "\r\n", 2);
+    if (!no_body && body_len && strcmp(req->method, "HEAD") != 0)
+        evbuffer_add(out, body, body_len);
+    if (s->log)
+        s->log(req, status, body_len, route, s->arg);
+    c->req = NULL;
+    free(req);
+    if (!keep) {
+        c->closing = 1;
+        bufferevent_disable(c->bev, EV_READ);
+        return; /* the write callback closes once flushed */
+    }
+    struct timeval idle = {s->limits.idle_timeout, 0};
+    bufferevent_set_timeouts(c->bev, &idle, &idle);
+    bufferevent_enable(c->bev, EV_READ);
+    if (!c->in_parse) {
+        http_parser_pause(&c->parser, 0);
+        conn_parse(c);
+    }
+}
+
+const char *ev_http_header(const ev_http_req_t *req, const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (req->headers[i].name_len == n && memcmp(req->headers[i].name, name, n) == 0)
+            return req->headers[i].value;
+    return NULL;
+}
+
+/* ---- handing a request over ---- */
+
+static int request_id_ok(const char *v)
+{
+    size_t n = 0;
+    for (; v[n]; n++)
+        if (v[n] <= 0x20 || v[n] >= 0x7f || v[n] == '"' || v[n] == '\\')
+            return 0;
+    return n > 0 && n <= 64;
+}
+
+/* Lays the request out in one allocation: struct, header array, strings. */
+static ev_http_req_t *req_build(ev_http_conn_t *c)
+{
+    size_t size = sizeof(ev_http_req_t) + c->nheaders * sizeof(ev_http_header_t) + c->url.len +
+                  1 + c->body.len + 1;
+    ev_http_req_t *r = calloc(1, size);
+    if (!r)
+        return NULL;
+    r->conn = c;
+    r->method = http_method_str(c->parser.method);
+    r->headers = (ev_http_header_t *)(r + 1);
+    char *p = (char *)(r->headers + c->nheaders);
+    memcpy(p, c->url.data ? c->url.data : "", c->url.len + 1);
+    r->path = p;
+    char *q = strchr(p, '?');
+    if (q) {
+        *q = '\0';
+        r->query = q + 1;
+    }
+    char *frag = strchr(q ? q + 1 : p, '#');
+    if (frag)
+        *frag = '\0';
+    p += c->url.len + 1;
+    if (c->body.len)
+        memcpy(p, c->body.data, c->body.len);
+    p[c->body.len] = '\0';
+    r->body = p;
+    r->body_len = c->body.len;
+    /* header strings stay in c->hdr until the next request begins: the
+     * parser is paused until this request is answered, so that holds */
+    char *h = c->hdr.data;
+    for (size_t i = 0; i < c->nheaders; i++) {
+        ev_http_header_t *hd = &r->headers[i];
+        for (char *k = h; *k; k++)
+            if (*k >= 'A' && *k <= 'Z')
+                *k = (char)(*k + 32);
+        hd->name = h;
+        hd->name_len = strlen(h);
+        h += hd->name_len + 1;
+        hd->value = h;
+        hd->value_len = strlen(h);
+        h += hd->value_len + 1;
+    }
+    r->nheaders = c->nheaders;
+    r->peer = c->peer;
+    gettimeofday(&r->start, NULL);
+    const char *given = ev_http_header(r, "x-request-id");
+    if (given && request_id_ok(given))
+        snprintf(r->request_id, sizeof r->request_id, "%s", given);
+    else
+        snprintf(r->request_id, sizeof r->request_id, "%s%08llx", c->srv->id_prefix,
+                 c->srv->next_id++);
+    return r;
+}
+
+static void dispatch(ev_http_conn_t *c)
+{
+    c->complete = 0;
+    if (c->deadline)
+        event_del(c->deadline);
+    if (!c->bev) { /* probe mode */
+        c->probe_count++;
+        http_parser_pause(&c->parser, 0);
+        return;
+    }
+    c->keep_alive = http_should_keep_alive(&c->parser);
+    ev_http_req_t *r = req_build(c);
+    if (!r) {
+        conn_fail(c, 503);
+        return;
+    }
+    c->req = r;
+    bufferevent_set_timeouts(c->bev, NULL, NULL); /* the handler has its own deadline */
+    c->srv->handler(r, c->srv->arg);
+}
+
+/* Feeds buffered input to the parser until a request is complete, input runs
+ * out or an error is answered. */
+static void conn_parse(ev_http_conn_t *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    c->in_parse = 1;
+    while (!c->closing && !c->req && evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        size_t used = http_parser_execute(&c->parser, &settings, v.iov_base, v.iov_len);
+        evbuffer_drain(in, used);
+        enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+        if (c->complete) {
+            dispatch(c);
+            if (!c->req && !c->closing) /* answered at once: next request */
+                http_parser_pause(&c->parser, 0);
+            continue;
+        }
+        if (e != HPE_OK) {
+            conn_fail(c, c->error_status ? c->error_status : 400);
+            break;
+        }
+        if (used < v.iov_len)
+            break; /* cannot happen without an error; be safe */
+    }
+    c->in_parse = 0;
+    if (c->closing && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        conn_free(c);
+}
+
+/* ---- connection events ---- */
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    ev_http_conn_t *c = arg;
+    (void)bev;
+    if (c->req) {
+        /* pipelined bytes wait; stop reading if a client floods us meanwhile */
+        size_t cap = c->srv->limits.max_header + c->srv->limits.max_body;
+        if (evbuffer_get_length(bufferevent_get_input(c->bev)) > cap)
+            bufferevent_disable(c->bev, EV_READ);
+        return;
+    }
+    conn_parse(c);
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    ev_http_conn_t *c = arg;
+    (void)bev;
+    if (c->closing)
+        conn_free(c);
+    else if (!c->req && !(bufferevent_get_enabled(c->bev) & EV_READ))
+        bufferevent_enable(c->bev, EV_READ);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    ev_http_conn_t *c = arg;
+    (void)bev;
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING)) {
+        conn_free(c); /* a client that does not read its answer */
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (!c->req && c->mid_request) {
+            conn_fail(c, 408);
+            return;
+        }
+        conn_free(c); /* idle keep-alive connection */
+        return;
+    }
+    conn_free(c); /* EOF or error */
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    ev_http_conn_t *c = arg;
+    (void)fd;
+    (void)what;
+    if (!c->req)
+        conn_fail(c, 408);
+    if (c->closing && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        conn_free(c);
+}
+
+static void conn_free(ev_http_conn_t *c)
+{
+    ev_http_server_t *s = c->srv;
+    if (c->req) {
+        ev_http_req_t *r = c->req;
+        c->req = NULL;
+        if (r->on_abort)
+            r->on_abort(r); /* the owner drops its work; no answer will be written */
+        free(r);
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (s && s->conns == c)
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    if (c->deadline)
+        event_free(c->deadline);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    dyn_free(&c->url);
+    dyn_free(&c->body);
+    dyn_free(&c->hdr);
+    if (s && c->bev)
+        s->nconns--;
+    free(c);
+}
+
+static void peer_name(const struct sockaddr *sa, char *buf, size_t cap)
+{
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, buf, (socklen_t)cap);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, buf, (socklen_t)cap);
+    else
+        snprintf(buf, cap, "unix");
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
+{
+    ev_http_server_t *s = arg;
+    (void)l;
+    (void)socklen;
+    if (s->nconns >= s->limits.max_connections || s->draining) {
+        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                   "Connection: close\r\n\r\n";
+        ssize_t ignored = write(fd, busy, sizeof busy - 1);
+        (void)ignored;
+        evutil_closesocket(fd);
+        return;
+    }
+    ev_http_conn_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        evutil_closesocket(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->srv = s;
+    peer_name(sa, c->peer, sizeof c->peer);
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->deadline = evtimer_new(s->base, on_deadline, c);
+    if (!c->bev || !c->deadline) {
+        if (!c->bev)
+            evutil_closesocket(fd);
+        conn_free(c);
+        return;
+    }
+    s->nconns++;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    struct timeval idle = {s->limits.idle_timeout, 0};
+    bufferevent_set_timeouts(c->bev, &idle, &idle);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+static void on_listen_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    /* EMFILE and friends: keep serving what we have; accept resumes later */
+    ev_warn("accept failed: %s", strerror(errno));
+}
+
+ev_http_server_t *ev_http_server_new(struct event_base *base, int listen_fd,
+                                     const ev_http_limits_t *limits, ev_http_handler_fn handler,
+                                     ev_http_log_fn log, void *arg)
+{
+    ev_http_server_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->base = base;
+    s->limits = *limits;
+    s->handler = handler;
+    s->log = log;
+    s->arg = arg;
+    unsigned r = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL);
+    snprintf(s->id_prefix, sizeof s->id_prefix, "%08x", r);
+    s->listener = evconnlistener_new(base, on_accept, s, LEV_OPT_CLOSE_ON_EXEC, -1, listen_fd);
+    if (!s->listener) {
+        free(s);
+        return NULL;
+    }
+    evconnlistener_set_error_cb(s->listener, on_listen_error);
+    return s;
+}
+
+void ev_http_server_drain(ev_http_server_t *s)
+{
+    s->draining = 1;
+    if (s->listener)
+        evconnlistener_disable(s->listener);
+    /* idle connections go now; busy ones close after their answer */
+    ev_http_conn_t *c = s->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (!c->req && !c->mid_request &&
+            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+            conn_free(c);
+    }
+}
+
+int ev_http_server_connections(const ev_http_server_t *s) { return s->nconns; }
+
+void ev_http_server_free(ev_http_server_t *s)
+{
+    if (!s)
+        return;
+    while (s->conns)
+        conn_free(s->conns);
+    if (s->listener)
+        evconnlistener_free(s->listener);
+    free(s);
+}
+
+int ev_http_parse_probe(const char *data, size_t len, const ev_http_limits_t *limits)
+{
+    ev_http_server_t s = {.limits = *limits};
+    ev_http_conn_t c = {.srv = &s};
+    http_parser_init(&c.parser, HTTP_REQUEST);
+    c.parser.data = &c;
+    int result;
+    size_t off = 0;
+    for (;;) {
+        size_t used = http_parser_execute(&c.parser, &settings, data + off, len - off);
+        off += used;
+        if (c.complete) {
+            dispatch(&c);
+            if (off < len)
+                continue;
+        }
+        enum http_errno e = HTTP_PARSER_ERRNO(&c.parser);
+        if (e != HPE_OK && e != HPE_PAUSED) {
+            result = -(c.error_status ? c.error_status : 400);
+            break;
+        }
+        if (off >= len || used == 0) {
+            result = c.probe_count;
+            break;
+        }
+    }
+    dyn_free(&c.url);
+    dyn_free(&c.body);
+    dyn_free(&c.hdr);
+    return result;
+}

@@ -1,0 +1,139 @@
+--- evently.app: routes and the request dispatcher.
+--   app.get(path, handler, name?) / post / put / patch / delete / route(method, ...)
+--   handler(req) returns one of:
+--     body                      200; a table becomes JSON, a string text/plain
+--     status, body?, headers?   as given (nil body: empty)
+--     problem.response(...)     a problem document
+--   req: method, path, params, query (decoded table), headers (lower-case
+--        names), body (raw string), json (decoded body, when JSON), id
+--        (request id), peer.
+-- Malformed JSON bodies are answered 400 before the handler runs. An error in
+-- a handler is logged with its traceback and request id and answered 500
+-- without internals; problem.raise() inside a handler answers that problem.
+-- Hooks: "request" (ctx = req; return a response to short-circuit) and
+-- "response" (ctx = {req=, status=, headers=, body=}; may change them).
+local cjson = require "cjson.safe"
+local router = require "evently.router"
+local problem = require "evently.problem"
+local hooks = require "evently.hooks"
+local log = require "evently.log"
+
+local M = {}
+local routes = router.new()
+
+function M.route(method, path, handler, name)
+  return routes:add(method, path, handler, name)
+end
+for _, m in ipairs({ "get", "post", "put", "patch", "delete", "options" }) do
+  M[m] = function(path, handler, name) return routes:add(m:upper(), path, handler, name) end
+end
+
+--- Drops every route (tests and reloads start from nothing).
+function M.reset()
+  routes = router.new()
+end
+
+local function parse_query(qs)
+  local q = {}
+  if not qs then return q end
+  for pair in qs:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    k = router.unescape((k:gsub("+", " ")))
+    v = router.unescape((v:gsub("+", " ")))
+    if k ~= "" and q[k] == nil then q[k] = v end
+  end
+  return q
+end
+M.parse_query = parse_query
+
+local JSON_HEADERS = { ["Content-Type"] = "application/json" }
+local TEXT_HEADERS = { ["Content-Type"] = "text/plain; charset=utf-8" }
+
+-- Normalises what a handler returned into status, headers, body string.
+local function finish(status, body, headers)
+  if type(status) ~= "number" then
+    status, body, headers = 200, status, nil
+  end
+  if body == nil then
+    return status, headers or {}, ""
+  end
+  local kind = type(body)
+  if kind == "table" then
+    local text, err = cjson.encode(body)
+    if not text then error("response body cannot be encoded as JSON: " .. err, 0) end
+    if headers then
+      if not headers["Content-Type"] and not headers["content-type"] then headers["Content-Type"] = "application/json" end
+      return status, headers, text
+    end
+    return status, JSON_HEADERS, text
+  elseif kind == "string" then
+    return status, headers or TEXT_HEADERS, body
+  end
+  error("handler returned a " .. kind .. " body", 0)
+end
+
+local function traceback(err)
+  if problem.is(err) then return err end
+  return debug.traceback(tostring(err), 2)
+end
+
+local function wants_json(req)
+  local ct = req.headers["content-type"]
+  return ct and ct:find("json", 1, true) ~= nil
+end
+
+local function handle(req)
+  local early = hooks.run("request", req)
+  if early ~= nil then return early end
+  return req.route.handler(req)
+end
+
+--- Called by the C core for every request, in its own coroutine.
+-- Returns status, headers, body, route name.
+function M.dispatch(req)
+  local route, params, allowed = routes:match(req.method, req.path)
+  if not route then
+    if allowed then
+      local s, b, h = problem.response(405, "method-not-allowed", req.method .. " is not allowed here")
+      h.Allow = allowed
+      return s, h, cjson.encode(b), "unmatched"
+    end
+    local s, b, h = problem.response(404, "not-found", "no route for " .. req.path)
+    return s, h, cjson.encode(b), "unmatched"
+  end
+  req.route, req.params = route, params
+  req.query = parse_query(req.query_string)
+  if req.body ~= "" and wants_json(req) then
+    local doc, err = cjson.decode(req.body)
+    if doc == nil then
+      local s, b, h = problem.response(400, "malformed-json", "request body is not valid JSON: " .. tostring(err))
+      return s, h, cjson.encode(b), route.name
+    end
+    req.json = doc
+  end
+  local ok, status, body, headers = xpcall(handle, traceback, req)
+  if not ok then
+    local err = status
+    if problem.is(err) then
+      status, body, headers = problem.response(err.status, err.kind, err.detail, err.extra)
+    else
+      log.error("handler for %s %s failed: %s", req.method, route.pattern, tostring(err))
+      status, body, headers = problem.response(500, "internal", "the server failed; the request id helps find out why",
+        { request_id = req.id })
+    end
+  end
+  local okf, s, h, text = pcall(finish, status, body, headers)
+  if not okf then
+    log.error("handler for %s %s: %s", req.method, route.pattern, tostring(s))
+    s, h, text = 500, { ["Content-Type"] = "application/problem+json" },
+      cjson.encode(problem.document(500, "internal", nil, { request_id = req.id }))
+  end
+  if hooks.count("response") > 0 then
+    local ctx = { req = req, status = s, headers = h, body = text }
+    hooks.run("response", ctx)
+    s, h, text = ctx.status, ctx.headers, ctx.body
+  end
+  return s, h, text, route.name
+end
+
+return M

@@ -1,0 +1,27 @@
+--- evently.ops: operations endpoints, outside /api/v1.
+--   GET /health        liveness
+--   GET /health/ready  200 when every configured dependency answers, else 503
+--   GET /metrics       Prometheus text exposition
+local app = require "evently.app"
+local runtime = require "evently.runtime"
+
+local M = {}
+
+function M.install()
+  app.get("/health", function() return { status = "up" } end, "/health")
+
+  app.get("/health/ready", function()
+    local components, ready = {}, true
+    for name, c in pairs(runtime.components()) do
+      components[name] = c
+      if c.state ~= "up" and c.state ~= "not_configured" then ready = false end
+    end
+    return ready and 200 or 503, { status = ready and "ready" or "not_ready", components = components }
+  end, "/health/ready")
+
+  app.get("/metrics", function()
+    return 200, runtime.metrics_text(), { ["Content-Type"] = "text/plain; version=0.0.4" }
+  end, "/metrics")
+end
+
+return M

@@ -1,0 +1,314 @@
+/* master.c - process supervision; see master.h.
+ *
+ * One listening socket, opened here and inherited by every worker: all
+ * generations accept from the same kernel queue, so retiring a generation
+ * never drops a queued connection (separate SO_REUSEPORT sockets would lose
+ * the queue of each socket closed). SO_REUSEPORT is still set so another
+ * master (a binary upgrade) can bind the port beside this one.
+ *
+ * Workers live in a small table: pid, slot (for per-worker metrics) and
+ * generation. Only workers of the current generation are replaced when they
+ * die; a worker that dies within a second of starting is replaced after a
+ * pause so a crash loop cannot spin the CPU. */
+#include "master.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <lauxlib.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "health.h"
+#include "log.h"
+#include "metrics.h"
+#include "runtime.h"
+#include "worker.h"
+
+typedef struct {
+    pid_t pid;
+    int generation;
+    time_t started;
+} slot_t;
+
+typedef struct {
+    const ev_config_t *cfg;
+    struct event_base *base;
+    ev_metrics_t *metrics;
+    int listen_fd;
+    int generation;
+    int stopping;
+    slot_t slots[EV_METRICS_MAX_WORKERS];
+    struct event *respawn;
+} ev_master_t;
+
+static int open_listener(const ev_config_t *cfg)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", cfg->port);
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    int rc = getaddrinfo(cfg->host, port, &hints, &ai);
+    if (rc != 0) {
+        ev_error("host %s: %s", cfg->host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
+        ev_error("cannot listen on %s:%d: %s", cfg->host, cfg->port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+static int free_slot(ev_master_t *m)
+{
+    for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++)
+        if (m->slots[i].pid == 0)
+            return i;
+    return -1;
+}
+
+static int spawn(ev_master_t *m, int slot)
+{
+    pid_t pid = fork();
+    if (pid < 0) {
+        ev_error("fork: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        /* the child must not touch the master's loop: reinit gives it private
+         * copies (epoll, signal pipe), which it can then free without
+         * unregistering anything in the parent's shared epoll instance */
+        event_reinit(m->base);
+        event_base_free(m->base);
+        signal(SIGCHLD, SIG_DFL);
+        _exit(ev_worker_run(m->cfg, m->listen_fd, m->metrics, slot));
+    }
+    m->slots[slot] = (slot_t){pid, m->generation, time(NULL)};
+    ev_metrics_worker_set(m->metrics, slot, pid);
+    return 0;
+}
+
+static int current_workers(const ev_master_t *m)
+{
+    int n = 0;
+    for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++)
+        n += m->slots[i].pid && m->slots[i].generation == m->generation;
+    return n;
+}
+
+/* Brings the current generation back to cfg->workers. */
+static void top_up(ev_master_t *m)
+{
+    while (!m->stopping && current_workers(m) < m->cfg->workers) {
+        int s = free_slot(m);
+        if (s < 0 || spawn(m, s) != 0)
+            return;
+    }
+}
+
+static void on_respawn(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    top_up(arg);
+}
+
+static void reap(ev_master_t *m)
+{
+    int status;
+    pid_t pid;
+    int young = 0;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++) {
+            slot_t *s = &m->slots[i];
+            if (s->pid != pid)
+                continue;
+            int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            if (s->generation == m->generation && !m->stopping) {
+                ev_warn("worker %d (pid %d) died (%s %d); replacing it", i, (int)pid,
+                        WIFSIGNALED(status) ? "signal" : "exit",
+                        WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+                ev_metrics_count(m->metrics, "evently_worker_restarts_total", 1);
+                young |= time(NULL) - s->started < 1;
+            } else if (!clean) {
+                ev_warn("retired worker %d (pid %d) ended uncleanly", i, (int)pid);
+            }
+            s->pid = 0;
+            ev_metrics_worker_set(m->metrics, i, 0);
+        }
+    }
+    if (m->stopping) {
+        int left = 0;
+        for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++)
+            left += m->slots[i].pid != 0;
+        if (left == 0)
+            event_base_loopbreak(m->base);
+        return;
+    }
+    if (young) {
+        struct timeval pause = {1, 0};
+        event_add(m->respawn, &pause);
+    } else {
+        top_up(m);
+    }
+}
+
+static void signal_generation(ev_master_t *m, int older_than, int sig)
+{
+    for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++)
+        if (m->slots[i].pid && m->slots[i].generation < older_than)
+            kill(m->slots[i].pid, sig);
+}
+
+static void reload(ev_master_t *m)
+{
+    char err[2048];
+    ev_info("reload: checking scripts");
+    if (ev_check_scripts(m->cfg, err, sizeof err) != 0) {
+        ev_error("reload refused, old workers keep serving: %s", err);
+        return;
+    }
+    m->generation++;
+    top_up(m);
+    signal_generation(m, m->generation, SIGQUIT);
+    ev_info("reload: generation %d serving, older ones draining", m->generation);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    ev_master_t *m = arg;
+    (void)what;
+    switch (sig) {
+    case SIGCHLD:
+        reap(m);
+        break;
+    case SIGHUP:
+        if (!m->stopping)
+            reload(m);
+        break;
+    default: /* SIGTERM, SIGINT: drain everything and leave */
+        if (m->stopping)
+            break;
+        ev_info("stopping: draining workers");
+        m->stopping = 1;
+        signal_generation(m, m->generation + 1, SIGTERM);
+        reap(m);
+        break;
+    }
+}
+
+static void on_probe(evutil_socket_t fd, short what, void *arg)
+{
+    ev_master_t *m = arg;
+    (void)fd;
+    (void)what;
+    if (!m->stopping)
+        ev_health_probe(m->cfg, m->metrics);
+}
+
+int ev_master_serve(const ev_config_t *cfg)
+{
+    ev_master_t m = {.cfg = cfg, .listen_fd = -1};
+    int rc = 1;
+    int sigs[] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT};
+    struct event *sev[4] = {0}, *probe = NULL;
+    if (cfg->workers > EV_METRICS_MAX_WORKERS / 2) {
+        ev_error("workers: at most %d", EV_METRICS_MAX_WORKERS / 2);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    m.metrics = ev_metrics_create();
+    m.base = event_base_new();
+    if (!m.metrics || !m.base)
+        goto done;
+    m.listen_fd = open_listener(cfg);
+    if (m.listen_fd < 0)
+        goto done;
+    for (int i = 0; i < 4; i++) {
+        sev[i] = evsignal_new(m.base, sigs[i], on_signal, &m);
+        evsignal_add(sev[i], NULL);
+    }
+    m.respawn = evtimer_new(m.base, on_respawn, &m);
+    probe = event_new(m.base, -1, EV_PERSIST, on_probe, &m);
+    struct timeval sec = {1, 0};
+    event_add(probe, &sec);
+    ev_health_probe(cfg, m.metrics);
+    top_up(&m);
+    ev_info("evently listening on http://%s:%d with %d workers", cfg->host, cfg->port,
+            cfg->workers);
+    event_base_dispatch(m.base);
+    ev_info("all workers stopped");
+    rc = 0;
+done:
+    for (int i = 0; i < 4; i++)
+        if (sev[i])
+            event_free(sev[i]);
+    if (probe)
+        event_free(probe);
+    if (m.respawn)
+        event_free(m.respawn);
+    if (m.listen_fd >= 0)
+        close(m.listen_fd);
+    if (m.base)
+        event_base_free(m.base);
+    ev_metrics_destroy(m.metrics);
+    return rc;
+}
+
+int ev_check_scripts(const ev_config_t *cfg, char *err, size_t errlen)
+{
+    int pipefd[2];
+    if (pipe(pipefd) != 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) { /* a throwaway process: loading scripts leaves no trace here */
+        close(pipefd[0]);
+        ev_runtime_t rt = {.cfg = cfg, .worker_slot = -1};
+        rt.base = event_base_new();
+        lua_State *L = rt.base ? ev_runtime_new(&rt) : NULL;
+        char msg[2048] = "out of memory";
+        int ok = L && ev_runtime_boot(L, msg, sizeof msg) == 0;
+        if (!ok) {
+            ssize_t ignored = write(pipefd[1], msg, strlen(msg));
+            (void)ignored;
+        }
+        _exit(ok ? 0 : 1);
+    }
+    close(pipefd[1]);
+    if (pid < 0) {
+        close(pipefd[0]);
+        snprintf(err, errlen, "fork: %s", strerror(errno));
+        return -1;
+    }
+    size_t got = 0;
+    ssize_t n;
+    while (got < errlen - 1 && (n = read(pipefd[0], err + got, errlen - 1 - got)) > 0)
+        got += (size_t)n;
+    err[got] = '\0';
+    close(pipefd[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 0;
+    if (!got)
+        snprintf(err, errlen, "script check process failed");
+    return -1;
+}

@@ -1,0 +1,277 @@
+/* metrics.c - lock-free shared metrics; see metrics.h.
+ *
+ * A series slot moves 0 (free) -> 1 (being claimed) -> 2 (ready) exactly once;
+ * the claimer writes the key between the two stores, so readers and other
+ * writers only trust keys of ready slots. A full table drops new series (and
+ * counts the drops) rather than block or grow: the route set is small and
+ * fixed by the scripts, so 512 slots is far more than a real app needs. */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define SLOTS 512
+#define COUNTERS 32
+static const double bounds_ms[] = {0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000};
+#define NBUCKETS (sizeof bounds_ms / sizeof bounds_ms[0])
+
+typedef struct {
+    uint32_t state;
+    char method[12];
+    char route[112];
+    int status;
+    uint64_t count;
+    uint64_t sum_us;
+    uint64_t buckets[NBUCKETS];
+} series_t;
+
+typedef struct {
+    uint32_t state;
+    char name[60];
+    uint64_t value;
+} counter_t;
+
+struct ev_metrics {
+    series_t series[SLOTS];
+    counter_t counters[COUNTERS];
+    int32_t worker_pid[EV_METRICS_MAX_WORKERS];
+    uint64_t worker_lua_bytes[EV_METRICS_MAX_WORKERS];
+    uint64_t dropped;
+    int32_t component_state[8];
+    uint32_t component_seq[8]; /* odd while being written */
+    char component_detail[8][120];
+};
+
+ev_metrics_t *ev_metrics_create(void)
+{
+    void *p = mmap(NULL, sizeof(ev_metrics_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p; /* anonymous maps start zeroed */
+}
+
+void ev_metrics_destroy(ev_metrics_t *m)
+{
+    if (m)
+        munmap(m, sizeof *m);
+}
+
+static uint32_t hash(const char *a, const char *b, int status)
+{
+    uint32_t h = 2166136261u;
+    for (; *a; a++)
+        h = (h ^ (unsigned char)*a) * 16777619u;
+    for (; *b; b++)
+        h = (h ^ (unsigned char)*b) * 16777619u;
+    return (h ^ (uint32_t)status) * 16777619u;
+}
+
+static int ready(uint32_t *state)
+{
+    uint32_t s;
+    while ((s = __atomic_load_n(state, __ATOMIC_ACQUIRE)) == 1)
+        ; /* another process is writing the key: a few stores away */
+    return s == 2;
+}
+
+static series_t *find_series(ev_metrics_t *m, const char *method, const char *route, int status)
+{
+    uint32_t h = hash(method, route, status);
+    for (uint32_t i = 0; i < SLOTS; i++) {
+        series_t *s = &m->series[(h + i) % SLOTS];
+        uint32_t expected = 0;
+        if (__atomic_compare_exchange_n(&s->state, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            snprintf(s->method, sizeof s->method, "%s", method);
+            snprintf(s->route, sizeof s->route, "%s", route);
+            s->status = status;
+            __atomic_store_n(&s->state, 2, __ATOMIC_RELEASE);
+            return s;
+        }
+        if (ready(&s->state) && s->status == status && strncmp(s->route, route, sizeof s->route - 1) == 0 &&
+            strncmp(s->method, method, sizeof s->method - 1) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+void ev_metrics_observe(ev_metrics_t *m, const char *method, const char *route, int status,
+                        uint64_t duration_us)
+{
+    series_t *s = find_series(m, method, route ? route : "unmatched", status);
+    if (!s) {
+        __atomic_add_fetch(&m->dropped, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    __atomic_add_fetch(&s->count, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->sum_us, duration_us, __ATOMIC_RELAXED);
+    double ms = (double)duration_us / 1000.0;
+    for (size_t b = 0; b < NBUCKETS; b++) {
+        if (ms <= bounds_ms[b]) {
+            __atomic_add_fetch(&s->buckets[b], 1, __ATOMIC_RELAXED);
+            break; /* buckets hold their own band; render makes them cumulative */
+        }
+    }
+}
+
+void ev_metrics_count(ev_metrics_t *m, const char *name, uint64_t n)
+{
+    for (int i = 0; i < COUNTERS; i++) {
+        counter_t *c = &m->counters[i];
+        uint32_t expected = 0;
+        if (__atomic_compare_exchange_n(&c->state, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            snprintf(c->name, sizeof c->name, "%s", name);
+            __atomic_store_n(&c->state, 2, __ATOMIC_RELEASE);
+        } else if (!ready(&c->state) || strcmp(c->name, name) != 0) {
+            continue;
+        }
+        __atomic_add_fetch(&c->value, n, __ATOMIC_RELAXED);
+        return;
+    }
+}
+
+void ev_metrics_worker_set(ev_metrics_t *m, int slot, pid_t pid)
+{
+    if (slot < 0 || slot >= EV_METRICS_MAX_WORKERS)
+        return;
+    __atomic_store_n(&m->worker_pid[slot], (int32_t)pid, __ATOMIC_RELEASE);
+    if (pid == 0)
+        __atomic_store_n(&m->worker_lua_bytes[slot], 0, __ATOMIC_RELEASE);
+}
+
+void ev_metrics_worker_memory(ev_metrics_t *m, int slot, uint64_t lua_bytes)
+{
+    if (slot >= 0 && slot < EV_METRICS_MAX_WORKERS)
+        __atomic_store_n(&m->worker_lua_bytes[slot], lua_bytes, __ATOMIC_RELAXED);
+}
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} out_t;
+
+__attribute__((format(printf, 2, 3))) static void out(out_t *o, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if ((size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = o->cap * 2 + (size_t)n;
+        char *p = realloc(o->p, cap);
+        if (!p)
+            return;
+        o->p = p;
+        o->cap = cap;
+    }
+}
+
+static void render_requests(ev_metrics_t *m, out_t *o)
+{
+    out(o, "# HELP evently_http_requests_total Requests answered, by method, route and status.\n"
+           "# TYPE evently_http_requests_total counter\n");
+    for (int i = 0; i < SLOTS; i++) {
+        series_t *s = &m->series[i];
+        if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == 2)
+            out(o, "evently_http_requests_total{method=\"%s\",route=\"%s\",status=\"%d\"} %llu\n",
+                s->method, s->route, s->status,
+                (unsigned long long)__atomic_load_n(&s->count, __ATOMIC_RELAXED));
+    }
+    out(o, "# HELP evently_http_request_duration_seconds Time from request parsed to answer queued.\n"
+           "# TYPE evently_http_request_duration_seconds histogram\n");
+    for (int i = 0; i < SLOTS; i++) {
+        series_t *s = &m->series[i];
+        if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != 2)
+            continue;
+        uint64_t cum = 0;
+        const char *lbl = "evently_http_request_duration_seconds";
+        for (size_t b = 0; b < NBUCKETS; b++) {
+            cum += __atomic_load_n(&s->buckets[b], __ATOMIC_RELAXED);
+            out(o, "%s_bucket{method=\"%s\",route=\"%s\",status=\"%d\",le=\"%g\"} %llu\n", lbl,
+                s->method, s->route, s->status, bounds_ms[b] / 1000.0, (unsigned long long)cum);
+        }
+        uint64_t count = __atomic_load_n(&s->count, __ATOMIC_RELAXED);
+        out(o, "%s_bucket{method=\"%s\",route=\"%s\",status=\"%d\",le=\"+Inf\"} %llu\n", lbl,
+            s->method, s->route, s->status, (unsigned long long)count);
+        out(o, "%s_sum{method=\"%s\",route=\"%s\",status=\"%d\"} %.6f\n", lbl, s->method,
+            s->route, s->status, (double)__atomic_load_n(&s->sum_us, __ATOMIC_RELAXED) / 1e6);
+        out(o, "%s_count{method=\"%s\",route=\"%s\",status=\"%d\"} %llu\n", lbl, s->method,
+            s->route, s->status, (unsigned long long)count);
+    }
+}
+
+static void render_workers(ev_metrics_t *m, out_t *o)
+{
+    int workers = 0;
+    for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++)
+        workers += __atomic_load_n(&m->worker_pid[i], __ATOMIC_ACQUIRE) != 0;
+    out(o, "# HELP evently_workers Worker processes running.\n# TYPE evently_workers gauge\n"
+           "evently_workers %d\n", workers);
+    out(o, "# HELP evently_lua_memory_bytes Lua heap per worker.\n"
+           "# TYPE evently_lua_memory_bytes gauge\n");
+    for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++) {
+        int pid = __atomic_load_n(&m->worker_pid[i], __ATOMIC_ACQUIRE);
+        if (pid)
+            out(o, "evently_lua_memory_bytes{worker=\"%d\",pid=\"%d\"} %llu\n", i, pid,
+                (unsigned long long)__atomic_load_n(&m->worker_lua_bytes[i], __ATOMIC_RELAXED));
+    }
+    for (int i = 0; i < COUNTERS; i++) {
+        counter_t *c = &m->counters[i];
+        if (__atomic_load_n(&c->state, __ATOMIC_ACQUIRE) == 2)
+            out(o, "# TYPE %s counter\n%s %llu\n", c->name, c->name,
+                (unsigned long long)__atomic_load_n(&c->value, __ATOMIC_RELAXED));
+    }
+    out(o, "# TYPE evently_metrics_series_dropped_total counter\n"
+           "evently_metrics_series_dropped_total %llu\n",
+        (unsigned long long)__atomic_load_n(&m->dropped, __ATOMIC_RELAXED));
+}
+
+char *ev_metrics_render(ev_metrics_t *m, size_t *len)
+{
+    out_t o = {malloc(8192), 0, 8192};
+    if (!o.p)
+        return NULL;
+    o.p[0] = '\0';
+    render_requests(m, &o);
+    render_workers(m, &o);
+    *len = o.len;
+    return o.p;
+}
+
+/* A seqlock per component: one writer (the master), readers retry a torn read. */
+void ev_metrics_component_set(ev_metrics_t *m, int component, int state, const char *detail)
+{
+    if (component < 0 || component >= 8)
+        return;
+    __atomic_add_fetch(&m->component_seq[component], 1, __ATOMIC_ACQ_REL);
+    __atomic_store_n(&m->component_state[component], state, __ATOMIC_RELAXED);
+    snprintf(m->component_detail[component], sizeof m->component_detail[component], "%s",
+             detail ? detail : "");
+    __atomic_add_fetch(&m->component_seq[component], 1, __ATOMIC_ACQ_REL);
+}
+
+int ev_metrics_component_get(ev_metrics_t *m, int component, char *detail, size_t cap)
+{
+    if (component < 0 || component >= 8)
+        return 0;
+    for (;;) {
+        uint32_t seq = __atomic_load_n(&m->component_seq[component], __ATOMIC_ACQUIRE);
+        if (seq & 1)
+            continue;
+        int state = __atomic_load_n(&m->component_state[component], __ATOMIC_RELAXED);
+        if (detail && cap)
+            snprintf(detail, cap, "%s", m->component_detail[component]);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&m->component_seq[component], __ATOMIC_RELAXED) == seq)
+            return state;
+    }
+}

@@ -1,0 +1,230 @@
+/* runtime.c - creating a platform Lua state, booting the app, running chunks.
+ *
+ * The C modules are registered in package.preload, so scripts pull them in
+ * with require like any Lua module, and a state that never asks for Kafka
+ * never pays for it. evently.runtime exposes what a worker knows about
+ * itself (config, worker slot, draining, metrics text). */
+#include "runtime.h"
+
+#include <event2/event.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "co.h"
+#include "health.h"
+#include "log.h"
+
+static const char RT_KEY = 'r';
+
+ev_runtime_t *ev_runtime_get(lua_State *L)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &RT_KEY);
+    ev_runtime_t *rt = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return rt;
+}
+
+static void set_paths(lua_State *L, const ev_config_t *c)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;%s/?.lua;"
+             "/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua",
+             c->lua_path, c->lua_path, c->scripts, c->scripts, c->plugins_dir);
+    lua_getglobal(L, "package");
+    lua_pushstring(L, path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, "/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;/usr/local/lib/lua/5.4/?.so");
+    lua_setfield(L, -2, "cpath");
+    lua_pop(L, 1);
+}
+
+static void preload(lua_State *L, const char *name, lua_CFunction open)
+{
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, open);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+lua_State *ev_runtime_new(ev_runtime_t *rt)
+{
+    lua_State *L = luaL_newstate();
+    if (!L)
+        return NULL;
+    luaL_openlibs(L);
+    lua_pushlightuserdata(L, rt);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &RT_KEY);
+    set_paths(L, rt->cfg);
+    preload(L, "evently.time", luaopen_evently_time);
+    preload(L, "evently.log", luaopen_evently_log);
+    preload(L, "evently.runtime", luaopen_evently_runtime);
+    return L;
+}
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+    return 1;
+}
+
+int ev_runtime_boot(lua_State *L, char *err, size_t errlen)
+{
+    lua_pushcfunction(L, traceback);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "evently.boot");
+    int rc = lua_pcall(L, 1, 1, -3);
+    if (rc == LUA_OK) {
+        lua_getfield(L, -1, "load");
+        rc = lua_pcall(L, 0, 0, -3);
+    }
+    if (rc != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lua_settop(L, 0);
+        return -1;
+    }
+    lua_settop(L, 0);
+    return 0;
+}
+
+typedef struct {
+    int finished;
+    int ok;
+} run_state_t;
+
+static void run_done(ev_co_t *co, lua_State *co_L, int status, void *ud)
+{
+    run_state_t *st = ud;
+    st->finished = 1;
+    st->ok = status == LUA_OK;
+    if (!st->ok) {
+        const char *msg = lua_tostring(co_L, -1);
+        luaL_traceback(co_L, co_L, msg ? msg : "error", 0);
+        ev_error("%s: %s", ev_co_tag(co), lua_tostring(co_L, -1));
+    }
+    event_base_loopbreak(ev_runtime_get(co_L)->base);
+}
+
+int ev_runtime_run(lua_State *L, int nargs)
+{
+    ev_runtime_t *rt = ev_runtime_get(L);
+    run_state_t st = {0, 0};
+    ev_co_t *co = ev_co_new(L, rt->base, run_done, &st);
+    if (!co)
+        return -1;
+    ev_co_set_tag(co, "main");
+    lua_State *T = ev_co_state(co);
+    lua_xmove(L, T, nargs + 1);
+    ev_co_start(co, nargs);
+    while (!st.finished)
+        if (event_base_loop(rt->base, EVLOOP_ONCE) != 0)
+            break; /* nothing left to wait on: the chunk is stuck */
+    if (!st.finished) {
+        ev_error("main chunk waits on nothing that can wake it");
+        return -1;
+    }
+    return st.ok ? 0 : -1;
+}
+
+/* ---- evently.runtime ---- */
+
+static int rt_config(lua_State *L)
+{
+    const ev_config_t *c = ev_runtime_get(L)->cfg;
+    lua_newtable(L);
+    lua_pushstring(L, c->home); lua_setfield(L, -2, "home");
+    lua_pushstring(L, c->scripts); lua_setfield(L, -2, "scripts");
+    lua_pushstring(L, c->plugins_dir); lua_setfield(L, -2, "plugins_dir");
+    lua_pushinteger(L, c->port); lua_setfield(L, -2, "port");
+    lua_pushinteger(L, c->workers); lua_setfield(L, -2, "workers");
+    lua_pushinteger(L, (lua_Integer)c->max_body); lua_setfield(L, -2, "max_body");
+    if (c->database_url) { lua_pushstring(L, c->database_url); lua_setfield(L, -2, "database_url"); }
+    if (c->replica_url) { lua_pushstring(L, c->replica_url); lua_setfield(L, -2, "replica_url"); }
+    if (c->redis_url) { lua_pushstring(L, c->redis_url); lua_setfield(L, -2, "redis_url"); }
+    if (c->kafka_brokers) { lua_pushstring(L, c->kafka_brokers); lua_setfield(L, -2, "kafka_brokers"); }
+    if (c->smtp_url) { lua_pushstring(L, c->smtp_url); lua_setfield(L, -2, "smtp_url"); }
+    lua_createtable(L, c->nplugins, 0);
+    for (int i = 0; i < c->nplugins; i++) {
+        lua_pushstring(L, c->plugins[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "plugins");
+    return 1;
+}
+
+static int rt_worker(lua_State *L)
+{
+    ev_runtime_t *rt = ev_runtime_get(L);
+    lua_newtable(L);
+    lua_pushinteger(L, rt->worker_slot); lua_setfield(L, -2, "slot");
+    lua_pushinteger(L, (lua_Integer)getpid()); lua_setfield(L, -2, "pid");
+    lua_pushboolean(L, rt->draining); lua_setfield(L, -2, "draining");
+    return 1;
+}
+
+static int rt_metrics(lua_State *L)
+{
+    ev_runtime_t *rt = ev_runtime_get(L);
+    if (!rt->metrics) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    ev_metrics_worker_memory(rt->metrics, rt->worker_slot,
+                             (uint64_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024);
+    size_t len;
+    char *text = ev_metrics_render(rt->metrics, &len);
+    if (!text)
+        return luaL_error(L, "out of memory");
+    lua_pushlstring(L, text, len);
+    free(text);
+    return 1;
+}
+
+static int rt_count(lua_State *L)
+{
+    ev_runtime_t *rt = ev_runtime_get(L);
+    const char *name = luaL_checkstring(L, 1);
+    lua_Integer n = luaL_optinteger(L, 2, 1);
+    luaL_argcheck(L, n >= 0, 2, "must be >= 0");
+    if (rt->metrics)
+        ev_metrics_count(rt->metrics, name, (uint64_t)n);
+    return 0;
+}
+
+/* {postgres = {state = "up", detail = "..."}, ...} from the master's prober. */
+static int rt_components(lua_State *L)
+{
+    ev_runtime_t *rt = ev_runtime_get(L);
+    lua_newtable(L);
+    for (int c = 0; c < EV_COMP_COUNT; c++) {
+        char detail[128] = "";
+        int state = rt->metrics ? ev_metrics_component_get(rt->metrics, c, detail, sizeof detail)
+                                : EV_STATE_UNKNOWN;
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, ev_health_state_name((ev_state_t)state));
+        lua_setfield(L, -2, "state");
+        lua_pushstring(L, detail);
+        lua_setfield(L, -2, "detail");
+        lua_setfield(L, -2, ev_health_component_name((ev_component_t)c));
+    }
+    return 1;
+}
+
+static const luaL_Reg runtime_funcs[] = {
+    {"components", rt_components},
+    {"config", rt_config},
+    {"worker", rt_worker},
+    {"metrics_text", rt_metrics},
+    {"count", rt_count},
+    {NULL, NULL},
+};
+
+int luaopen_evently_runtime(lua_State *L)
+{
+    luaL_newlib(L, runtime_funcs);
+    return 1;
+}

@@ -1,0 +1,41 @@
+/* runtime.h - a Lua 5.4 state with the whole platform API.
+ *
+ * One per worker (and one for `evently lua`, `test`, `check`). It knows its
+ * event loop and configuration through the registry, so every binding can
+ * reach them from any coroutine: ev_runtime_base(L), ev_runtime_config(L). */
+#ifndef EV_RUNTIME_H
+#define EV_RUNTIME_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "metrics.h"
+
+struct event_base;
+
+typedef struct {
+    struct event_base *base;
+    const ev_config_t *cfg;
+    ev_metrics_t *metrics;   /* may be NULL outside `serve` */
+    int worker_slot;         /* -1 outside `serve` */
+    int draining;
+} ev_runtime_t;
+
+/* Creates the state: standard libraries, package.path over the platform
+ * modules, the scripts and plugins dirs, and every evently.* C module
+ * preloaded. NULL on allocation failure. */
+lua_State *ev_runtime_new(ev_runtime_t *rt);
+ev_runtime_t *ev_runtime_get(lua_State *L);
+/* Runs a chunk in a coroutine on the loop and runs the loop until it ends.
+ * The function and nargs arguments are on L. Returns 0 or -1 (error logged). */
+int ev_runtime_run(lua_State *L, int nargs);
+/* Loads the app (plugins + scripts/app.lua) through evently.boot; -1 and a
+ * message with file:line in err on failure. */
+int ev_runtime_boot(lua_State *L, char *err, size_t errlen);
+
+int luaopen_evently_time(lua_State *L);
+int luaopen_evently_log(lua_State *L);
+int luaopen_evently_runtime(lua_State *L);
+
+#endif
