@@ -649,14 +649,14 @@ void ev_http_server_drain(ev_http_server_t *s)
     s->draining = 1;
     if (s->listener)
         evconnlistener_disable(s->listener);
-    /* idle connections go now; busy ones close after their answer */
-    ev_http_conn_t *c = s->conns, *next;
-    for (; c; c = next) {
-        next = c->next;
-        if (!c->req && !c->mid_request &&
-            evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
-            conn_free(c);
-    }
+    /* Busy connections close after their answer (Connection: close). Idle
+     * keep-alive ones get a short grace instead of an immediate close: a
+     * client may have a request on the wire right now, and closing on it
+     * would reset the connection and lose that request. */
+    struct timeval grace = {1, 0};
+    for (ev_http_conn_t *c = s->conns; c; c = c->next)
+        if (!c->req && !c->closing)
+            bufferevent_set_timeouts(c->bev, &grace, &grace);
 }
 
 int ev_http_server_connections(const ev_http_server_t *s) { return s->nconns; }

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,7 +85,14 @@ static int free_slot(ev_master_t *m)
 
 static int spawn(ev_master_t *m, int slot)
 {
+    /* signals stay blocked in the child until its loop handles them, so a
+     * reload or stop racing a fork cannot kill a worker mid-boot */
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
     pid_t pid = fork();
+    if (pid != 0)
+        sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
         ev_error("fork: %s", strerror(errno));
         return -1;
@@ -96,6 +104,7 @@ static int spawn(ev_master_t *m, int slot)
         event_reinit(m->base);
         event_base_free(m->base);
         signal(SIGCHLD, SIG_DFL);
+        signal(SIGHUP, SIG_IGN);
         _exit(ev_worker_run(m->cfg, m->listen_fd, m->metrics, slot));
     }
     m->slots[slot] = (slot_t){pid, m->generation, time(NULL)};
@@ -221,6 +230,25 @@ static void on_probe(evutil_socket_t fd, short what, void *arg)
         ev_health_probe(m->cfg, m->metrics);
 }
 
+/* $EVENTLY_HOME/evently.pid names the master, for `kill -HUP` and scripts. */
+static void pidfile(const ev_config_t *cfg, int create)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/evently.pid", cfg->home);
+    if (!create) {
+        unlink(path);
+        return;
+    }
+    mkdir(cfg->home, 0755);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        ev_warn("cannot write %s: %s", path, strerror(errno));
+        return;
+    }
+    fprintf(f, "%d\n", (int)getpid());
+    fclose(f);
+}
+
 int ev_master_serve(const ev_config_t *cfg)
 {
     ev_master_t m = {.cfg = cfg, .listen_fd = -1};
@@ -249,10 +277,12 @@ int ev_master_serve(const ev_config_t *cfg)
     event_add(probe, &sec);
     ev_health_probe(cfg, m.metrics);
     top_up(&m);
+    pidfile(cfg, 1);
     ev_info("evently listening on http://%s:%d with %d workers", cfg->host, cfg->port,
             cfg->workers);
     event_base_dispatch(m.base);
     ev_info("all workers stopped");
+    pidfile(cfg, 0);
     rc = 0;
 done:
     for (int i = 0; i < 4; i++)

@@ -319,7 +319,7 @@ int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, 
         goto done;
     w.L = ev_runtime_new(&w.rt);
     if (!w.L || load_dispatch(&w) != 0)
-        goto done;
+        goto done; /* exits with signals still blocked: nothing to handle */
     ev_http_limits_t limits = {cfg->max_header, cfg->max_body, cfg->max_connections,
                                cfg->idle_timeout, cfg->read_timeout};
     w.access_fd = open_access_log(cfg->access_log);
@@ -336,6 +336,9 @@ int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, 
     evsignal_add(w.sig_term, NULL);
     evsignal_add(w.sig_quit, NULL);
     evsignal_add(w.sig_int, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL); /* blocked by the master across fork */
     struct timeval sec = {1, 0};
     event_add(w.mem_tick, &sec);
     on_mem_tick(-1, 0, &w);
