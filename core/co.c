@@ -109,6 +109,8 @@ int ev_co_wait(lua_State *L, double timeout_s, const ev_wait_ops_t *ops, void *d
     co->ops = ops;
     co->data = data;
     if (timeout_s >= 0) {
+        /* the loop's cached clock may be a whole callback old: count from now */
+        event_base_update_cache_time(co->base);
         struct timeval tv;
         tv.tv_sec = (time_t)timeout_s;
         tv.tv_usec = (suseconds_t)((timeout_s - (double)tv.tv_sec) * 1e6);

@@ -154,6 +154,7 @@ static int start_timer(lua_State *L, int repeat)
     lua_setfield(L, -2, "handle");         /* anchors the handle while pending */
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     struct timeval tv = {(time_t)s, (suseconds_t)((s - floor(s)) * 1e6)};
+    event_base_update_cache_time(rt->base); /* count from now, not from the loop's last wake */
     event_add(t->ev, &tv);
     return 1;
 }

@@ -111,8 +111,16 @@ function M:match(method, path)
     if params then
       local route = pick(entry.methods, method)
       if route then return route, params end
-      allowed = allowed or allow_list(entry.methods)
+      allowed = allowed and (allowed .. ", " .. allow_list(entry.methods)) or allow_list(entry.methods)
     end
+  end
+  if allowed then -- several patterns of one shape: one sorted list, no repeats
+    local seen, list = {}, {}
+    for m in allowed:gmatch("[^, ]+") do
+      if not seen[m] then seen[m] = true; list[#list + 1] = m end
+    end
+    table.sort(list)
+    allowed = table.concat(list, ", ")
   end
   return nil, nil, allowed
 end

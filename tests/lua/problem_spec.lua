@@ -1,0 +1,22 @@
+local problem = require "evently.problem"
+
+describe("evently.problem", function()
+  it("builds an RFC 9457 document with a stable type URI", function()
+    local s, doc, h = problem.response(422, "validation", "bad fields", { errors = { { field = "quantity", message = "must be >= 1" } } })
+    assert.are.equal(422, s)
+    assert.are.equal("https://evently.dev/problems/validation", doc.type)
+    assert.are.equal("Unprocessable Content", doc.title)
+    assert.are.equal(422, doc.status)
+    assert.are.equal("quantity", doc.errors[1].field)
+    assert.are.equal("application/problem+json", h["Content-Type"])
+  end)
+
+  it("raises an error object that problem.is recognises, and only that", function()
+    local ok, err = pcall(problem.raise, 409, "sold-out")
+    assert.is_false(ok)
+    assert.is_true(problem.is(err))
+    assert.are.equal(409, err.status)
+    local _, other = pcall(error, "plain")
+    assert.is_false(problem.is(other))
+  end)
+end)

@@ -1,0 +1,70 @@
+local router = require "evently.router"
+
+describe("evently.router", function()
+  local r
+  local function h() end
+  before_each(function()
+    r = router.new()
+    r:add("GET", "/events", h)
+    r:add("POST", "/events", h)
+    r:add("GET", "/events/:id", h)
+    r:add("DELETE", "/events/{id}", h)
+    r:add("GET", "/events/:id/waitlist/:entry", h)
+    r:add("GET", "/files/*rest", h)
+  end)
+
+  it("matches a static path by method", function()
+    local route, params = r:match("POST", "/events")
+    assert.are.equal("/events", route.pattern)
+    assert.are.equal("POST", route.method)
+    assert.are.same({}, params)
+  end)
+
+  it("extracts and percent-decodes path parameters in both syntaxes", function()
+    local route, params = r:match("GET", "/events/a%20b")
+    assert.are.equal("/events/:id", route.pattern)
+    assert.are.equal("a b", params.id)
+    route, params = r:match("DELETE", "/events/7")
+    assert.are.equal("/events/{id}", route.pattern)
+    assert.are.equal("7", params.id)
+  end)
+
+  it("matches several parameters", function()
+    local _, params = r:match("GET", "/events/3/waitlist/9")
+    assert.are.same({ id = "3", entry = "9" }, params)
+  end)
+
+  it("takes the rest of the path with a star segment", function()
+    local _, params = r:match("GET", "/files/a/b/c.txt")
+    assert.are.equal("a/b/c.txt", params.rest)
+  end)
+
+  it("reports the allowed methods when only the method is wrong", function()
+    local route, _, allowed = r:match("PUT", "/events")
+    assert.is_nil(route)
+    assert.are.equal("GET, HEAD, POST", allowed)
+    route, _, allowed = r:match("PATCH", "/events/1")
+    assert.is_nil(route)
+    assert.are.equal("DELETE, GET, HEAD", allowed)
+  end)
+
+  it("answers HEAD with the GET route", function()
+    local route = r:match("HEAD", "/events/1")
+    assert.are.equal("GET", route.method)
+  end)
+
+  it("returns nothing for an unknown path", function()
+    local route, params, allowed = r:match("GET", "/nope/1/2")
+    assert.is_nil(route); assert.is_nil(params); assert.is_nil(allowed)
+  end)
+
+  it("does not match a pattern with extra or missing segments", function()
+    assert.is_nil((r:match("GET", "/events/1/extra")))
+    assert.is_nil((r:match("GET", "/events/1/waitlist")))
+  end)
+
+  it("refuses a non-function handler and a star segment that is not last", function()
+    assert.has_error(function() r:add("GET", "/x", "nope") end)
+    assert.has_error(function() r:add("GET", "/x/*a/b", h) end)
+  end)
+end)
