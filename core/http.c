@@ -29,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -269,16 +270,74 @@ static const char *http_date(void)
     return buf;
 }
 
-static void write_head(struct evbuffer *out, int status, size_t body_len, int keep_alive,
+/* Response heads are built in one flat buffer: no printf on the hot path. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int overflow;
+} head_t;
+
+static void head_add(head_t *h, const char *s, size_t n)
+{
+    if (h->len + n > h->cap) {
+        h->overflow = 1;
+        return;
+    }
+    memcpy(h->p + h->len, s, n);
+    h->len += n;
+}
+
+static void head_str(head_t *h, const char *s) { head_add(h, s, strlen(s)); }
+
+static void head_num(head_t *h, size_t v)
+{
+    char digits[24];
+    int i = sizeof digits;
+    do {
+        digits[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    head_add(h, digits + i, sizeof digits - (size_t)i);
+}
+
+static void write_head(head_t *h, int status, size_t body_len, int keep_alive,
                        const char *request_id)
 {
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\nServer: evently\r\nDate: %s\r\n"
-                        "Content-Length: %zu\r\nConnection: %s\r\n",
-                        status, ev_http_reason(status), http_date(), body_len,
-                        keep_alive ? "keep-alive" : "close");
-    if (request_id && *request_id)
-        evbuffer_add_printf(out, "X-Request-Id: %s\r\n", request_id);
+    head_str(h, "HTTP/1.1 ");
+    head_num(h, (size_t)status);
+    head_str(h, " ");
+    head_str(h, ev_http_reason(status));
+    head_str(h, "\r\nServer: evently\r\nDate: ");
+    head_str(h, http_date());
+    head_str(h, "\r\nContent-Length: ");
+    head_num(h, body_len);
+    head_str(h, keep_alive ? "\r\nConnection: keep-alive\r\n" : "\r\nConnection: close\r\n");
+    if (request_id && *request_id) {
+        head_str(h, "X-Request-Id: ");
+        head_str(h, request_id);
+        head_str(h, "\r\n");
+    }
+}
+
+/* Writes head + body: straight to the socket when nothing is queued (the
+ * common case, and no EV_WRITE registration at all), the rest via the
+ * bufferevent's output, whose write callback finishes the job. */
+static void send_answer(ev_http_conn_t *c, const head_t *h, const char *body, size_t body_len)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t done = 0, total = h->len + body_len;
+    if (evbuffer_get_length(out) == 0) {
+        struct iovec iov[2] = {{h->p, h->len}, {(void *)body, body_len}};
+        ssize_t n = writev(bufferevent_getfd(c->bev), iov, body_len ? 2 : 1);
+        if (n > 0)
+            done = (size_t)n;
+    }
+    if (done < h->len) {
+        evbuffer_add(out, h->p + done, h->len - done);
+        evbuffer_add(out, body, body_len);
+    } else if (done < total) {
+        evbuffer_add(out, body + (done - h->len), total - done);
+    }
 }
 
 /* Answers a transport error and closes; the request never reached the handler. */
@@ -293,10 +352,11 @@ static void conn_fail(ev_http_conn_t *c, int status)
                      "{\"type\":\"https://evently.dev/problems/%s\",\"title\":\"%s\",\"status\":%d}",
                      types[t], ev_http_reason(status), status);
     if (c->bev) {
-        struct evbuffer *out = bufferevent_get_output(c->bev);
-        write_head(out, status, (size_t)n, 0, NULL);
-        evbuffer_add_printf(out, "Content-Type: application/problem+json\r\n\r\n");
-        evbuffer_add(out, body, (size_t)n);
+        char buf[512];
+        head_t h = {buf, 0, sizeof buf, 0};
+        write_head(&h, status, (size_t)n, 0, NULL);
+        head_str(&h, "Content-Type: application/problem+json\r\n\r\n");
+        send_answer(c, &h, body, (size_t)n);
         bufferevent_disable(c->bev, EV_READ);
     }
     c->closing = 1;
@@ -313,23 +373,41 @@ void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *hea
 {
     ev_http_conn_t *c = req->conn;
     ev_http_server_t *s = c->srv;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     int keep = c->keep_alive && !s->draining;
     int no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
-    write_head(out, status, no_body ? 0 : body_len, keep, req->request_id);
-    for (size_t i = 0; i < nheaders; i++) {
-        const ev_http_header_t *h = &headers[i];
-        if (header_name_is(h, "content-length") || header_name_is(h, "connection") ||
-            header_name_is(h, "x-request-id"))
-            continue; /* ours to set */
-        evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+    char buf[4096];
+    head_t h = {buf, 0, sizeof buf, 0};
+    size_t room = 512; /* for our own lines */
+    for (size_t i = 0; i < nheaders; i++)
+        room += headers[i].name_len + headers[i].value_len + 4;
+    if (room > sizeof buf) {
+        h.p = malloc(room);
+        h.cap = room;
     }
-    evbuffer_add(out, "\r\n", 2);
-    if (!no_body && body_len && strcmp(req->method, "HEAD") != 0)
-        evbuffer_add(out, body, body_len);
+    if (!h.p) { /* no memory for a head: the connection cannot be answered */
+        c->req = NULL;
+        free(req);
+        c->closing = 1;
+        if (!c->in_parse)
+            conn_free(c);
+        return;
+    }
+    write_head(&h, status, no_body ? 0 : body_len, keep, req->request_id);
+    for (size_t i = 0; i < nheaders; i++) {
+        const ev_http_header_t *hd = &headers[i];
+        if (header_name_is(hd, "content-length") || header_name_is(hd, "connection") ||
+            header_name_is(hd, "x-request-id"))
+            continue; /* ours to set */
+        head_add(&h, hd->name, hd->name_len);
+        head_add(&h, ": ", 2);
+        head_add(&h, hd->value, hd->value_len);
+        head_add(&h, "\r\n", 2);
+    }
+    head_add(&h, "\r\n", 2);
+    int send_body = !no_body && body_len && req->method[0] != 'H'; /* HEAD: head only */
+    send_answer(c, &h, send_body ? body : "", send_body ? body_len : 0);
+    if (h.p != buf)
+        free(h.p);
     if (s->log)
         s->log(req, status, body_len, route, s->arg);
     c->req = NULL;
@@ -337,11 +415,12 @@ void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *hea
     if (!keep) {
         c->closing = 1;
         bufferevent_disable(c->bev, EV_READ);
-        return; /* the write callback closes once flushed */
+        if (!c->in_parse && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            conn_free(c); /* all written; else the write callback closes once flushed */
+        return;
     }
-    struct timeval idle = {s->limits.idle_timeout, 0};
-    bufferevent_set_timeouts(c->bev, &idle, &idle);
-    bufferevent_enable(c->bev, EV_READ);
+    if (!(bufferevent_get_enabled(c->bev) & EV_READ))
+        bufferevent_enable(c->bev, EV_READ);
     if (!c->in_parse) {
         http_parser_pause(&c->parser, 0);
         conn_parse(c);
@@ -440,7 +519,6 @@ static void dispatch(ev_http_conn_t *c)
         return;
     }
     c->req = r;
-    bufferevent_set_timeouts(c->bev, NULL, NULL); /* the handler has its own deadline */
     c->srv->handler(r, c->srv->arg);
 }
 
@@ -509,8 +587,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         conn_free(c); /* a client that does not read its answer */
         return;
     }
+    if ((what & BEV_EVENT_TIMEOUT) && c->req) {
+        /* idle timer ran out while the handler works (it has its own
+         * deadline): keep the connection, keep watching for EOF */
+        bufferevent_enable(c->bev, EV_READ);
+        return;
+    }
     if (what & BEV_EVENT_TIMEOUT) {
-        if (!c->req && c->mid_request) {
+        if (c->mid_request) {
             conn_fail(c, 408);
             return;
         }

@@ -1,0 +1,110 @@
+"""The process model: pid file, workers replaced after a crash, graceful stop
+with requests in flight, several servers side by side."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import Server, pid_alive, processes_under
+
+
+@pytest.fixture(scope="module")
+def other():
+    """A second server with its own home; the last test of this module stops it."""
+    s = Server("other", workers=2)
+    try:
+        s.start()
+        yield s
+        if s.running():
+            s.stop_and_check()
+    finally:
+        s.force_cleanup()
+
+
+def test_pid_file_names_the_master(server):
+    with open(os.path.join(server.home, "evently.pid")) as f:
+        assert int(f.read().strip()) == server.pid
+
+
+def test_two_workers_run(server):
+    assert len(server.worker_pids()) == 2
+
+
+def test_two_servers_side_by_side(server, other):
+    assert other.home != server.home and other.port != server.port
+    for s in (server, other):
+        r = s.get("/health/ready")
+        assert r.status == 200
+        assert r.json()["components"]["postgres"]["state"] == "up"
+    # each has its own embedded postgres: one per data dir
+    def pg(s):
+        return [p for p, cmd in processes_under(s.home) if "postgres" in cmd and " -D " in cmd]
+
+    assert len(pg(server)) == 1 and len(pg(other)) == 1
+    assert pg(server) != pg(other)
+    # requests counted separately
+    before = other.metric("evently_http_requests_total", route="/items/:id") or 0
+    for _ in range(3):
+        assert server.get("/items/x").status == 200
+    assert (other.metric("evently_http_requests_total", route="/items/:id") or 0) == before
+
+
+def test_killed_worker_is_replaced_and_serving_goes_on(other):
+    workers = other.wait_workers(2)
+    time.sleep(1.1)  # older than a second: replaced at once, not after the crash-loop pause
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+    failures = 0
+    t0 = time.monotonic()
+    new = None
+    while time.monotonic() - t0 < 10:
+        r = other.get("/version")
+        failures += r.status != 200
+        pids = other.worker_pids()
+        if len(pids) == 2 and victim not in pids:
+            new = pids
+            break
+        time.sleep(0.05)
+    assert new, "worker %d was not replaced; workers now %r" % (victim, other.worker_pids())
+    assert workers[1] in new
+    assert failures == 0
+    for _ in range(10):
+        assert other.get("/version").status == 200
+    assert other.metric("evently_worker_restarts_total") == 1
+    assert other.metric("evently_workers") == 2
+    other.wait_log(r"worker \d+ \(pid %d\) died \(signal 9\)" % victim)
+
+
+def test_sigterm_lets_an_inflight_request_finish_and_exits_0(other):
+    result = {}
+
+    def slow():
+        try:
+            r = other.get("/sleep?s=1.5", timeout=30)
+            result["status"], result["body"] = r.status, r.json()
+            result["connection"] = r.header("connection")
+        except Exception as e:  # noqa: BLE001
+            result["error"] = repr(e)
+
+    workers = other.worker_pids()
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.5)  # the request is with its handler now
+    t0 = time.monotonic()
+    other.signal(signal.SIGTERM)
+    rc = other.wait(timeout=60)
+    stopped_after = time.monotonic() - t0
+    t.join(30)
+    assert result.get("status") == 200, result
+    assert result["body"]["slept"] == 1.5
+    assert result["connection"] == "close"
+    assert rc == 0, other.log_tail()
+    assert stopped_after >= 0.7, "exited before the in-flight request finished"
+    left = other.leftovers()
+    assert not left, "left running after SIGTERM: %r" % left
+    assert not any(pid_alive(p) for p in workers)
+    assert not os.path.exists(os.path.join(other.home, "evently.pid"))
+    log = other.log_text()
+    assert "stopped Redis" in log and "stopped PostgreSQL" in log
