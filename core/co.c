@@ -16,6 +16,7 @@
 struct ev_co {
     lua_State *L;           /* the thread */
     lua_State *M;           /* the main thread: owns the anchor */
+    void *pool;             /* co_pool_t of M, where it goes when finished */
     int ref;                /* registry anchor of the thread */
     struct event_base *base;
     struct event *timer;    /* the wait's timeout */
@@ -38,14 +39,69 @@ lua_State *ev_co_state(ev_co_t *co) { return co->L; }
 
 void ev_co_set_tag(ev_co_t *co, const char *tag)
 {
-    snprintf(co->tag, sizeof co->tag, "%s", tag);
+    size_t n = strlen(tag);
+    if (n >= sizeof co->tag)
+        n = sizeof co->tag - 1;
+    memcpy(co->tag, tag, n);
+    co->tag[n] = '\0';
 }
 
 const char *ev_co_tag(const ev_co_t *co) { return co->tag; }
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg);
 
-ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, void *ud)
+/* Finished coroutines are kept for reuse: a Lua thread that returned
+ * normally can run a new function (Lua 5.4), so a busy worker creates no
+ * threads, timers or registry entries per request. Threads that raised or
+ * were aborted are reset before they go back. The pool belongs to its Lua
+ * state (a userdata in the registry), so lua_close() frees it; close the
+ * state before its event base. */
+#define POOL_MAX 256
+typedef struct {
+    ev_co_t *items[POOL_MAX];
+    int n;
+} co_pool_t;
+
+static const char POOL_KEY = 'p';
+
+static int pool_gc(lua_State *L)
+{
+    co_pool_t *p = lua_touserdata(L, 1);
+    while (p->n > 0) { /* the state is going: its registry goes with it */
+        ev_co_t *co = p->items[--p->n];
+        event_free(co->timer);
+        free(co);
+    }
+    return 0;
+}
+
+static co_pool_t *pool_of(lua_State *M)
+{
+    if (lua_rawgetp(M, LUA_REGISTRYINDEX, &POOL_KEY) == LUA_TUSERDATA) {
+        co_pool_t *p = lua_touserdata(M, -1);
+        lua_pop(M, 1);
+        return p;
+    }
+    lua_pop(M, 1);
+    co_pool_t *p = lua_newuserdatauv(M, sizeof *p, 0);
+    p->n = 0;
+    lua_createtable(M, 0, 1);
+    lua_pushcfunction(M, pool_gc);
+    lua_setfield(M, -2, "__gc");
+    lua_setmetatable(M, -2);
+    lua_rawsetp(M, LUA_REGISTRYINDEX, &POOL_KEY);
+    return p;
+}
+
+static lua_State *main_thread(lua_State *L)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    lua_State *M = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    return M;
+}
+
+static ev_co_t *co_create(lua_State *M, struct event_base *base, co_pool_t *pool)
 {
     ev_co_t *co = calloc(1, sizeof *co);
     if (!co)
@@ -55,26 +111,57 @@ ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, vo
         free(co);
         return NULL;
     }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-    co->M = lua_tothread(L, -1);
-    lua_pop(L, 1);
-    co->L = lua_newthread(co->M);
-    co->ref = luaL_ref(co->M, LUA_REGISTRYINDEX);
-    *slot(co->L) = co;
+    co->M = M;
+    co->pool = pool;
+    co->L = lua_newthread(M);
+    co->ref = luaL_ref(M, LUA_REGISTRYINDEX);
     co->base = base;
+    return co;
+}
+
+static void co_destroy(ev_co_t *co)
+{
+    luaL_unref(co->M, LUA_REGISTRYINDEX, co->ref);
+    event_free(co->timer);
+    free(co);
+}
+
+ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, void *ud)
+{
+    lua_State *M = main_thread(L);
+    co_pool_t *pool = pool_of(M);
+    ev_co_t *co = NULL;
+    while (pool->n > 0 && !co) {
+        co = pool->items[--pool->n];
+        if (co->base != base) { /* made for another loop of this state */
+            co_destroy(co);
+            co = NULL;
+        }
+    }
+    if (!co)
+        co = co_create(M, base, pool);
+    if (!co)
+        return NULL;
+    *slot(co->L) = co;
     co->done = done;
     co->ud = ud;
+    co->tag[0] = '\0';
     live++;
     return co;
 }
 
-static void co_free(ev_co_t *co)
+static void co_free(ev_co_t *co, int status)
 {
     *slot(co->L) = NULL;
-    luaL_unref(co->M, LUA_REGISTRYINDEX, co->ref);
-    event_free(co->timer);
-    free(co);
     live--;
+    if (status != LUA_OK)
+        status = lua_resetthread(co->L);
+    lua_settop(co->L, 0);
+    co_pool_t *pool = co->pool;
+    if (status == LUA_OK && pool->n < POOL_MAX)
+        pool->items[pool->n++] = co;
+    else
+        co_destroy(co);
 }
 
 /* The one resume point. */
@@ -95,7 +182,7 @@ static void co_resume(ev_co_t *co, int nargs)
         ev_debug("co %s: finished with error", co->tag);
     if (co->done)
         co->done(co, co->L, status, co->ud);
-    co_free(co);
+    co_free(co, status);
 }
 
 void ev_co_start(ev_co_t *co, int nargs) { co_resume(co, nargs); }
@@ -150,7 +237,6 @@ void ev_co_abort(ev_co_t *co)
     if (ops && ops->cancel)
         ops->cancel(co->data);
     ev_debug("co %s: aborted", co->tag);
-    lua_resetthread(co->L); /* runs pending <close> variables */
     co->done = NULL;
-    co_free(co);
+    co_free(co, lua_resetthread(co->L)); /* the reset runs pending <close> variables */
 }

@@ -1,10 +1,12 @@
 /* master.c - process supervision; see master.h.
  *
- * One listening socket, opened here and inherited by every worker: all
- * generations accept from the same kernel queue, so retiring a generation
- * never drops a queued connection (separate SO_REUSEPORT sockets would lose
- * the queue of each socket closed). SO_REUSEPORT is still set so another
- * master (a binary upgrade) can bind the port beside this one.
+ * Listening sockets: one per worker "lane", all bound to the port with
+ * SO_REUSEPORT so the kernel spreads connections evenly over the lanes. The
+ * master opens them and keeps them; the worker of lane i, of whatever
+ * generation, accepts from socket i. A reload starts a new worker on each
+ * lane before the old one stops accepting, so no lane's queue is ever
+ * closed and no queued connection is dropped (closing a SO_REUSEPORT
+ * socket would reset everything waiting in its queue).
  *
  * Workers live in a small table: pid, slot (for per-worker metrics) and
  * generation. Only workers of the current generation are replaced when they
@@ -37,6 +39,7 @@
 typedef struct {
     pid_t pid;
     int generation;
+    int lane;
     time_t started;
 } slot_t;
 
@@ -44,7 +47,8 @@ typedef struct {
     const ev_config_t *cfg;
     struct event_base *base;
     ev_metrics_t *metrics;
-    int listen_fd;
+    int listen_fds[EV_METRICS_MAX_WORKERS]; /* one per lane */
+    int lanes;
     int generation;
     int stopping;
     slot_t slots[EV_METRICS_MAX_WORKERS];
@@ -83,7 +87,7 @@ static int free_slot(ev_master_t *m)
     return -1;
 }
 
-static int spawn(ev_master_t *m, int slot)
+static int spawn(ev_master_t *m, int slot, int lane)
 {
     /* signals stay blocked in the child until its loop handles them, so a
      * reload or stop racing a fork cannot kill a worker mid-boot */
@@ -105,27 +109,33 @@ static int spawn(ev_master_t *m, int slot)
         event_base_free(m->base);
         signal(SIGCHLD, SIG_DFL);
         signal(SIGHUP, SIG_IGN);
-        _exit(ev_worker_run(m->cfg, m->listen_fd, m->metrics, slot));
+        for (int i = 0; i < m->lanes; i++)
+            if (i != lane)
+                close(m->listen_fds[i]); /* only its own lane's queue */
+        _exit(ev_worker_run(m->cfg, m->listen_fds[lane], m->metrics, slot));
     }
-    m->slots[slot] = (slot_t){pid, m->generation, time(NULL)};
+    m->slots[slot] = (slot_t){pid, m->generation, lane, time(NULL)};
     ev_metrics_worker_set(m->metrics, slot, pid);
     return 0;
 }
 
-static int current_workers(const ev_master_t *m)
+static int lane_served(const ev_master_t *m, int lane)
 {
-    int n = 0;
     for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++)
-        n += m->slots[i].pid && m->slots[i].generation == m->generation;
-    return n;
+        if (m->slots[i].pid && m->slots[i].generation == m->generation &&
+            m->slots[i].lane == lane)
+            return 1;
+    return 0;
 }
 
-/* Brings the current generation back to cfg->workers. */
+/* Gives every lane a worker of the current generation. */
 static void top_up(ev_master_t *m)
 {
-    while (!m->stopping && current_workers(m) < m->cfg->workers) {
+    for (int lane = 0; lane < m->lanes && !m->stopping; lane++) {
+        if (lane_served(m, lane))
+            continue;
         int s = free_slot(m);
-        if (s < 0 || spawn(m, s) != 0)
+        if (s < 0 || spawn(m, s, lane) != 0)
             return;
     }
 }
@@ -251,7 +261,7 @@ static void pidfile(const ev_config_t *cfg, int create)
 
 int ev_master_serve(const ev_config_t *cfg)
 {
-    ev_master_t m = {.cfg = cfg, .listen_fd = -1};
+    ev_master_t m = {.cfg = cfg, .lanes = 0};
     int rc = 1;
     int sigs[] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT};
     struct event *sev[4] = {0}, *probe = NULL;
@@ -264,9 +274,11 @@ int ev_master_serve(const ev_config_t *cfg)
     m.base = event_base_new();
     if (!m.metrics || !m.base)
         goto done;
-    m.listen_fd = open_listener(cfg);
-    if (m.listen_fd < 0)
-        goto done;
+    for (; m.lanes < cfg->workers; m.lanes++) {
+        m.listen_fds[m.lanes] = open_listener(cfg);
+        if (m.listen_fds[m.lanes] < 0)
+            goto done;
+    }
     for (int i = 0; i < 4; i++) {
         sev[i] = evsignal_new(m.base, sigs[i], on_signal, &m);
         evsignal_add(sev[i], NULL);
@@ -292,8 +304,9 @@ done:
         event_free(probe);
     if (m.respawn)
         event_free(m.respawn);
-    if (m.listen_fd >= 0)
-        close(m.listen_fd);
+    for (int i = 0; i < m.lanes; i++)
+        if (m.listen_fds[i] >= 0)
+            close(m.listen_fds[i]);
     if (m.base)
         event_base_free(m.base);
     ev_metrics_destroy(m.metrics);

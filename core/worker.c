@@ -318,6 +318,8 @@ int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, 
     if (!w.rt.base)
         goto done;
     w.L = ev_runtime_new(&w.rt);
+    if (w.L)
+        lua_gc(w.L, LUA_GCGEN, 0, 0); /* requests make short-lived garbage: young collections suit it */
     if (!w.L || load_dispatch(&w) != 0)
         goto done; /* exits with signals still blocked: nothing to handle */
     ev_http_limits_t limits = {cfg->max_header, cfg->max_body, cfg->max_connections,

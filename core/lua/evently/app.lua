@@ -33,9 +33,11 @@ function M.reset()
   routes = router.new()
 end
 
+local NO_QUERY = setmetatable({}, { __newindex = function() error("query is read-only", 2) end })
+
 local function parse_query(qs)
+  if not qs or qs == "" then return NO_QUERY end
   local q = {}
-  if not qs then return q end
   for pair in qs:gmatch("[^&]+") do
     local k, v = pair:match("^([^=]*)=?(.*)$")
     k = router.unescape((k:gsub("+", " ")))
