@@ -1,0 +1,4 @@
+return {
+  fields = {},
+  fault_tolerant = true, -- adds a header only; a failure here never blocks a request
+}
