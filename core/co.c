@@ -207,6 +207,48 @@ int ev_co_wait(lua_State *L, double timeout_s, const ev_wait_ops_t *ops, void *d
     return lua_yield(L, 0);
 }
 
+typedef struct {
+    const ev_wait_ops_t *ops;
+    void *data;
+    ev_wake_t why;
+} push_args_t;
+
+static int push_call(lua_State *M)
+{
+    push_args_t *a = lua_touserdata(M, 1);
+    lua_pop(M, 1);
+    return a->ops->push(M, a->data, a->why);
+}
+
+/* Runs ops->push protected, on the main thread (a yielded coroutine cannot
+ * make calls), then moves the values over: a push that runs out of memory or
+ * decodes a bad value becomes `nil, "error: ..."` instead of a panic. */
+static int push_results(ev_co_t *co, const ev_wait_ops_t *ops, ev_wake_t why)
+{
+    push_args_t a = {ops, co->data, why};
+    int base = lua_gettop(co->M);
+    lua_pushcfunction(co->M, push_call);
+    lua_pushlightuserdata(co->M, &a);
+    int n;
+    if (lua_pcall(co->M, 1, LUA_MULTRET, 0) == LUA_OK) {
+        n = lua_gettop(co->M) - base;
+    } else {
+        const char *msg = lua_tostring(co->M, -1);
+        lua_pushnil(co->M);
+        lua_pushfstring(co->M, "error: %s", msg ? msg : "?");
+        lua_remove(co->M, -3);
+        n = 2;
+    }
+    if (!lua_checkstack(co->L, n + LUA_MINSTACK)) {
+        lua_settop(co->M, base);
+        lua_pushnil(co->L);
+        lua_pushliteral(co->L, "error: out of stack");
+        return 2;
+    }
+    lua_xmove(co->M, co->L, n);
+    return n;
+}
+
 void ev_co_wake(ev_co_t *co, ev_wake_t why)
 {
     const ev_wait_ops_t *ops = co->ops;
@@ -218,7 +260,10 @@ void ev_co_wake(ev_co_t *co, ev_wake_t why)
         ops->cancel(co->data);
     ev_debug("co %s: lua resuming after %s (%s)", co->tag, ops->name,
              why == EV_WAKE_DONE ? "done" : "timeout");
-    int n = ops->push(co->L, co->data, why);
+    void *data = co->data;
+    int n = push_results(co, ops, why);
+    if (ops->release)
+        ops->release(data);
     co_resume(co, n);
 }
 
@@ -236,6 +281,8 @@ void ev_co_abort(ev_co_t *co)
     evtimer_del(co->timer);
     if (ops && ops->cancel)
         ops->cancel(co->data);
+    if (ops && ops->release)
+        ops->release(co->data);
     ev_debug("co %s: aborted", co->tag);
     co->done = NULL;
     co_free(co, lua_resetthread(co->L)); /* the reset runs pending <close> variables */

@@ -25,8 +25,13 @@ typedef enum { EV_WAKE_DONE, EV_WAKE_TIMEOUT } ev_wake_t;
 
 typedef struct {
     const char *name;                          /* for debug logs: "sleep", "pg.query" */
-    int (*push)(lua_State *co, void *data, ev_wake_t why); /* returns nresults */
+    /* pushes the results and returns how many; runs protected on the main
+     * thread (values are moved to the coroutine), so it may raise */
+    int (*push)(lua_State *L, void *data, ev_wake_t why);
     void (*cancel)(void *data);                /* stop the I/O; may be NULL */
+    /* called exactly once when the wait is over, after push or after an
+     * abort's cancel: frees data; may be NULL */
+    void (*release)(void *data);
 } ev_wait_ops_t;
 
 typedef struct ev_co ev_co_t;

@@ -32,6 +32,9 @@ typedef struct {
     int read_timeout;    /* EVENTLY_READ_TIMEOUT seconds (request must arrive), default 15 */
     int handler_timeout; /* EVENTLY_HANDLER_TIMEOUT seconds per request, default 30 */
     int drain_timeout;   /* EVENTLY_DRAIN_TIMEOUT seconds for graceful stop, default 30 */
+    int db_pool_max;     /* EVENTLY_DB_POOL_MAX per worker, default 10 */
+    int db_acquire_timeout_ms;   /* EVENTLY_DB_ACQUIRE_TIMEOUT_MS, default 5000 */
+    int db_statement_timeout_ms; /* EVENTLY_DB_STATEMENT_TIMEOUT_MS, default 30000 */
     char *plugins[EV_MAX_PLUGINS]; /* EVENTLY_PLUGINS: comma-separated names */
     int nplugins;
     char *lua_path;      /* platform Lua modules (core/lua), EVENTLY_LUA_PATH */

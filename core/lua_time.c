@@ -30,7 +30,7 @@ static int push_slept(lua_State *co, void *data, ev_wake_t why)
     return 1;
 }
 
-static const ev_wait_ops_t sleep_ops = {"sleep", push_slept, NULL};
+static const ev_wait_ops_t sleep_ops = {"sleep", push_slept, NULL, NULL};
 
 static double check_seconds(lua_State *L, int arg)
 {

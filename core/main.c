@@ -264,6 +264,7 @@ static int run_chunk(app_t *app, const char *name, int argc, char **argv, int lo
 done:
     if (L)
         lua_close(L);
+    ev_runtime_close(&rt);
     if (rt.base)
         event_base_free(rt.base);
     return rc;
@@ -276,7 +277,9 @@ static int cmd_lua(int argc, char **argv)
     app_t app = {0};
     if (load_config(&app, NULL, NULL) != 0)
         return 1;
-    int rc = run_chunk(&app, argv[0], argc - 1, argv + 1, 0);
+    int rc = 1;
+    if (need_services(&app) == 0 && migrate_now(&app, 0) == 0)
+        rc = run_chunk(&app, argv[0], argc - 1, argv + 1, 0);
     finish(&app);
     return rc;
 }
@@ -297,7 +300,10 @@ static int cmd_test(int argc, char **argv)
         for (int i = 0; i < argc && n < 255; i++)
             args[n++] = argv[i];
     }
-    int rc = run_chunk(&app, EVENTLY_LUA_DIR "/evently/test_runner.lua", n, args, 0);
+    /* specs use the real platform: the embedded services too, when no URL is set */
+    int rc = 1;
+    if (need_services(&app) == 0 && migrate_now(&app, 0) == 0)
+        rc = run_chunk(&app, EVENTLY_LUA_DIR "/evently/test_runner.lua", n, args, 0);
     finish(&app);
     return rc;
 }

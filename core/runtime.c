@@ -16,6 +16,7 @@
 
 #include "co.h"
 #include "health.h"
+#include "pg.h"
 #include "log.h"
 
 static const char RT_KEY = 'r';
@@ -62,7 +63,15 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.time", luaopen_evently_time);
     preload(L, "evently.log", luaopen_evently_log);
     preload(L, "evently.runtime", luaopen_evently_runtime);
+    preload(L, "evently.db.core", luaopen_evently_db_core);
     return L;
+}
+
+void ev_runtime_close(ev_runtime_t *rt)
+{
+    ev_pg_pool_free(rt->db);
+    ev_pg_pool_free(rt->replica);
+    rt->db = rt->replica = NULL;
 }
 
 static int traceback(lua_State *L)

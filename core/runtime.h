@@ -20,7 +20,14 @@ typedef struct {
     ev_metrics_t *metrics;   /* may be NULL outside `serve` */
     int worker_slot;         /* -1 outside `serve` */
     int draining;
+    struct ev_pg_pool *db;       /* created on first use by evently.db */
+    struct ev_pg_pool *replica;  /* EVENTLY_REPLICA_URL, else NULL: db serves */
 } ev_runtime_t;
+
+/* Frees what the bindings created on the runtime (pools); call after
+ * lua_close() (whose collector hands leased connections back) and before the
+ * event base goes. */
+void ev_runtime_close(ev_runtime_t *rt);
 
 /* Creates the state: standard libraries, package.path over the platform
  * modules, the scripts and plugins dirs, and every evently.* C module
@@ -37,5 +44,6 @@ int ev_runtime_boot(lua_State *L, char *err, size_t errlen);
 int luaopen_evently_time(lua_State *L);
 int luaopen_evently_log(lua_State *L);
 int luaopen_evently_runtime(lua_State *L);
+int luaopen_evently_db_core(lua_State *L);
 
 #endif

@@ -357,6 +357,7 @@ done:
             event_free(evs[i]);
     if (w.L)
         lua_close(w.L);
+    ev_runtime_close(&w.rt);
     if (w.rt.base)
         event_base_free(w.rt.base);
     if (w.access_fd > STDERR_FILENO)
