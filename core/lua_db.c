@@ -30,6 +30,7 @@
 typedef struct {
     ev_pg_conn_t *c;   /* NULL once released or abandoned */
     int busy;          /* a query is in flight */
+    int discard;       /* LISTEN connections are closed, never pooled */
 } conn_ud_t;
 
 /* ---- errors ---- */
@@ -172,14 +173,15 @@ static ev_pg_pool_t *pool_for(lua_State *L, const char *which)
     ev_runtime_t *rt = ev_runtime_get(L);
     const ev_config_t *cfg = rt->cfg;
     int replica = strcmp(which, "replica") == 0 && cfg->replica_url;
-    ev_pg_pool_t **slot = replica ? &rt->replica : &rt->db;
+    int listen = strcmp(which, "listen") == 0;
+    ev_pg_pool_t **slot = listen ? &rt->listen : replica ? &rt->replica : &rt->db;
     if (*slot)
         return *slot;
     const char *url = replica ? cfg->replica_url : cfg->database_url;
     if (!url)
         return NULL;
-    ev_pg_opts_t o = {cfg->db_pool_max, cfg->db_acquire_timeout_ms, cfg->db_statement_timeout_ms,
-                      5000};
+    ev_pg_opts_t o = {listen ? 4 : cfg->db_pool_max, cfg->db_acquire_timeout_ms,
+                      cfg->db_statement_timeout_ms, 5000};
     *slot = ev_pg_pool_new(rt->base, url, &o);
     return *slot;
 }
@@ -187,8 +189,9 @@ static ev_pg_pool_t *pool_for(lua_State *L, const char *which)
 static const char *check_which(lua_State *L, int arg)
 {
     const char *which = luaL_optstring(L, arg, "primary");
-    luaL_argcheck(L, strcmp(which, "primary") == 0 || strcmp(which, "replica") == 0, arg,
-                  "expected 'primary' or 'replica'");
+    luaL_argcheck(L, strcmp(which, "primary") == 0 || strcmp(which, "replica") == 0 ||
+                         strcmp(which, "listen") == 0,
+                  arg, "expected 'primary', 'replica' or 'listen'");
     return which;
 }
 
@@ -198,14 +201,16 @@ typedef struct {
     ev_co_t *co;
     ev_pg_waiter_t *w;
     ev_pg_conn_t *c;
+    int discard;
     char err[300];
 } acquire_t;
 
-static void push_conn(lua_State *L, ev_pg_conn_t *c)
+static void push_conn(lua_State *L, ev_pg_conn_t *c, int discard)
 {
     conn_ud_t *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->c = c;
     u->busy = 0;
+    u->discard = discard;
     luaL_setmetatable(L, CONN_MT);
 }
 
@@ -224,7 +229,7 @@ static int acquire_push(lua_State *L, void *data, ev_wake_t why)
     acquire_t *a = data;
     if (why == EV_WAKE_TIMEOUT || !a->c)
         return push_fail(L, a->c ? "timeout" : (a->err[0] ? a->err : "timeout"));
-    push_conn(L, a->c);
+    push_conn(L, a->c, a->discard);
     a->c = NULL; /* the userdata owns it now */
     return 1;
 }
@@ -250,18 +255,21 @@ static const ev_wait_ops_t acquire_ops = {"pg.acquire", acquire_push, acquire_ca
 
 static int db_acquire(lua_State *L)
 {
-    ev_pg_pool_t *p = pool_for(L, check_which(L, 1));
+    const char *which = check_which(L, 1);
+    int discard = strcmp(which, "listen") == 0;
+    ev_pg_pool_t *p = pool_for(L, which);
     if (!p)
         return push_fail(L, "unavailable: no database configured");
     ev_pg_conn_t *c = ev_pg_try_acquire(p);
     if (c) {
-        push_conn(L, c);
+        push_conn(L, c, discard);
         return 1;
     }
     acquire_t *a = calloc(1, sizeof *a);
     if (!a)
         return luaL_error(L, "out of memory");
     a->co = ev_co_current(L);
+    a->discard = discard;
     if (!a->co) {
         free(a);
         return luaL_error(L, "db: must be called from a request, timer or script coroutine");
@@ -396,7 +404,10 @@ static int conn_release(lua_State *L)
 {
     conn_ud_t *u = luaL_checkudata(L, 1, CONN_MT);
     if (u->c && !u->busy) {
-        ev_pg_release(u->c);
+        if (u->discard)
+            ev_pg_abandon(u->c);
+        else
+            ev_pg_release(u->c);
         u->c = NULL;
     } else if (u->c && u->busy) { /* collected mid-query: cannot happen while anchored */
         ev_pg_abandon(u->c);
@@ -444,7 +455,111 @@ static int db_stats(lua_State *L)
     return 1;
 }
 
+/* ---- notifications ---- */
+
+typedef struct {
+    conn_ud_t *u;
+    ev_co_t *co;
+    char err[300];
+} notify_t;
+
+static int push_notifies(lua_State *L, PGconn *pg)
+{
+    lua_newtable(L);
+    PGnotify *n;
+    int i = 0;
+    while ((n = PQnotifies(pg)) != NULL) {
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, n->relname);
+        lua_setfield(L, -2, "channel");
+        lua_pushstring(L, n->extra);
+        lua_setfield(L, -2, "payload");
+        lua_pushinteger(L, n->be_pid);
+        lua_setfield(L, -2, "pid");
+        PQfreemem(n);
+        lua_rawseti(L, -2, ++i);
+    }
+    return 1;
+}
+
+static void on_watch(ev_pg_conn_t *c, const char *err, void *arg)
+{
+    notify_t *n = arg;
+    ev_pg_watch(c, NULL, NULL);
+    if (err)
+        snprintf(n->err, sizeof n->err, "%s", err);
+    ev_co_wake(n->co, EV_WAKE_DONE);
+}
+
+static int notify_push(lua_State *L, void *data, ev_wake_t why)
+{
+    notify_t *n = data;
+    (void)why; /* a timeout is an empty list */
+    if (n->err[0] || !n->u->c)
+        return push_fail(L, n->err[0] ? n->err : "closed: connection gone");
+    return push_notifies(L, ev_pg_raw(n->u->c));
+}
+
+static void notify_cancel(void *data)
+{
+    notify_t *n = data;
+    if (n->u->c)
+        ev_pg_watch(n->u->c, NULL, NULL);
+}
+
+static void notify_release(void *data)
+{
+    notify_t *n = data;
+    n->u->busy = 0;
+    free(n);
+}
+
+static const ev_wait_ops_t notify_ops = {"pg.notifications", notify_push, notify_cancel,
+                                         notify_release};
+
+/* conn:notifications(timeout) -> {{channel, payload, pid}, ...} (empty on
+ * timeout) | nil, err. Yields until a notification arrives. */
+static int conn_notifications(lua_State *L)
+{
+    conn_ud_t *u = luaL_checkudata(L, 1, CONN_MT);
+    double timeout = luaL_checknumber(L, 2);
+    if (!u->c || u->busy)
+        return luaL_error(L, "db: connection released or busy");
+    PGconn *pg = ev_pg_raw(u->c);
+    PQconsumeInput(pg);
+    if (PQstatus(pg) != CONNECTION_OK)
+        return push_fail(L, "closed: connection lost");
+    PGnotify *peek = PQnotifies(pg);
+    if (peek) { /* already here: no need to wait (put it back in the answer) */
+        lua_newtable(L);
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, peek->relname);
+        lua_setfield(L, -2, "channel");
+        lua_pushstring(L, peek->extra);
+        lua_setfield(L, -2, "payload");
+        lua_pushinteger(L, peek->be_pid);
+        lua_setfield(L, -2, "pid");
+        PQfreemem(peek);
+        lua_rawseti(L, -2, 1);
+        return 1;
+    }
+    notify_t *n = calloc(1, sizeof *n);
+    if (!n)
+        return luaL_error(L, "out of memory");
+    n->u = u;
+    n->co = ev_co_current(L);
+    if (!n->co) {
+        free(n);
+        return luaL_error(L, "db: must be called from a request, timer or script coroutine");
+    }
+    u->busy = 1;
+    ev_pg_watch(u->c, on_watch, n);
+    lua_settop(L, 1); /* anchor the userdata across the yield */
+    return ev_co_wait(L, timeout, &notify_ops, n);
+}
+
 static const luaL_Reg conn_methods[] = {
+    {"notifications", conn_notifications},
     {"query", conn_query},
     {"release", conn_release},
     {"tx_status", conn_tx_status},

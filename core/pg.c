@@ -50,6 +50,8 @@ struct ev_pg_conn {
     uint32_t hashes[STMT_CACHE];
     int nstmts;
     ev_pg_conn_t *next;      /* idle list */
+    ev_pg_watch_fn watch;    /* input between queries (notifications) */
+    void *watch_arg;
 };
 
 struct ev_pg_waiter {
@@ -205,6 +207,12 @@ static void connect_failed(ev_pg_conn_t *c, const char *why)
     conn_close(c);
 }
 
+static void on_notice(void *arg, const char *msg)
+{
+    (void)arg;
+    ev_debug("postgres: %s", msg); /* NOTICEs are for people debugging, not stderr */
+}
+
 static void connected(ev_pg_conn_t *c)
 {
     ev_pg_pool_t *p = c->pool;
@@ -213,6 +221,7 @@ static void connected(ev_pg_conn_t *c)
     event_free(c->cev);
     c->cev = NULL;
     c->fd = PQsocket(c->pg);
+    PQsetNoticeProcessor(c->pg, on_notice, NULL);
     c->rev = event_new(p->base, c->fd, EV_READ | EV_PERSIST, on_readable, c);
     event_add(c->rev, NULL);
     c->state = C_IDLE;
@@ -396,6 +405,7 @@ void ev_pg_pool_free(ev_pg_pool_t *p)
 void ev_pg_release(ev_pg_conn_t *c)
 {
     ev_pg_pool_t *p = c->pool;
+    c->watch = NULL;
     if (c->state != C_LEASED || PQstatus(c->pg) != CONNECTION_OK ||
         PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
         /* never pool a connection mid-query or mid-transaction */
@@ -418,6 +428,12 @@ void ev_pg_abandon(ev_pg_conn_t *c)
 }
 
 PGconn *ev_pg_raw(ev_pg_conn_t *c) { return c->pg; }
+
+void ev_pg_watch(ev_pg_conn_t *c, ev_pg_watch_fn fn, void *arg)
+{
+    c->watch = fn;
+    c->watch_arg = arg;
+}
 
 void ev_pg_stats(const ev_pg_pool_t *p, ev_pg_stats_t *o)
 {
@@ -464,6 +480,8 @@ static void conn_broken(ev_pg_conn_t *c, const char *why)
     c->state = C_DEAD;
     if (had_query)
         query_done(c, NULL, msg);
+    else if (c->watch)
+        c->watch(c, msg, c->watch_arg);
 }
 
 static void flush_step(evutil_socket_t fd, short what, void *arg)
@@ -602,6 +620,8 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     if (c->state != C_QUERY) {
         if (PQstatus(c->pg) != CONNECTION_OK)
             conn_broken(c, "server closed the connection");
+        else if (c->state == C_LEASED && c->watch)
+            c->watch(c, NULL, c->watch_arg);
         return; /* notices and the like on an idle connection */
     }
     while (!PQisBusy(c->pg)) {

@@ -54,6 +54,11 @@ int ev_pg_query(ev_pg_conn_t *c, const char *sql, int nparams, const char *const
 void ev_pg_release(ev_pg_conn_t *c);
 void ev_pg_abandon(ev_pg_conn_t *c);
 PGconn *ev_pg_raw(ev_pg_conn_t *c);
+/* Calls fn when input arrives on a leased connection between queries (LISTEN
+ * notifications: read them with PQnotifies), or when it breaks (err set).
+ * fn NULL stops watching. */
+typedef void (*ev_pg_watch_fn)(ev_pg_conn_t *c, const char *err, void *arg);
+void ev_pg_watch(ev_pg_conn_t *c, ev_pg_watch_fn fn, void *arg);
 void ev_pg_stats(const ev_pg_pool_t *p, ev_pg_stats_t *out);
 
 #endif

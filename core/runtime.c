@@ -71,7 +71,8 @@ void ev_runtime_close(ev_runtime_t *rt)
 {
     ev_pg_pool_free(rt->db);
     ev_pg_pool_free(rt->replica);
-    rt->db = rt->replica = NULL;
+    ev_pg_pool_free(rt->listen);
+    rt->db = rt->replica = rt->listen = NULL;
 }
 
 static int traceback(lua_State *L)

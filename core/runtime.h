@@ -22,6 +22,7 @@ typedef struct {
     int draining;
     struct ev_pg_pool *db;       /* created on first use by evently.db */
     struct ev_pg_pool *replica;  /* EVENTLY_REPLICA_URL, else NULL: db serves */
+    struct ev_pg_pool *listen;   /* dedicated LISTEN connections, outside the pool */
 } ev_runtime_t;
 
 /* Frees what the bindings created on the runtime (pools); call after

@@ -11,6 +11,9 @@
 --   db.replica.query/one/value          the read replica (EVENTLY_REPLICA_URL), else primary
 --   db.null                             SQL NULL (also JSON null)
 --   db.stats(which?)                    pool figures
+--   db.listen(channel, fn)              LISTEN on a dedicated connection per worker;
+--                                       each NOTIFY runs fn(payload, channel) in its own
+--                                       coroutine; re-listens by itself after a reconnect
 -- err: {kind = "timeout"|"closed"|"unavailable"|"sql", message, sqlstate, constraint};
 -- tostring(err) reads "kind: message". Map a unique violation with err.sqlstate == "23505".
 local core = require "evently.db.core"
@@ -109,6 +112,73 @@ function M.transaction(fn, opts)
       if raised then error(res, 0) end
       return nil, res
     end
+  end
+end
+
+-- LISTEN/NOTIFY: one coroutine per worker owns a dedicated connection and
+-- hands each notification to its listeners; on any failure it reconnects
+-- with backoff and LISTENs again, so a Postgres restart only delays delivery.
+local listeners, listening = {}, false
+
+local function quote_ident(name)
+  return '"' .. name:gsub('"', '""') .. '"'
+end
+
+local function serve_notifications(conn)
+  local time = require "evently.time"
+  local log = require "evently.log"
+  local subscribed = {}
+  while next(listeners) do
+    for ch in pairs(listeners) do
+      if not subscribed[ch] then
+        local ok, err = conn:query("LISTEN " .. quote_ident(ch), 0)
+        if not ok then return err end
+        subscribed[ch] = true
+      end
+    end
+    local list, err = conn:notifications(1.0)
+    if not list then return err end
+    for _, n in ipairs(list) do
+      for _, fn in ipairs(listeners[n.channel] or {}) do
+        time.after(0, function()
+          local ok, ferr = pcall(fn, n.payload, n.channel)
+          if not ok then log.error("db.listen %s: handler failed: %s", n.channel, tostring(ferr)) end
+        end)
+      end
+    end
+  end
+end
+
+local function listen_loop()
+  local time = require "evently.time"
+  local log = require "evently.log"
+  local backoff = 0.1
+  while next(listeners) do
+    local conn, err = core.acquire("listen")
+    if conn then
+      err = serve_notifications(conn)
+      conn:release()
+      backoff = 0.1
+    end
+    if err then
+      log.warn("db.listen: %s; listening again in %.1f s", tostring(err), backoff)
+      time.sleep(backoff)
+      backoff = math.min(backoff * 2, 5)
+    end
+  end
+  listening = false
+end
+
+function M.listen(channel, fn)
+  if type(channel) ~= "string" or not channel:match("^[%w_%.%-]+$") then
+    error("db.listen: channel must be a plain name", 2)
+  end
+  if type(fn) ~= "function" then error("db.listen: fn must be a function", 2) end
+  listeners[channel] = listeners[channel] or {}
+  table.insert(listeners[channel], fn)
+  if not listening then
+    listening = true
+    require("evently.time").after(0, listen_loop)
   end
 end
 
