@@ -227,6 +227,30 @@ static int value_string(lua_State *L, const char *key, char *out, size_t cap, ch
     return 0;
 }
 
+typedef struct {
+    ev_config_t *c;
+    const char *path;
+} load_args_t;
+
+/* Applies the table on top of the stack; runs protected, because a config
+ * file may hand us tables whose metamethods raise. */
+static int apply_table(lua_State *L)
+{
+    load_args_t *a = lua_touserdata(L, 1);
+    lua_pushnil(L);
+    while (lua_next(L, 2)) { /* args, table, key, value */
+        char value[4096], verr[300];
+        if (lua_type(L, -2) != LUA_TSTRING)
+            return luaL_error(L, "keys must be strings");
+        lua_pushvalue(L, -1);
+        int bad = value_string(L, lua_tostring(L, -3), value, sizeof value, verr, sizeof verr);
+        lua_pop(L, 2); /* value copy, value */
+        if (bad || ev_config_set(a->c, lua_tostring(L, -1), value, verr, sizeof verr) != 0)
+            return luaL_error(L, "%s", verr);
+    }
+    return 0;
+}
+
 int ev_config_load_file(ev_config_t *c, const char *path, char *err, size_t errlen)
 {
     lua_State *L = luaL_newstate();
@@ -244,21 +268,13 @@ int ev_config_load_file(ev_config_t *c, const char *path, char *err, size_t errl
         snprintf(err, errlen, "config %s: must return a table", path);
         goto done;
     }
-    lua_pushnil(L);
-    while (lua_next(L, -2)) { /* table, key, value */
-        char value[4096], verr[300];
-        if (lua_type(L, -2) != LUA_TSTRING) {
-            snprintf(err, errlen, "config %s: keys must be strings", path);
-            goto done;
-        }
-        /* copy the value first: lua_tolstring on a number key would confuse lua_next */
-        lua_pushvalue(L, -1);
-        int bad = value_string(L, lua_tostring(L, -3), value, sizeof value, verr, sizeof verr);
-        lua_pop(L, 2); /* value copy, value */
-        if (bad || ev_config_set(c, lua_tostring(L, -1), value, verr, sizeof verr) != 0) {
-            snprintf(err, errlen, "config %s: %s", path, verr);
-            goto done;
-        }
+    load_args_t a = {c, path};
+    lua_pushcfunction(L, apply_table);
+    lua_pushlightuserdata(L, &a);
+    lua_pushvalue(L, -3);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "config %s: %s", path, lua_tostring(L, -1));
+        goto done;
     }
     rc = 0;
 done:

@@ -65,6 +65,7 @@ struct ev_http_conn {
     size_t nheaders;
     int in_value;            /* last header callback was a value */
     int mid_request;         /* some bytes of a request have arrived */
+    int headers_done;        /* later header callbacks are chunked trailers */
     int error_status;        /* a limit was hit while parsing: answer this */
     int complete;            /* a whole request is waiting to be handled */
     ev_http_req_t *req;      /* request with the handler, or NULL */
@@ -129,6 +130,7 @@ static int on_message_begin(http_parser *p)
     c->header_bytes = 0;
     c->nheaders = 0;
     c->in_value = 0;
+    c->headers_done = 0;
     c->mid_request = 1;
     if (c->deadline) {
         struct timeval tv = {c->srv->limits.read_timeout, 0};
@@ -150,6 +152,8 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
     ev_http_conn_t *c = p->data;
     if (count_header_bytes(c, n) != 0)
         return -1;
+    if (c->headers_done)
+        return 0; /* trailers of a chunked body: counted, not kept */
     if (c->in_value || c->nheaders == 0) {
         if (c->nheaders == MAX_HEADERS) {
             c->error_status = 431;
@@ -168,6 +172,8 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     ev_http_conn_t *c = p->data;
     if (count_header_bytes(c, n) != 0)
         return -1;
+    if (c->headers_done)
+        return 0;
     if (!c->in_value) {
         if (dyn_append(&c->hdr, "", 1) != 0) /* end name */
             return -1;
@@ -179,6 +185,7 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 static int on_headers_complete(http_parser *p)
 {
     ev_http_conn_t *c = p->data;
+    c->headers_done = 1;
     if (c->nheaders > 0 && !c->in_value && dyn_append(&c->hdr, "", 1) != 0)
         return -1; /* a name with no value callback: empty value */
     if (c->nheaders > 0 && dyn_append(&c->hdr, "", 1) != 0)
@@ -712,6 +719,9 @@ ev_http_server_t *ev_http_server_new(struct event_base *base, int listen_fd,
     ev_http_server_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
+    /* the parser's own header cap (80 KiB) must not undercut ours: it would
+     * answer 400 where max_header says 431 or allows the request */
+    http_parser_set_max_header_size((uint32_t)limits->max_header * 2 + 1024);
     s->base = base;
     s->limits = *limits;
     s->handler = handler;
@@ -759,6 +769,7 @@ void ev_http_server_free(ev_http_server_t *s)
 int ev_http_parse_probe(const char *data, size_t len, const ev_http_limits_t *limits)
 {
     ev_http_server_t s = {.limits = *limits};
+    http_parser_set_max_header_size((uint32_t)limits->max_header * 2 + 1024);
     ev_http_conn_t c = {.srv = &s};
     http_parser_init(&c.parser, HTTP_REQUEST);
     c.parser.data = &c;

@@ -40,6 +40,7 @@ struct ev_metrics {
     int32_t worker_pid[EV_METRICS_MAX_WORKERS];
     uint64_t worker_lua_bytes[EV_METRICS_MAX_WORKERS];
     uint64_t dropped;
+    ev_metrics_pool_t pools[EV_METRICS_MAX_WORKERS][EV_POOL_COUNT];
     int32_t component_state[8];
     uint32_t component_seq[8]; /* odd while being written */
     char component_detail[8][120];
@@ -90,8 +91,8 @@ static series_t *find_series(ev_metrics_t *m, const char *method, const char *ro
             __atomic_store_n(&s->state, 2, __ATOMIC_RELEASE);
             return s;
         }
-        if (ready(&s->state) && s->status == status && strncmp(s->route, route, sizeof s->route - 1) == 0 &&
-            strncmp(s->method, method, sizeof s->method - 1) == 0)
+        if (ready(&s->state) && s->status == status && strcmp(s->route, route) == 0 &&
+            strcmp(s->method, method) == 0)
             return s;
     }
     return NULL;
@@ -100,7 +101,14 @@ static series_t *find_series(ev_metrics_t *m, const char *method, const char *ro
 void ev_metrics_observe(ev_metrics_t *m, const char *method, const char *route, int status,
                         uint64_t duration_us)
 {
-    series_t *s = find_series(m, method, route ? route : "unmatched", status);
+    /* keys as stored: cut to size, and label-safe so the exposition stays valid */
+    char mkey[sizeof m->series[0].method], rkey[sizeof m->series[0].route];
+    snprintf(mkey, sizeof mkey, "%s", method);
+    snprintf(rkey, sizeof rkey, "%s", route ? route : "unmatched");
+    for (char *p = rkey; *p; p++)
+        if (*p == '"' || *p == '\\' || *p == '\n')
+            *p = '_';
+    series_t *s = find_series(m, mkey, rkey, status);
     if (!s) {
         __atomic_add_fetch(&m->dropped, 1, __ATOMIC_RELAXED);
         return;
@@ -116,8 +124,10 @@ void ev_metrics_observe(ev_metrics_t *m, const char *method, const char *route, 
     }
 }
 
-void ev_metrics_count(ev_metrics_t *m, const char *name, uint64_t n)
+void ev_metrics_count(ev_metrics_t *m, const char *name_in, uint64_t n)
 {
+    char name[sizeof m->counters[0].name]; /* compare what is stored: a long name is cut */
+    snprintf(name, sizeof name, "%s", name_in);
     for (int i = 0; i < COUNTERS; i++) {
         counter_t *c = &m->counters[i];
         uint32_t expected = 0;
@@ -138,8 +148,10 @@ void ev_metrics_worker_set(ev_metrics_t *m, int slot, pid_t pid)
     if (slot < 0 || slot >= EV_METRICS_MAX_WORKERS)
         return;
     __atomic_store_n(&m->worker_pid[slot], (int32_t)pid, __ATOMIC_RELEASE);
-    if (pid == 0)
+    if (pid == 0) {
         __atomic_store_n(&m->worker_lua_bytes[slot], 0, __ATOMIC_RELEASE);
+        memset(m->pools[slot], 0, sizeof m->pools[slot]);
+    }
 }
 
 void ev_metrics_worker_memory(ev_metrics_t *m, int slot, uint64_t lua_bytes)
@@ -235,6 +247,45 @@ static void render_workers(ev_metrics_t *m, out_t *o)
         (unsigned long long)__atomic_load_n(&m->dropped, __ATOMIC_RELAXED));
 }
 
+void ev_metrics_pool_set(ev_metrics_t *m, int slot, ev_pool_kind_t kind, const ev_metrics_pool_t *p)
+{
+    if (slot >= 0 && slot < EV_METRICS_MAX_WORKERS && kind < EV_POOL_COUNT)
+        m->pools[slot][kind] = *p; /* one writer per slot; a torn read is one second stale */
+}
+
+static void render_pools(ev_metrics_t *m, out_t *o)
+{
+    static const char *const names[] = {"db", "replica", "redis"};
+    static const struct { const char *name, *help, *type; } g[] = {
+        {"evently_pool_connections", "Open connections.", "gauge"},
+        {"evently_pool_idle", "Idle connections.", "gauge"},
+        {"evently_pool_busy", "Connections in use.", "gauge"},
+        {"evently_pool_waiting", "Callers waiting for a connection.", "gauge"},
+        {"evently_pool_max", "Pool size limit.", "gauge"},
+        {"evently_pool_acquired_total", "Connections handed out.", "counter"},
+        {"evently_pool_timeouts_total", "Waits that timed out.", "counter"},
+        {"evently_pool_errors_total", "Failed commands and statements.", "counter"},
+        {"evently_pool_queries_total", "Commands and statements sent.", "counter"},
+    };
+    for (size_t k = 0; k < sizeof g / sizeof g[0]; k++) {
+        out(o, "# HELP %s %s\n# TYPE %s %s\n", g[k].name, g[k].help, g[k].name, g[k].type);
+        for (int w = 0; w < EV_METRICS_MAX_WORKERS; w++) {
+            if (!__atomic_load_n(&m->worker_pid[w], __ATOMIC_ACQUIRE))
+                continue;
+            for (int p = 0; p < EV_POOL_COUNT; p++) {
+                const ev_metrics_pool_t *s = &m->pools[w][p];
+                if (s->max == 0)
+                    continue; /* never used by this worker */
+                unsigned long long v[] = {(unsigned long long)s->total, (unsigned long long)s->idle,
+                                          (unsigned long long)s->busy, (unsigned long long)s->waiting,
+                                          (unsigned long long)s->max, s->acquired, s->timeouts,
+                                          s->errors, s->queries};
+                out(o, "%s{pool=\"%s\",worker=\"%d\"} %llu\n", g[k].name, names[p], w, v[k]);
+            }
+        }
+    }
+}
+
 char *ev_metrics_render(ev_metrics_t *m, size_t *len)
 {
     out_t o = {malloc(8192), 0, 8192};
@@ -243,6 +294,7 @@ char *ev_metrics_render(ev_metrics_t *m, size_t *len)
     o.p[0] = '\0';
     render_requests(m, &o);
     render_workers(m, &o);
+    render_pools(m, &o);
     *len = o.len;
     return o.p;
 }

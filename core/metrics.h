@@ -24,6 +24,14 @@ void ev_metrics_observe(ev_metrics_t *m, const char *method, const char *route, 
 void ev_metrics_worker_set(ev_metrics_t *m, int slot, pid_t pid);
 /* Worker side: its Lua heap size, refreshed now and then. */
 void ev_metrics_worker_memory(ev_metrics_t *m, int slot, uint64_t lua_bytes);
+/* Connection pool figures of one worker, refreshed once a second. */
+typedef enum { EV_POOL_DB, EV_POOL_REPLICA, EV_POOL_REDIS, EV_POOL_COUNT } ev_pool_kind_t;
+typedef struct {
+    int total, idle, busy, waiting, max;
+    uint64_t acquired, timeouts, errors, queries;
+} ev_metrics_pool_t;
+void ev_metrics_pool_set(ev_metrics_t *m, int slot, ev_pool_kind_t kind, const ev_metrics_pool_t *p);
+
 /* A counter by name (e.g. "evently_worker_restarts_total"); names are static strings. */
 void ev_metrics_count(ev_metrics_t *m, const char *name, uint64_t n);
 /* Renders the text exposition; the caller frees it. */

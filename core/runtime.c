@@ -56,6 +56,9 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     lua_State *L = luaL_newstate();
     if (!L)
         return NULL;
+    /* Lua leaves the main thread's extra space uninitialised and every
+     * coroutine.create copies it: NULL means "not an evently coroutine" */
+    *(void **)lua_getextraspace(L) = NULL;
     luaL_openlibs(L);
     lua_pushlightuserdata(L, rt);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &RT_KEY);
@@ -135,6 +138,7 @@ int ev_runtime_run(lua_State *L, int nargs)
             break; /* nothing left to wait on: the chunk is stuck */
     if (!st.finished) {
         ev_error("main chunk waits on nothing that can wake it");
+        ev_co_abort(co); /* st lives on this frame: the coroutine must not outlive it */
         return -1;
     }
     return st.ok ? 0 : -1;

@@ -24,6 +24,7 @@
 #include "co.h"
 #include "http.h"
 #include "log.h"
+#include "pg.h"
 #include "runtime.h"
 
 typedef struct {
@@ -260,14 +261,29 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     event_add(w->drain_tick, &tick);
 }
 
+static void publish_pool(ev_worker_t *w, ev_pool_kind_t kind, const ev_pg_pool_t *p)
+{
+    if (!p)
+        return;
+    ev_pg_stats_t s;
+    ev_pg_stats(p, &s);
+    ev_metrics_pool_t m = {s.total, s.idle, s.busy, s.waiting, s.max,
+                           s.acquired, s.timeouts, s.errors, s.queries};
+    ev_metrics_pool_set(w->rt.metrics, w->rt.worker_slot, kind, &m);
+}
+
+/* Once a second: this worker's Lua heap and pool figures for /metrics. */
 static void on_mem_tick(evutil_socket_t fd, short what, void *arg)
 {
     ev_worker_t *w = arg;
     (void)fd;
     (void)what;
-    if (w->rt.metrics)
-        ev_metrics_worker_memory(w->rt.metrics, w->rt.worker_slot,
-                                 (uint64_t)lua_gc(w->L, LUA_GCCOUNT, 0) * 1024);
+    if (!w->rt.metrics)
+        return;
+    ev_metrics_worker_memory(w->rt.metrics, w->rt.worker_slot,
+                             (uint64_t)lua_gc(w->L, LUA_GCCOUNT, 0) * 1024);
+    publish_pool(w, EV_POOL_DB, w->rt.db);
+    publish_pool(w, EV_POOL_REPLICA, w->rt.replica);
 }
 
 static int open_access_log(const char *where)

@@ -47,30 +47,35 @@ typedef struct {
     ev_wake_t why;    /* the last one's reason */
     int cancels;      /* ops.cancel calls */
     int rewake;       /* push calls ev_co_wake again, as a racing callback would */
+    int raise;        /* push raises, as a failed decode would */
     ev_co_t *co;      /* the coroutine waiting, for the test to wake */
 } never_t;
 
 static never_t never;
 
-static int never_push(lua_State *co, void *data, ev_wake_t why)
+/* Runs wherever co.c calls it (the main thread, protected): pushes on L. */
+static int never_push(lua_State *L, void *data, ev_wake_t why)
 {
     never_t *n = data;
     n->pushes++;
     n->why = why;
     if (n->rewake)
         ev_co_wake(n->co, EV_WAKE_DONE);
+    if (n->raise)
+        return luaL_error(L, "cannot decode the reply");
     if (why == EV_WAKE_TIMEOUT) {
-        lua_pushnil(co);
-        lua_pushliteral(co, "timeout");
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
         return 2;
     }
-    lua_pushinteger(co, 42);
+    lua_pushinteger(L, 42);
     return 1;
 }
 
 static void never_cancel(void *data) { ((never_t *)data)->cancels++; }
 
-static const ev_wait_ops_t never_ops = {"test.never", never_push, never_cancel};
+static const ev_wait_ops_t never_ops = {
+    .name = "test.never", .push = never_push, .cancel = never_cancel};
 
 /* never([timeout_s]) -> 42 | nil, "timeout"; waits forever without a timeout */
 static int l_never(lua_State *L)
@@ -493,6 +498,22 @@ static void a_second_wake_during_the_first_is_ignored(void **state)
     assert_int_equal(d.value, 42);
 }
 
+static void a_push_that_raises_resumes_the_body_with_nil_and_the_error(void **state)
+{
+    fixture_t *f = *state;
+    done_t d = {0};
+    never.raise = 1;
+    ev_co_t *co = start(f, "local v, e = never(); r_v, r_e = v, e; return 1", &d);
+    ev_co_wake(co, EV_WAKE_DONE);
+    assert_int_equal(never.pushes, 1);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(d.status, LUA_OK); /* the body carried on */
+    assert_int_equal(global_type(f->L, "r_v"), LUA_TNIL);
+    const char *e = global_string(f->L, "r_e");
+    if (strncmp(e, "error: ", 7) != 0 || !strstr(e, "cannot decode the reply"))
+        fail_msg("unexpected error value: %s", e);
+}
+
 static void a_wake_before_the_timeout_disarms_the_timer(void **state)
 {
     fixture_t *f = *state;
@@ -606,6 +627,7 @@ int main(void)
         T(a_wait_that_never_completes_times_out_and_is_cancelled_once),
         T(a_wait_woken_done_returns_the_pushed_results),
         T(a_second_wake_during_the_first_is_ignored),
+        T(a_push_that_raises_resumes_the_body_with_nil_and_the_error),
         T(a_wake_before_the_timeout_disarms_the_timer),
         T(a_wake_while_the_body_runs_is_ignored),
         T(a_body_that_raises_reports_its_error_to_done),

@@ -16,6 +16,8 @@ function M.install()
       components[name] = c
       if c.state ~= "up" and c.state ~= "not_configured" then ready = false end
     end
+    -- this worker's own pool, as the requests it serves see it
+    components.postgres.pool = require("evently.db").stats()
     return ready and 200 or 503, { status = ready and "ready" or "not_ready", components = components }
   end, "/health/ready")
 
