@@ -16,6 +16,7 @@
 struct ev_co {
     lua_State *L;           /* the thread */
     lua_State *M;           /* the main thread: owns the anchor */
+    int wake_done;          /* the timer fires to deliver a deferred EV_WAKE_DONE */
     void *pool;             /* co_pool_t of M, where it goes when finished */
     int ref;                /* registry anchor of the thread */
     struct event_base *base;
@@ -25,6 +26,7 @@ struct ev_co {
     ev_co_done_fn done;
     void *ud;
     char tag[72];
+    char route[112];
 };
 
 static int live;
@@ -47,6 +49,17 @@ void ev_co_set_tag(ev_co_t *co, const char *tag)
 }
 
 const char *ev_co_tag(const ev_co_t *co) { return co->tag; }
+
+void ev_co_set_route(ev_co_t *co, const char *route)
+{
+    size_t n = strlen(route);
+    if (n >= sizeof co->route)
+        n = sizeof co->route - 1;
+    memcpy(co->route, route, n);
+    co->route[n] = '\0';
+}
+
+const char *ev_co_route(const ev_co_t *co) { return co->route[0] ? co->route : NULL; }
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg);
 
@@ -146,6 +159,7 @@ ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, vo
     co->done = done;
     co->ud = ud;
     co->tag[0] = '\0';
+    co->route[0] = '\0';
     live++;
     return co;
 }
@@ -255,6 +269,7 @@ void ev_co_wake(ev_co_t *co, ev_wake_t why)
     if (!ops)
         return; /* already woken: never resume twice */
     co->ops = NULL;
+    co->wake_done = 0;
     evtimer_del(co->timer);
     if (why == EV_WAKE_TIMEOUT && ops->cancel)
         ops->cancel(co->data);
@@ -269,15 +284,27 @@ void ev_co_wake(ev_co_t *co, ev_wake_t why)
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg)
 {
+    ev_co_t *co = arg;
     (void)fd;
     (void)what;
-    ev_co_wake(arg, EV_WAKE_TIMEOUT);
+    int done = co->wake_done;
+    co->wake_done = 0;
+    ev_co_wake(co, done ? EV_WAKE_DONE : EV_WAKE_TIMEOUT);
+}
+
+void ev_co_wake_later(ev_co_t *co)
+{
+    if (!co->ops || co->wake_done)
+        return;
+    co->wake_done = 1;
+    event_active(co->timer, EV_TIMEOUT, 0); /* the wait's own timer, fired now */
 }
 
 void ev_co_abort(ev_co_t *co)
 {
     const ev_wait_ops_t *ops = co->ops;
     co->ops = NULL;
+    co->wake_done = 0;
     evtimer_del(co->timer);
     if (ops && ops->cancel)
         ops->cancel(co->data);

@@ -46,6 +46,10 @@ ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, vo
 lua_State *ev_co_state(ev_co_t *co);
 void ev_co_set_tag(ev_co_t *co, const char *tag); /* request id, for logs */
 const char *ev_co_tag(const ev_co_t *co);
+/* A second label: the matched route, so a request ended from C (deadline,
+ * crash) is still counted under its route. */
+void ev_co_set_route(ev_co_t *co, const char *route);
+const char *ev_co_route(const ev_co_t *co);
 /* Runs the body with nargs arguments already pushed after the function. */
 void ev_co_start(ev_co_t *co, int nargs);
 /* The coroutine running in L, or NULL when L is not one of ours. */
@@ -53,6 +57,9 @@ ev_co_t *ev_co_current(lua_State *L);
 /* Yields L until woken; timeout_s < 0 means none. Raises if L cannot wait. */
 int ev_co_wait(lua_State *L, double timeout_s, const ev_wait_ops_t *ops, void *data);
 void ev_co_wake(ev_co_t *co, ev_wake_t why);
+/* As ev_co_wake(co, EV_WAKE_DONE), but from the loop's next turn: for wakers
+ * that are themselves running Lua (one coroutine waking another). */
+void ev_co_wake_later(ev_co_t *co);
 void ev_co_abort(ev_co_t *co);
 /* Number of live coroutines of this process (for metrics and draining). */
 int ev_co_live(void);

@@ -182,6 +182,23 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     return dyn_append(&c->hdr, at, n);
 }
 
+/* Expect: 100-continue, with a body to come: the client waits for a go. */
+static int expects_continue(const ev_http_conn_t *c)
+{
+    const http_parser *p = &c->parser;
+    int body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENTLENGTH) && p->content_length > 0);
+    if (p->http_minor < 1 || !body)
+        return 0;
+    const char *h = c->hdr.data, *end = c->hdr.data + c->hdr.len;
+    for (size_t i = 0; h && i < c->nheaders && h < end; i++) {
+        const char *value = h + strlen(h) + 1;
+        if (strcasecmp(h, "expect") == 0 && strcasecmp(value, "100-continue") == 0)
+            return 1;
+        h = value + strlen(value) + 1;
+    }
+    return 0;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     ev_http_conn_t *c = p->data;
@@ -194,6 +211,8 @@ static int on_headers_complete(http_parser *p)
         c->error_status = 413;
         return -1;
     }
+    if (c->bev && expects_continue(c))
+        bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     return 0;
 }
 
@@ -347,6 +366,28 @@ static void send_answer(ev_http_conn_t *c, const head_t *h, const char *body, si
     }
 }
 
+static int request_id_ok(const char *v);
+
+/* The id for an answer given before a request is built: the client's
+ * X-Request-Id when its header got through the parser, else a fresh one. */
+static void transport_request_id(ev_http_conn_t *c, char *out, size_t cap)
+{
+    const char *h = c->hdr.data, *end = c->hdr.data + c->hdr.len;
+    for (size_t i = 0; h && i < c->nheaders && h < end; i++) {
+        const char *name = h;
+        const char *value = name + strlen(name) + 1;
+        if (value >= end)
+            break;
+        if (strcasecmp(name, "x-request-id") == 0 && value + strlen(value) < end &&
+            request_id_ok(value)) {
+            snprintf(out, cap, "%s", value);
+            return;
+        }
+        h = value + strlen(value) + 1;
+    }
+    snprintf(out, cap, "%s%08llx", c->srv->id_prefix, c->srv->next_id++);
+}
+
 /* Answers a transport error and closes; the request never reached the handler. */
 static void conn_fail(ev_http_conn_t *c, int status)
 {
@@ -359,14 +400,17 @@ static void conn_fail(ev_http_conn_t *c, int status)
                      "{\"type\":\"https://evently.dev/problems/%s\",\"title\":\"%s\",\"status\":%d}",
                      types[t], ev_http_reason(status), status);
     if (c->bev) {
-        char buf[512];
+        char buf[512], id[72];
         head_t h = {buf, 0, sizeof buf, 0};
-        write_head(&h, status, (size_t)n, 0, NULL);
+        transport_request_id(c, id, sizeof id);
+        write_head(&h, status, (size_t)n, 0, id);
         head_str(&h, "Content-Type: application/problem+json\r\n\r\n");
         send_answer(c, &h, body, (size_t)n);
         bufferevent_disable(c->bev, EV_READ);
     }
     c->closing = 1;
+    if (c->deadline)
+        event_del(c->deadline);
     ev_debug("http %s: answered %d and closing", c->peer, status);
 }
 
@@ -426,6 +470,10 @@ void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *hea
             conn_free(c); /* all written; else the write callback closes once flushed */
         return;
     }
+    /* idle time counts from the answer, not from the request's last bytes
+     * (re-arming a pending timeout costs a heap update, no syscall) */
+    struct timeval idle = {s->limits.idle_timeout, 0};
+    bufferevent_set_timeouts(c->bev, &idle, &idle);
     if (!(bufferevent_get_enabled(c->bev) & EV_READ))
         bufferevent_enable(c->bev, EV_READ);
     if (!c->in_parse) {
@@ -603,6 +651,8 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_TIMEOUT) {
         if (c->mid_request) {
             conn_fail(c, 408);
+            if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+                conn_free(c); /* written at once: nothing left to flush */
             return;
         }
         conn_free(c); /* idle keep-alive connection */
@@ -667,9 +717,18 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)l;
     (void)socklen;
     if (s->nconns >= s->limits.max_connections || s->draining) {
-        static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                   "Connection: close\r\n\r\n";
-        ssize_t ignored = write(fd, busy, sizeof busy - 1);
+        /* best effort, one write: a full socket buffer just means no body */
+        static const char body[] = "{\"type\":\"https://evently.dev/problems/unavailable\","
+                                   "\"title\":\"Service Unavailable\",\"status\":503,"
+                                   "\"detail\":\"too many connections\"}";
+        char buf[512];
+        head_t h = {buf, 0, sizeof buf, 0};
+        char id[40];
+        snprintf(id, sizeof id, "%s%08llx", s->id_prefix, s->next_id++);
+        write_head(&h, 503, sizeof body - 1, 0, id);
+        head_str(&h, "Content-Type: application/problem+json\r\n\r\n");
+        head_add(&h, body, sizeof body - 1);
+        ssize_t ignored = write(fd, h.p, h.len);
         (void)ignored;
         evutil_closesocket(fd);
         return;

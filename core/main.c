@@ -180,6 +180,15 @@ static int cmd_serve(int argc, char **argv)
     if (load_config(&app, o[3].value, flags) != 0)
         return 1;
     char err[2048];
+    /* A stop signal during start-up waits until the master can handle it, so
+     * it still stops the embedded services on the way out (the master
+     * unblocks once its handlers are in place). */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGHUP);
+    sigprocmask(SIG_BLOCK, &stop, NULL);
     if (ev_check_scripts(&app.cfg, err, sizeof err) != 0) {
         ev_error("scripts failed to load: %s", err);
         goto done;

@@ -283,6 +283,11 @@ int ev_master_serve(const ev_config_t *cfg)
         sev[i] = evsignal_new(m.base, sigs[i], on_signal, &m);
         evsignal_add(sev[i], NULL);
     }
+    sigset_t handled;
+    sigemptyset(&handled);
+    for (int i = 0; i < 4; i++)
+        sigaddset(&handled, sigs[i]);
+    sigprocmask(SIG_UNBLOCK, &handled, NULL); /* held since start-up: ours now */
     m.respawn = evtimer_new(m.base, on_respawn, &m);
     probe = event_new(m.base, -1, EV_PERSIST, on_probe, &m);
     struct timeval sec = {1, 0};

@@ -67,6 +67,8 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.log", luaopen_evently_log);
     preload(L, "evently.runtime", luaopen_evently_runtime);
     preload(L, "evently.db.core", luaopen_evently_db_core);
+    preload(L, "evently.sync", luaopen_evently_sync);
+    preload(L, "evently.json", luaopen_evently_json);
     return L;
 }
 
@@ -228,7 +230,18 @@ static int rt_components(lua_State *L)
     return 1;
 }
 
+/* set_route(name): the dispatcher names the matched route of this request. */
+static int rt_set_route(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    ev_co_t *co = ev_co_current(L);
+    if (co)
+        ev_co_set_route(co, name);
+    return 0;
+}
+
 static const luaL_Reg runtime_funcs[] = {
+    {"set_route", rt_set_route},
     {"components", rt_components},
     {"config", rt_config},
     {"worker", rt_worker},

@@ -46,5 +46,7 @@ int luaopen_evently_time(lua_State *L);
 int luaopen_evently_log(lua_State *L);
 int luaopen_evently_runtime(lua_State *L);
 int luaopen_evently_db_core(lua_State *L);
+int luaopen_evently_sync(lua_State *L);
+int luaopen_evently_json(lua_State *L);
 
 #endif

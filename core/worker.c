@@ -137,7 +137,7 @@ static void on_done(ev_co_t *co, lua_State *T, int status, void *ud)
         const char *msg = lua_tostring(T, -1);
         luaL_traceback(T, T, msg ? msg : "(error object is not a string)", 0);
         ev_error("[%s] request failed: %s", r->req->request_id, lua_tostring(T, -1));
-        respond_problem(r->req, 500, "internal", "Internal Server Error", NULL);
+        respond_problem(r->req, 500, "internal", "Internal Server Error", ev_co_route(co));
     }
     request_free(r);
 }
@@ -156,10 +156,13 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     ev_warn("[%s] handler passed its deadline; answering 504", r->req->request_id);
+    char route[112];
+    const char *name = ev_co_route(r->co);
+    snprintf(route, sizeof route, "%s", name ? name : "unmatched");
     ev_co_abort(r->co);
     ev_http_req_t *req = r->req;
     request_free(r);
-    respond_problem(req, 504, "timeout", "Gateway Timeout", NULL);
+    respond_problem(req, 504, "timeout", "Gateway Timeout", route);
 }
 
 /* The request table: method, path, query, headers, body, id, peer. */

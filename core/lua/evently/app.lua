@@ -12,11 +12,12 @@
 -- without internals; problem.raise() inside a handler answers that problem.
 -- Hooks: "request" (ctx = req; return a response to short-circuit) and
 -- "response" (ctx = {req=, status=, headers=, body=}; may change them).
-local cjson = require "cjson.safe"
+local json = require "evently.json"
 local router = require "evently.router"
 local problem = require "evently.problem"
 local hooks = require "evently.hooks"
 local log = require "evently.log"
+local set_route = require("evently.runtime").set_route
 
 local M = {}
 local routes = router.new()
@@ -33,11 +34,9 @@ function M.reset()
   routes = router.new()
 end
 
-local NO_QUERY = setmetatable({}, { __newindex = function() error("query is read-only", 2) end })
-
 local function parse_query(qs)
-  if not qs or qs == "" then return NO_QUERY end
   local q = {}
+  if not qs or qs == "" then return q end
   for pair in qs:gmatch("[^&]+") do
     local k, v = pair:match("^([^=]*)=?(.*)$")
     k = router.unescape((k:gsub("+", " ")))
@@ -61,7 +60,7 @@ local function finish(status, body, headers)
   end
   local kind = type(body)
   if kind == "table" then
-    local text, err = cjson.encode(body)
+    local text, err = json.encode(body)
     if not text then error("response body cannot be encoded as JSON: " .. err, 0) end
     if headers then
       if not headers["Content-Type"] and not headers["content-type"] then headers["Content-Type"] = "application/json" end
@@ -81,12 +80,12 @@ end
 
 local function wants_json(req)
   local ct = req.headers["content-type"]
-  return ct and ct:find("json", 1, true) ~= nil
+  return ct and ct:lower():find("json", 1, true) ~= nil
 end
 
 local function handle(req)
-  local early = hooks.run("request", req)
-  if early ~= nil then return early end
+  local a, b, c = hooks.run("request", req)
+  if a ~= nil then return a, b, c end
   return req.route.handler(req)
 end
 
@@ -98,18 +97,19 @@ function M.dispatch(req)
     if allowed then
       local s, b, h = problem.response(405, "method-not-allowed", req.method .. " is not allowed here")
       h.Allow = allowed
-      return s, h, cjson.encode(b), "unmatched"
+      return s, h, json.encode(b), "unmatched"
     end
     local s, b, h = problem.response(404, "not-found", "no route for " .. req.path)
-    return s, h, cjson.encode(b), "unmatched"
+    return s, h, json.encode(b), "unmatched"
   end
   req.route, req.params = route, params
+  set_route(route.name)
   req.query = parse_query(req.query_string)
   if req.body ~= "" and wants_json(req) then
-    local doc, err = cjson.decode(req.body)
+    local doc, err = json.decode(req.body)
     if doc == nil then
       local s, b, h = problem.response(400, "malformed-json", "request body is not valid JSON: " .. tostring(err))
-      return s, h, cjson.encode(b), route.name
+      return s, h, json.encode(b), route.name
     end
     req.json = doc
   end
@@ -128,10 +128,12 @@ function M.dispatch(req)
   if not okf then
     log.error("handler for %s %s: %s", req.method, route.pattern, tostring(s))
     s, h, text = 500, { ["Content-Type"] = "application/problem+json" },
-      cjson.encode(problem.document(500, "internal", nil, { request_id = req.id }))
+      json.encode(problem.document(500, "internal", nil, { request_id = req.id }))
   end
   if hooks.count("response") > 0 then
-    local ctx = { req = req, status = s, headers = h, body = text }
+    local own = {} -- h may be a shared constant: hooks get a copy to change
+    for k, v in pairs(h) do own[k] = v end
+    local ctx = { req = req, status = s, headers = own, body = text }
     hooks.run("response", ctx)
     s, h, text = ctx.status, ctx.headers, ctx.body
   end

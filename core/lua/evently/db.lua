@@ -17,7 +17,7 @@
 -- err: {kind = "timeout"|"closed"|"unavailable"|"sql", message, sqlstate, constraint};
 -- tostring(err) reads "kind: message". Map a unique violation with err.sqlstate == "23505".
 local core = require "evently.db.core"
-local cjson = require "cjson.safe"
+local json = require "evently.json"
 
 local M = { null = core.null, stats = core.stats }
 
@@ -26,7 +26,7 @@ local function prepare(n, ...)
   local args = table.pack(...)
   for i = 1, n do
     if type(args[i]) == "table" then
-      local text, err = cjson.encode(args[i])
+      local text, err = json.encode(args[i])
       if not text then error("db: parameter " .. i .. ": " .. err, 3) end
       args[i] = text
     end

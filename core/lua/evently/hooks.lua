@@ -1,9 +1,10 @@
 --- evently.hooks: the bus plugins extend workflows through.
 --   hooks.on(name, fn, priority?)  higher priority runs first (default 0); ties
 --                                  run in registration order
---   hooks.run(name, ctx) -> value  calls fn(ctx) for each; the first fn that
+--   hooks.run(name, ctx) -> ...    calls fn(ctx) for each; the first fn that
 --                                  returns a non-nil value stops the run, and
---                                  that value is returned (e.g. a response)
+--                                  all it returned is returned (e.g. status,
+--                                  body, headers)
 --   hooks.clear()                  drops every hook (reload, tests)
 -- Hooks may yield (they run in the caller's coroutine).
 local M = {}
@@ -28,8 +29,8 @@ function M.run(name, ctx)
   local list = registry[name]
   if not list then return nil end
   for i = 1, #list do
-    local v = list[i].fn(ctx)
-    if v ~= nil then return v end
+    local a, b, c, d = list[i].fn(ctx)
+    if a ~= nil then return a, b, c, d end
   end
   return nil
 end

@@ -99,13 +99,13 @@ local NO_PARAMS = setmetatable({}, { __newindex = function() error("params are r
 function M:match(method, path)
   local methods = self.static[path]
   if not methods and #path > 1 and path:sub(-1) == "/" then methods = self.static[path:sub(1, -2)] end
+  local allowed
   if methods then
     local route = pick(methods, method)
     if route then return route, NO_PARAMS end
-    return nil, nil, allow_list(methods)
+    allowed = allow_list(methods) -- a pattern may still take this method
   end
   local parts = split(path)
-  local allowed
   for _, entry in ipairs(self.dynamic) do
     local params = match_segs(entry.segs, parts)
     if params then

@@ -1,0 +1,272 @@
+/* lua_json.c - evently.json: JSON for the HTTP layer.
+ *
+ *   json.encode(v) -> string | nil, err   integers exactly (cjson 2.1 rounds to
+ *                                          14 digits), floats shortest round-trip,
+ *                                          "/" unescaped, UTF-8 passed through
+ *   json.decode(s) -> v | nil, err         lua-cjson's decoder (cjson.safe)
+ *   json.null                              JSON null (cjson.null: NULL lightuserdata)
+ *   json.array(t) -> t                     marks t as an array, so {} encodes as []
+ *   json.empty_array                       a shared, marked empty array
+ * Tables whose keys are exactly 1..n encode as arrays, others as objects
+ * (non-string keys become strings). Depth is limited to 100; NaN and
+ * infinities are refused, as JSON has no spelling for them. */
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BUF_MT "evently.json.buffer"
+#define MAX_DEPTH 100
+
+static const char ARRAY_KEY = 'a'; /* registry: the array marker metatable */
+
+/* The output buffer is a userdata with __gc, so an error half-way frees it. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} buf_t;
+
+static int buf_gc(lua_State *L)
+{
+    buf_t *b = lua_touserdata(L, 1);
+    free(b->p);
+    b->p = NULL;
+    return 0;
+}
+
+static void put(lua_State *L, buf_t *b, const char *s, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p)
+            luaL_error(L, "json: out of memory");
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+#define PUTS(L, b, lit) put(L, b, lit, sizeof(lit) - 1)
+
+static void put_string(lua_State *L, buf_t *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    PUTS(L, b, "\"");
+    size_t run = 0; /* bytes that need no escape, copied in one go */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *esc = NULL;
+        char u[6];
+        switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        default:
+            if (c >= 0x20 && c != 0x7f)
+                continue;
+            memcpy(u, "\\u00", 4);
+            u[4] = hex[c >> 4];
+            u[5] = hex[c & 15];
+        }
+        put(L, b, s + run, i - run);
+        if (esc)
+            put(L, b, esc, strlen(esc));
+        else
+            put(L, b, u, 6);
+        run = i + 1;
+    }
+    put(L, b, s + run, n - run);
+    PUTS(L, b, "\"");
+}
+
+static void put_number(lua_State *L, buf_t *b, int idx)
+{
+    char num[40];
+    int n;
+    if (lua_isinteger(L, idx)) {
+        n = snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
+    } else {
+        double d = lua_tonumber(L, idx);
+        if (!isfinite(d))
+            luaL_error(L, "json: cannot encode %s", isnan(d) ? "NaN" : "infinity");
+        n = snprintf(num, sizeof num, "%.15g", d);
+        if (strtod(num, NULL) != d) /* shortest form that reads back the same */
+            n = snprintf(num, sizeof num, "%.17g", d);
+    }
+    put(L, b, num, (size_t)n);
+}
+
+/* An array when marked, or when its keys are exactly 1..n (n > 0). */
+static int is_array(lua_State *L, int idx, lua_Integer *len)
+{
+    if (lua_getmetatable(L, idx)) {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &ARRAY_KEY);
+        int marked = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (marked) {
+            *len = (lua_Integer)lua_rawlen(L, idx);
+            return 1;
+        }
+    }
+    lua_Integer count = 0, max = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        lua_Integer k = lua_tointeger(L, -1);
+        if (k > max)
+            max = k;
+        count++;
+    }
+    *len = max;
+    return count > 0 && count == max;
+}
+
+static void encode(lua_State *L, buf_t *b, int idx, int depth);
+
+static void encode_table(lua_State *L, buf_t *b, int idx, int depth)
+{
+    if (depth > MAX_DEPTH)
+        luaL_error(L, "json: nested too deep (cycle?)");
+    luaL_checkstack(L, 4, "json: nested too deep");
+    lua_Integer len;
+    if (is_array(L, idx, &len)) {
+        PUTS(L, b, "[");
+        for (lua_Integer i = 1; i <= len; i++) {
+            if (i > 1)
+                PUTS(L, b, ",");
+            lua_rawgeti(L, idx, i);
+            encode(L, b, lua_gettop(L), depth + 1);
+            lua_pop(L, 1);
+        }
+        PUTS(L, b, "]");
+        return;
+    }
+    PUTS(L, b, "{");
+    int first = 1;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        int kt = lua_type(L, -2);
+        if (kt != LUA_TSTRING && kt != LUA_TNUMBER)
+            luaL_error(L, "json: cannot encode a %s key", lua_typename(L, kt));
+        if (!first)
+            PUTS(L, b, ",");
+        first = 0;
+        lua_pushvalue(L, -2); /* a copy: tostring on a number key would confuse lua_next */
+        size_t kn;
+        const char *k = lua_tolstring(L, -1, &kn);
+        put_string(L, b, k, kn);
+        lua_pop(L, 1);
+        PUTS(L, b, ":");
+        encode(L, b, lua_gettop(L), depth + 1);
+        lua_pop(L, 1);
+    }
+    PUTS(L, b, "}");
+}
+
+static void encode(lua_State *L, buf_t *b, int idx, int depth)
+{
+    size_t n;
+    const char *s;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: PUTS(L, b, "null"); break;
+    case LUA_TBOOLEAN:
+        if (lua_toboolean(L, idx))
+            PUTS(L, b, "true");
+        else
+            PUTS(L, b, "false");
+        break;
+    case LUA_TNUMBER: put_number(L, b, idx); break;
+    case LUA_TSTRING:
+        s = lua_tolstring(L, idx, &n);
+        put_string(L, b, s, n);
+        break;
+    case LUA_TTABLE: encode_table(L, b, idx, depth); break;
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == NULL) {
+            PUTS(L, b, "null");
+            break;
+        }
+        /* fall through */
+    default:
+        luaL_error(L, "json: cannot encode a %s", luaL_typename(L, idx));
+    }
+}
+
+static int do_encode(lua_State *L)
+{
+    buf_t *b = lua_newuserdatauv(L, sizeof *b, 0); /* index 2 */
+    *b = (buf_t){0};
+    luaL_setmetatable(L, BUF_MT);
+    encode(L, b, 1, 0);
+    lua_pushlstring(L, b->p ? b->p : "", b->len);
+    return 1;
+}
+
+static int json_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    lua_pushcfunction(L, do_encode);
+    lua_insert(L, 1);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) { /* expected failures return nil, err */
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    return 1;
+}
+
+static int json_array(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &ARRAY_KEY);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+static const luaL_Reg json_funcs[] = {
+    {"encode", json_encode},
+    {"array", json_array},
+    {NULL, NULL},
+};
+
+int luaopen_evently_json(lua_State *L)
+{
+    if (luaL_newmetatable(L, BUF_MT)) {
+        lua_pushcfunction(L, buf_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+    lua_newtable(L); /* the array marker */
+    lua_pushliteral(L, "array");
+    lua_setfield(L, -2, "__name");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ARRAY_KEY);
+    luaL_newlib(L, json_funcs);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson.safe");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "decode");
+    lua_setfield(L, -3, "decode");
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");
+    lua_newtable(L);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &ARRAY_KEY);
+    lua_setmetatable(L, -2);
+    lua_setfield(L, -2, "empty_array");
+    return 1;
+}
