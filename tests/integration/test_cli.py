@@ -253,3 +253,16 @@ def test_migrate_status_lists_applied_migrations(cli_home):
     assert p.returncode == 0, p.stderr
     assert "0001_users.sql" in p.stdout
     assert not processes_under(root)
+
+
+def test_user_create_against_a_running_server_leaves_it_running(server):
+    env = clean_env({"EVENTLY_HOME": server.home, "EVENTLY_MIGRATIONS": MIGRATIONS,
+                     "EVENTLY_SCRIPTS": APP_DIR})
+    p = run_cli(["user", "create", "--email", "live@b.c", "--password", "longpassword",
+                 "--name", "Live"], env=env)
+    assert p.returncode == 0, p.stderr
+    assert "created user live@b.c" in p.stdout
+    # it reused the server's Postgres and Redis and did not stop them
+    time.sleep(1.2)  # one readiness probe period
+    r = server.get("/health/ready")
+    assert r.status == 200, r

@@ -3,7 +3,7 @@ go away."""
 import socket
 import time
 
-from conftest import HANDLER_TIMEOUT, read_response
+from conftest import HANDLER_TIMEOUT, metric_value
 
 
 def test_malformed_json_is_a_400_problem(server):
@@ -100,6 +100,19 @@ def test_handler_timeout_is_a_504(server):
         r2.read()
     finally:
         conn.close()
+
+
+def test_handler_timeout_is_counted_under_its_route(server):
+    since = server.log_size()
+    before = server.metrics()
+    r = server.get("/too-slow", headers={"X-Request-Id": "slow-metric"}, timeout=HANDLER_TIMEOUT + 10)
+    assert r.status == 504
+    line = server.wait_log(r'\{[^\n]*"request_id":"slow-metric"[^\n]*\}', since=since).group(0)
+    text = server.metrics()
+    old = metric_value(before, "evently_http_requests_total", route="/too-slow", status="504") or 0
+    new = metric_value(text, "evently_http_requests_total", route="/too-slow", status="504") or 0
+    assert new == old + 1, "the 504 of GET /too-slow is not counted under route=\"/too-slow\""
+    assert '"route":"/too-slow"' in line, line
 
 
 def test_client_disconnects_do_not_crash_anything(server):

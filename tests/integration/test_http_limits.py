@@ -4,7 +4,7 @@ server, which runs with small values (conftest.SESSION_ENV)."""
 import socket
 import time
 
-from conftest import IDLE_TIMEOUT, MAX_BODY, MAX_HEADER, READ_TIMEOUT, read_response
+from conftest import HANDLER_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEADER, READ_TIMEOUT, read_response
 
 
 def assert_closed(f):
@@ -153,3 +153,113 @@ def test_idle_keep_alive_connection_is_closed(server):
         assert f.read() == b""  # closed without another answer
         elapsed = time.monotonic() - t0
     assert IDLE_TIMEOUT - 0.5 <= elapsed < IDLE_TIMEOUT + 3, elapsed
+
+
+def test_expect_100_continue_gets_an_interim_answer(server):
+    # RFC 9110 10.1.1: an origin server MUST answer a 100-continue expectation
+    # with 100 (Continue) or a final status; curl sends it for bodies > 1 KiB
+    # and otherwise stalls a second before sending the body.
+    with server.socket(timeout=10) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 8\r\nExpect: 100-continue\r\n\r\n")
+        s.settimeout(1.0)  # well under EVENTLY_READ_TIMEOUT
+        try:
+            interim = s.recv(4096)
+        except socket.timeout:
+            interim = b""
+        s.settimeout(10)
+        s.sendall(b'{"a": 1}')
+        final = read_response(s.makefile("rb"))
+    assert interim.startswith(b"HTTP/1.1 100"), "no 100 Continue within 1 s (got %r)" % interim[:100]
+    assert interim.endswith(b"\r\n\r\n")  # the interim answer alone
+    assert final.status == 200 and final.json()["json"] == {"a": 1}
+
+
+def test_expect_100_continue_over_the_limit_is_413_at_once(server):
+    with server.socket(timeout=5) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+                  b"Expect: 100-continue\r\n\r\n" % (MAX_BODY + 1))
+        problem(read_response(s.makefile("rb")), 413)
+
+
+def test_content_length_with_chunked_is_refused(server):
+    # request smuggling shape: both framings at once (RFC 9112 6.3: may be
+    # refused, and the connection must be closed after answering)
+    with server.socket() as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"0\r\n\r\nGET /items/smuggled HTTP/1.1\r\nHost: t\r\n\r\n")
+        f = s.makefile("rb")
+        r = read_response(f)
+        assert r.status == 400, r
+        assert r.header("connection") == "close"
+        assert read_response(f) is None, "a smuggled second request was answered"
+
+
+def test_connection_limit_answers_503_and_recovers(start_server):
+    srv = start_server("maxconn", workers=1, env={"EVENTLY_MAX_CONNECTIONS": "2"})
+    held = [srv.socket(), srv.socket()]
+    try:
+        for s in held:  # make sure both are accepted and counted
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(s.makefile("rb")).status == 200
+        with srv.socket() as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            f = s.makefile("rb")
+            r = read_response(f)
+            assert r.status == 503, r
+            assert_closed(f)
+        busy = r
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    assert srv.get("/health").status == 200
+    # API.md: errors are problem documents and every answer has a request id
+    assert busy.header("content-type") == "application/problem+json", busy
+    assert busy.header("x-request-id"), busy
+
+
+def test_idle_timeout_counts_from_the_answer_not_the_request(server):
+    # IDLE_TIMEOUT is the time a keep-alive connection may sit idle between
+    # requests: after a slow answer the client still has the whole window.
+    slow = HANDLER_TIMEOUT * 0.9          # answered well before the 504
+    pause = IDLE_TIMEOUT - slow + 0.4     # idle < IDLE_TIMEOUT, but request-to-next > IDLE_TIMEOUT
+    assert pause < IDLE_TIMEOUT - 0.5
+    with server.socket(timeout=IDLE_TIMEOUT + 10) as s:
+        f = s.makefile("rb")
+        s.sendall(b"GET /sleep?s=%.2f HTTP/1.1\r\nHost: t\r\n\r\n" % slow)
+        assert read_response(f).status == 200
+        time.sleep(pause)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            r = read_response(f)
+        except OSError as e:
+            r = e
+        assert r is not None and not isinstance(r, OSError), \
+            "keep-alive connection closed after %.1f s idle (IDLE_TIMEOUT=%d): %r" % (pause, IDLE_TIMEOUT, r)
+        assert r.status == 200
+
+
+def test_stalled_request_gets_one_408_and_is_closed_at_once(start_server):
+    # idle shorter than read timeout: the stall is noticed by the idle timer
+    srv = start_server("stall", workers=1, env={"EVENTLY_IDLE_TIMEOUT": "1", "EVENTLY_READ_TIMEOUT": "4"})
+    with srv.socket(timeout=15) as s:
+        t0 = time.monotonic()
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n")
+        data, first_at, closed_at = b"", None, None
+        while True:
+            try:
+                b = s.recv(65536)
+            except ConnectionResetError:
+                b = b""
+            if not b:
+                closed_at = time.monotonic() - t0
+                break
+            if first_at is None:
+                first_at = time.monotonic() - t0
+            data += b
+    assert data.startswith(b"HTTP/1.1 408"), data[:100]
+    assert data.count(b"HTTP/1.1 ") == 1, "more than one answer: %r" % data
+    assert closed_at - first_at < 1.0, \
+        "408 sent at %.1f s but the connection was closed only at %.1f s" % (first_at, closed_at)

@@ -77,6 +77,25 @@ def test_killed_worker_is_replaced_and_serving_goes_on(other):
     other.wait_log(r"worker \d+ \(pid %d\) died \(signal 9\)" % victim)
 
 
+def test_ready_is_503_when_redis_is_down_and_liveness_stays_up(other):
+    m = other.wait_log(r"started Redis \(pid (\d+)\)")
+    redis = int(m.group(1))
+    assert pid_alive(redis)
+    os.kill(redis, signal.SIGKILL)  # the embedded redis of this test's own server
+    deadline = time.time() + 10
+    r = other.get("/health/ready")
+    while r.status == 200 and time.time() < deadline:
+        time.sleep(0.1)
+        r = other.get("/health/ready")
+    assert r.status == 503
+    doc = r.json()
+    assert doc["status"] == "not_ready"
+    assert doc["components"]["redis"]["state"] == "down"
+    assert doc["components"]["postgres"]["state"] == "up"
+    assert other.get("/health").status == 200
+    assert other.get("/version").status == 200
+
+
 def test_sigterm_lets_an_inflight_request_finish_and_exits_0(other):
     result = {}
 
@@ -108,3 +127,15 @@ def test_sigterm_lets_an_inflight_request_finish_and_exits_0(other):
     assert not os.path.exists(os.path.join(other.home, "evently.pid"))
     log = other.log_text()
     assert "stopped Redis" in log and "stopped PostgreSQL" in log
+
+
+def test_sigterm_during_startup_leaves_no_services(start_server):
+    """A stop that arrives while the embedded services start (before the
+    server answers) must still stop what was started."""
+    srv = start_server("earlystop", wait=False)
+    srv.wait_log(r"started PostgreSQL", timeout=60)
+    srv.signal(signal.SIGTERM)
+    rc = srv.wait(timeout=60)
+    left = srv.leftovers(timeout=5)
+    srv.force_cleanup()  # whatever was left, so nothing outlives the test
+    assert not left, "exit %r after SIGTERM at startup, left running: %r" % (rc, left)

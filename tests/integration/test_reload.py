@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 
 import pytest
@@ -72,6 +73,28 @@ def test_reload_under_load_fails_no_request(reloadable):
     for _ in range(10):
         assert srv.get("/version").json()["version"] == "v2"
     assert srv.metric("evently_workers") == 2
+
+
+def test_reload_lets_an_inflight_request_finish(reloadable):
+    srv = reloadable
+    result = {}
+
+    def slow():
+        try:
+            r = srv.get("/sleep?s=1.5", timeout=30)
+            result["status"], result["body"] = r.status, r.json()
+        except Exception as e:  # noqa: BLE001
+            result["error"] = repr(e)
+
+    old = srv.wait_workers(2)
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.4)
+    srv.signal(signal.SIGHUP)
+    t.join(30)
+    assert result.get("status") == 200, result
+    assert result["body"]["pid"] in old  # answered by the old generation
+    srv.wait_workers(2, exclude=old)
 
 
 def test_broken_script_at_reload_keeps_old_workers(reloadable):

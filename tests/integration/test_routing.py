@@ -1,6 +1,6 @@
 """Routing, request parsing and response shaping of evently.app."""
 import json
-import socket
+import threading
 import time
 
 from conftest import read_response
@@ -192,7 +192,6 @@ def test_http10_without_keep_alive_is_closed(server):
 
 def test_concurrent_sleeps_do_not_block_a_worker(server):
     # 10 handlers sleeping 0.5 s on 2 workers: cooperative, so ~0.5 s total
-    import threading
     results = []
 
     def one():
@@ -207,3 +206,30 @@ def test_concurrent_sleeps_do_not_block_a_worker(server):
     elapsed = time.monotonic() - t0
     assert results == [200] * 10
     assert elapsed < 2.0, elapsed
+
+
+def test_handler_may_fill_in_query_defaults(server):
+    r = server.get("/query-defaults?page=3")
+    assert r.status == 200
+    assert r.json() == {"page": "3", "size": "20"}
+    # the same handler, no query string at all
+    r = server.get("/query-defaults")
+    assert r.status == 200, r
+    assert r.json() == {"page": "1", "size": "20"}
+
+
+def test_static_route_of_another_method_does_not_hide_a_param_route(server):
+    assert server.post("/items/new", b"").status == 201
+    # GET /items/new is GET /items/:id with id "new"
+    r = server.get("/items/new")
+    assert r.status == 200, r
+    assert r.json() == {"id": "new"}
+
+
+def test_json_media_type_is_case_insensitive(server):
+    # RFC 9110 8.3.1: type and subtype are case-insensitive
+    r = server.post("/echo", b'{"a": 1}', headers={"Content-Type": "Application/JSON"})
+    assert r.status == 200
+    assert r.json().get("json") == {"a": 1}, "body not decoded as JSON: %s" % r.text
+    r = server.post("/echo", b'{"a": ', headers={"Content-Type": "APPLICATION/JSON"})
+    assert r.status == 400

@@ -47,3 +47,21 @@ def test_sleep_takes_its_time(server):
     assert r.status == 200
     assert r.json()["slept"] == 0.4
     assert 0.35 <= elapsed < 2.0, elapsed
+
+
+def test_a_failing_timer_is_logged_and_nothing_else_breaks(server):
+    since = server.log_size()
+    conn = server.connection()
+    try:
+        status, _ = get(conn, "POST", "/timer-error?tag=t1")
+        assert status == 202
+        server.wait_log(r"timer-went-wrong t1", since=since)
+        status, a = get(conn, "GET", "/timers")
+        time.sleep(0.3)
+        status, b = get(conn, "GET", "/timers")
+        assert b["ticks"] > a["ticks"]  # the worker's other timers go on
+    finally:
+        conn.close()
+    text = server.log_text().encode()[since:].decode(errors="replace")
+    assert "stack traceback" in text
+    assert server.get("/health").status == 200

@@ -63,6 +63,14 @@ app.get("/items/:id", function(req) return { id = req.params.id } end)
 app.delete("/items/:id/owned", function(req) return { deleted = req.params.id } end)
 app.get("/files/*rest", function(req) return { rest = req.params.rest } end)
 app.get("/query", function(req) return { query = req.query } end)
+-- a handler filling in defaults, as list endpoints do (?page=1&size=20)
+app.get("/query-defaults", function(req)
+  req.query.page = req.query.page or "1"
+  req.query.size = req.query.size or "20"
+  return { page = req.query.page, size = req.query.size }
+end)
+-- a static path of the same shape as GET /items/:id, other method
+app.post("/items/new", function() return 201, { created = "new" } end)
 
 app.post("/created", function()
   return 201, { created = true }, { Location = "/items/1", ["X-Custom"] = "yes" }
@@ -97,6 +105,13 @@ app.post("/later/:key", function(req)
 end)
 app.get("/later/:key", function(req)
   return { done = later[req.params.key] == true, pid = pid() }
+end)
+
+-- A timer body that raises: logged with its traceback, nothing else breaks.
+app.post("/timer-error", function(req)
+  local tag = req.query.tag or "x"
+  time.after(0.01, function() error("timer-went-wrong " .. tag) end)
+  return 202, { scheduled = true }
 end)
 
 -- Plugins (test_plugins.py) record themselves in req.trace.
