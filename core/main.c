@@ -122,6 +122,7 @@ static int load_config(app_t *app, const char *file, const char *const *flags)
     return 0;
 bad:
     fprintf(stderr, "evently: configuration: %s\n", err);
+    ev_config_free(&app->cfg);
     return -1;
 }
 

@@ -1,0 +1,212 @@
+--- evently.cache: cache-aside with a per-worker L1 and Redis as L2.
+--   v, err = cache.fetch(key, ttl, loader)
+--       L1 (this worker, LRU with TTL) -> L2 (Redis) -> loader(); the loader's
+--       value is stored in both with ttl seconds. One loader call at a time per
+--       key per worker: concurrent fetches of a missing key wait for the first
+--       (no stampede). A loader returning nil, err is passed through, not cached.
+--       Values must be JSON-encodable (they travel through Redis).
+--   cache.invalidate(key)              drop one key everywhere
+--   cache.invalidate(prefix, true)     drop every key starting with prefix
+--       L1 of every worker of every instance hears it through Redis pub/sub
+--       (and Postgres NOTIFY when Redis is down), L2 is deleted at once.
+--   cache.stats() -> {hits_l1, hits_l2, misses, loads, invalidations, size}
+-- Redis is optional: when it is down, fetch goes L1 -> loader and invalidate
+-- uses Postgres NOTIFY, so a change is still seen everywhere at once.
+local json = require "evently.json"
+local sync = require "evently.sync"
+local time = require "evently.time"
+local log = require "evently.log"
+
+local M = {}
+local PREFIX = "evently:cache:"
+local CHANNEL = "evently_cache_invalidate"
+local MAX_ITEMS = 2000
+local WAIT = 10 -- seconds a fetch waits for another coroutine's loader
+
+local stats = { hits_l1 = 0, hits_l2 = 0, misses = 0, loads = 0, invalidations = 0, size = 0 }
+
+-- L1: a hash for lookup plus a doubly linked list for recency (head = newest).
+local items, head, tail = {}, nil, nil
+
+local function unlink(e)
+  if e.prev then e.prev.next = e.next else head = e.next end
+  if e.next then e.next.prev = e.prev else tail = e.prev end
+  e.prev, e.next = nil, nil
+end
+
+local function push_front(e)
+  e.next = head
+  if head then head.prev = e end
+  head = e
+  if not tail then tail = e end
+end
+
+local function l1_drop(key)
+  local e = items[key]
+  if e then
+    unlink(e)
+    items[key] = nil
+    stats.size = stats.size - 1
+  end
+end
+
+local function l1_get(key)
+  local e = items[key]
+  if not e then return nil end
+  if e.expires <= time.monotonic() then
+    l1_drop(key)
+    return nil
+  end
+  unlink(e); push_front(e)
+  return e
+end
+
+local function l1_set(key, value, ttl)
+  l1_drop(key)
+  local e = { key = key, value = value, expires = time.monotonic() + ttl }
+  items[key] = e
+  push_front(e)
+  stats.size = stats.size + 1
+  if stats.size > MAX_ITEMS then l1_drop(tail.key) end
+end
+
+-- Invalidations bump the epoch; a load that started before the latest one
+-- does not store what it read, since it may be the value just invalidated.
+local epoch = 0
+
+local function apply(msg)
+  local kind, key = msg:match("^([kp]):(.*)$")
+  if not kind then return end
+  epoch = epoch + 1
+  if kind == "k" then
+    l1_drop(key)
+  else
+    for k in pairs(items) do
+      if k:sub(1, #key) == key then l1_drop(k) end
+    end
+  end
+end
+
+-- Subscriptions start on first use, in whichever coroutine gets here first.
+local subscribed = false
+local function subscribe()
+  if subscribed then return end
+  subscribed = true
+  local ok_r, redis = pcall(require, "evently.redis")
+  if ok_r then
+    redis.subscribe(CHANNEL, function(_, msg) apply(msg) end)
+  end
+  require("evently.db").listen(CHANNEL, function(msg) apply(msg) end)
+end
+
+local function redis_or_nil()
+  local ok, redis = pcall(require, "evently.redis")
+  return ok and redis or nil
+end
+
+local function l2_get(key)
+  local redis = redis_or_nil()
+  if not redis then return nil end
+  local raw = redis.call("GET", PREFIX .. key)
+  if type(raw) ~= "string" then return nil end -- miss, null or Redis down
+  local doc = json.decode(raw)
+  if type(doc) ~= "table" then return nil end
+  return doc
+end
+
+local function l2_set(key, value, ttl)
+  local redis = redis_or_nil()
+  if not redis then return end
+  local text = json.encode({ v = value })
+  if text then
+    redis.call("SET", PREFIX .. key, text, "PX", math.max(1, math.floor(ttl * 1000)))
+  end
+end
+
+local inflight = {}
+
+local function load(key, ttl, loader)
+  local started = epoch
+  local doc = l2_get(key)
+  if doc then
+    stats.hits_l2 = stats.hits_l2 + 1
+    if started == epoch then l1_set(key, doc.v, ttl) end
+    return doc.v
+  end
+  stats.misses = stats.misses + 1
+  stats.loads = stats.loads + 1
+  local v, err = loader()
+  if v == nil then return nil, err end
+  if started == epoch then
+    l1_set(key, v, ttl)
+    l2_set(key, v, ttl)
+  end
+  return v
+end
+
+function M.fetch(key, ttl, loader)
+  if type(key) ~= "string" then error("cache.fetch: key must be a string", 2) end
+  if type(ttl) ~= "number" or ttl <= 0 then error("cache.fetch: ttl must be > 0 seconds", 2) end
+  if type(loader) ~= "function" then error("cache.fetch: loader must be a function", 2) end
+  subscribe()
+  local e = l1_get(key)
+  if e then
+    stats.hits_l1 = stats.hits_l1 + 1
+    return e.value
+  end
+  local waiting = inflight[key]
+  if waiting then
+    waiting:wait(WAIT)
+    e = l1_get(key)
+    if e then
+      stats.hits_l1 = stats.hits_l1 + 1
+      return e.value
+    end -- the first loader failed or was invalidated: load ourselves
+  end
+  local ev = sync.event()
+  inflight[key] = ev
+  local ok, v, err = pcall(load, key, ttl, loader)
+  if inflight[key] == ev then inflight[key] = nil end
+  ev:set()
+  if not ok then error(v, 0) end
+  return v, err
+end
+
+local function l2_delete(key, prefix)
+  local redis = redis_or_nil()
+  if not redis then return end
+  if not prefix then
+    redis.call("UNLINK", PREFIX .. key)
+    return
+  end
+  local cursor = "0"
+  repeat
+    local res = redis.call("SCAN", cursor, "MATCH", PREFIX .. key:gsub("[%*%?%[%]\\]", "\\%0") .. "*", "COUNT", 500)
+    if type(res) ~= "table" then return end
+    cursor = res[1]
+    if #res[2] > 0 then redis.call("UNLINK", table.unpack(res[2])) end
+  until cursor == "0"
+end
+
+function M.invalidate(key, prefix)
+  if type(key) ~= "string" then error("cache.invalidate: key must be a string", 2) end
+  subscribe()
+  stats.invalidations = stats.invalidations + 1
+  local msg = (prefix and "p:" or "k:") .. key
+  apply(msg)
+  l2_delete(key, prefix)
+  local redis = redis_or_nil()
+  local sent = redis and redis.publish(CHANNEL, msg)
+  if not sent then -- Redis down: Postgres carries the word instead
+    local ok, err = require("evently.db").query("SELECT pg_notify($1, $2)", CHANNEL, msg)
+    if not ok then log.warn("cache.invalidate %s: no channel reached: %s", key, tostring(err)) end
+  end
+end
+
+function M.stats()
+  local s = {}
+  for k, v in pairs(stats) do s[k] = v end
+  return s
+end
+
+return M
