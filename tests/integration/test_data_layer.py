@@ -1,0 +1,120 @@
+"""Data layer through HTTP: the Postgres pool, transactions, the cache.
+
+Each test starts its own server on the data app (tests/integration/data_app)
+with the pool limits it needs; the embedded Postgres and Redis are real.
+"""
+import concurrent.futures
+import os
+import pwd
+import subprocess
+import time
+
+from conftest import HERE
+
+DATA_APP = os.path.join(HERE, "data_app")
+
+
+def pg_ctl(srv, *args):
+    """Runs pg_ctl on the server's embedded cluster, as the user that owns it."""
+    pgdir = os.path.join(srv.home, "pg")
+    version = open(os.path.join(pgdir, "PG_VERSION")).read().strip()
+    binary = "/usr/lib/postgresql/%s/bin/pg_ctl" % version
+    owner = pwd.getpwuid(os.stat(pgdir).st_uid).pw_name
+    cmd = [binary, "-D", pgdir, "-w", "-t", "60"] + list(args)
+    if owner != pwd.getpwuid(os.getuid()).pw_name:
+        cmd = ["runuser", "-u", owner, "--"] + cmd
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_queries_answer_through_the_pool(start_server):
+    srv = start_server("db-basic", scripts=DATA_APP)
+    r = srv.get("/db/value?n=41")
+    assert r.status == 200
+    assert r.json()["value"] == 42
+
+
+def test_pool_exhaustion_answers_a_timely_503_not_a_hang(start_server):
+    srv = start_server("db-exhaust", scripts=DATA_APP, workers=1, env={
+        "EVENTLY_DB_POOL_MAX": "2", "EVENTLY_DB_ACQUIRE_TIMEOUT_MS": "300"})
+    def timed():
+        t0 = time.time()
+        r = srv.get("/db/sleep?s=1.5")
+        return r.status, r.json(), time.time() - t0
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda _: timed(), range(6)))
+    ok = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] == 503]
+    assert len(ok) == 2, results
+    assert len(refused) == 4, results
+    assert all(r[1]["type"].endswith("/db-timeout") for r in refused)
+    assert all(r[2] < 1.4 for r in refused), "refusals must not wait for the busy connections"
+    assert srv.get("/db/value?n=1").status == 200
+
+
+def test_an_error_inside_a_transaction_leaves_no_connection_stuck(start_server):
+    srv = start_server("db-txerr", scripts=DATA_APP, workers=1, env={"EVENTLY_DB_POOL_MAX": "2"})
+    for _ in range(10):
+        r = srv.post("/db/tx-error")
+        assert r.status == 200 and r.json()["rolled_back"] is True
+    for _ in range(5):
+        assert srv.get("/db/value?n=1").status == 200
+    pool = srv.get("/db/pool").json()
+    assert pool["busy"] == 0
+    assert pool["total"] <= 2
+
+
+def test_postgres_restart_mid_run_recovers_without_restarting_evently(start_server):
+    srv = start_server("db-restart", scripts=DATA_APP, workers=1)
+    assert srv.get("/db/value?n=1").status == 200
+    pg_ctl(srv, "-m", "fast", "restart")
+    deadline = time.time() + 20
+    statuses = []
+    while time.time() < deadline:
+        r = srv.get("/db/value?n=2")
+        statuses.append(r.status)
+        if r.status == 200:
+            break
+        assert r.status == 503, r.text  # degraded, with a clear answer
+        time.sleep(0.2)
+    assert statuses[-1] == 200, statuses
+    for _ in range(5):
+        assert srv.get("/db/value?n=3").json()["value"] == 4
+    assert srv.running()
+
+
+def test_postgres_down_degrades_to_503_then_recovers(start_server):
+    srv = start_server("db-down", scripts=DATA_APP, workers=1)
+    assert srv.get("/db/value?n=1").status == 200
+    pg_ctl(srv, "-m", "fast", "stop")
+    try:
+        t0 = time.time()
+        r = srv.get("/db/value?n=1")
+        assert r.status == 503
+        assert r.header("Content-Type") == "application/problem+json"
+        assert time.time() - t0 < 7
+        ready = srv.get("/health/ready")
+        deadline = time.time() + 5
+        while ready.status != 503 and time.time() < deadline:
+            time.sleep(0.3)
+            ready = srv.get("/health/ready")
+        assert ready.status == 503
+        assert ready.json()["components"]["postgres"]["state"] == "down"
+    finally:
+        pg_ctl(srv, "start", "-l", os.path.join(srv.home, "log", "postgres.log"))
+    deadline = time.time() + 20
+    while time.time() < deadline and srv.get("/db/value?n=1").status != 200:
+        time.sleep(0.3)
+    assert srv.get("/db/value?n=1").status == 200
+
+
+def test_pool_figures_appear_in_metrics(start_server):
+    srv = start_server("db-metrics", scripts=DATA_APP, workers=1)
+    for _ in range(3):
+        srv.get("/db/value?n=1")
+    time.sleep(1.5)  # workers publish pool figures once a second
+    text = srv.get("/metrics").text
+    assert 'evently_pool_max{pool="db",worker="0"} 10' in text
+    assert 'evently_pool_queries_total{pool="db",worker="0"}' in text
+    ready = srv.get("/health/ready").json()
+    assert ready["components"]["postgres"]["pool"]["max"] == 10
