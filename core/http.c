@@ -1,4 +1,5 @@
-/* http.c - HTTP/1.1 server: bufferevents for I/O, http_parser for syntax.
+/* http.c - HTTP/1.1 server: plain events and evbuffers for I/O, http_parser
+ * for syntax.
  *
  * Design. One ev_http_conn_t per TCP connection. Bytes are fed to http_parser
  * chunk by chunk straight from the input evbuffer (no pullup). Callbacks build
@@ -7,18 +8,20 @@
  * current one is answered. While a request is with the handler, reading goes
  * on only to notice a client that goes away (the abort callback then tells the
  * owner, who must not answer). The deadline timer bounds how long a request
- * may take to arrive (408); the bufferevent read timeout bounds idle
- * keep-alive time. Every transport error is answered here with a problem
+ * may take to arrive (408); the read event's timeout bounds idle keep-alive
+ * time. I/O is done here rather than by a bufferevent: one recv() per
+ * readable event and one writev() per answer (a bufferevent adds an
+ * ioctl(FIONREAD) to every read and an EV_WRITE registration to every
+ * answer), with the output evbuffer used only when the socket is full. Every transport error is answered here with a problem
  * document and Connection: close.
  *
  * Extending: the connection stays reachable from the request (req->conn) so an
- * upgrade (WebSocket) can take over the bufferevent after the handshake. */
+ * upgrade (WebSocket) can take over the socket after the handshake. */
 #include "http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <http_parser.h>
@@ -58,7 +61,11 @@ typedef struct {
 
 struct ev_http_conn {
     ev_http_server_t *srv;
-    struct bufferevent *bev;
+    int fd;                  /* -1 in probe mode */
+    struct evbuffer *in, *out;
+    struct event *rev;       /* readable, persistent, with the idle timeout */
+    struct event *wev;       /* writable, while output is queued */
+    int reading;             /* rev is added */
     http_parser parser;
     dynbuf_t url, body, hdr; /* hdr: "name\0value\0" pairs */
     size_t header_bytes;
@@ -80,6 +87,8 @@ struct ev_http_conn {
 
 static void conn_free(ev_http_conn_t *c);
 static void conn_parse(ev_http_conn_t *c);
+static void conn_reading(ev_http_conn_t *c, int on);
+static void send_continue(ev_http_conn_t *c);
 
 /* ---- small buffers ---- */
 
@@ -211,8 +220,8 @@ static int on_headers_complete(http_parser *p)
         c->error_status = 413;
         return -1;
     }
-    if (c->bev && expects_continue(c))
-        bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    if (c->fd >= 0 && expects_continue(c))
+        send_continue(c);
     return 0;
 }
 
@@ -347,14 +356,14 @@ static void write_head(head_t *h, int status, size_t body_len, int keep_alive,
 
 /* Writes head + body: straight to the socket when nothing is queued (the
  * common case, and no EV_WRITE registration at all), the rest via the
- * bufferevent's output, whose write callback finishes the job. */
+ * output evbuffer, which the writable event finishes. */
 static void send_answer(ev_http_conn_t *c, const head_t *h, const char *body, size_t body_len)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = c->out;
     size_t done = 0, total = h->len + body_len;
     if (evbuffer_get_length(out) == 0) {
         struct iovec iov[2] = {{h->p, h->len}, {(void *)body, body_len}};
-        ssize_t n = writev(bufferevent_getfd(c->bev), iov, body_len ? 2 : 1);
+        ssize_t n = writev(c->fd, iov, body_len ? 2 : 1);
         if (n > 0)
             done = (size_t)n;
     }
@@ -363,6 +372,10 @@ static void send_answer(ev_http_conn_t *c, const head_t *h, const char *body, si
         evbuffer_add(out, body, body_len);
     } else if (done < total) {
         evbuffer_add(out, body + (done - h->len), total - done);
+    }
+    if (evbuffer_get_length(out) > 0) { /* the socket is full: finish when writable */
+        struct timeval tv = {c->srv->limits.read_timeout, 0};
+        event_add(c->wev, &tv);
     }
 }
 
@@ -388,6 +401,13 @@ static void transport_request_id(ev_http_conn_t *c, char *out, size_t cap)
     snprintf(out, cap, "%s%08llx", c->srv->id_prefix, c->srv->next_id++);
 }
 
+static void send_continue(ev_http_conn_t *c)
+{
+    char msg[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    head_t h = {msg, sizeof msg - 1, sizeof msg - 1, 0};
+    send_answer(c, &h, "", 0);
+}
+
 /* Answers a transport error and closes; the request never reached the handler. */
 static void conn_fail(ev_http_conn_t *c, int status)
 {
@@ -399,14 +419,14 @@ static void conn_fail(ev_http_conn_t *c, int status)
     int n = snprintf(body, sizeof body,
                      "{\"type\":\"https://evently.dev/problems/%s\",\"title\":\"%s\",\"status\":%d}",
                      types[t], ev_http_reason(status), status);
-    if (c->bev) {
+    if (c->fd >= 0) {
         char buf[512], id[72];
         head_t h = {buf, 0, sizeof buf, 0};
         transport_request_id(c, id, sizeof id);
         write_head(&h, status, (size_t)n, 0, id);
         head_str(&h, "Content-Type: application/problem+json\r\n\r\n");
         send_answer(c, &h, body, (size_t)n);
-        bufferevent_disable(c->bev, EV_READ);
+        conn_reading(c, 0);
     }
     c->closing = 1;
     if (c->deadline)
@@ -465,17 +485,15 @@ void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *hea
     free(req);
     if (!keep) {
         c->closing = 1;
-        bufferevent_disable(c->bev, EV_READ);
-        if (!c->in_parse && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        conn_reading(c, 0);
+        if (!c->in_parse && evbuffer_get_length(c->out) == 0)
             conn_free(c); /* all written; else the write callback closes once flushed */
         return;
     }
     /* idle time counts from the answer, not from the request's last bytes
      * (re-arming a pending timeout costs a heap update, no syscall) */
-    struct timeval idle = {s->limits.idle_timeout, 0};
-    bufferevent_set_timeouts(c->bev, &idle, &idle);
-    if (!(bufferevent_get_enabled(c->bev) & EV_READ))
-        bufferevent_enable(c->bev, EV_READ);
+    c->reading = 0; /* re-add: the idle time starts again now */
+    conn_reading(c, 1);
     if (!c->in_parse) {
         http_parser_pause(&c->parser, 0);
         conn_parse(c);
@@ -562,7 +580,7 @@ static void dispatch(ev_http_conn_t *c)
     c->complete = 0;
     if (c->deadline)
         event_del(c->deadline);
-    if (!c->bev) { /* probe mode */
+    if (c->fd < 0) { /* probe mode */
         c->probe_count++;
         http_parser_pause(&c->parser, 0);
         return;
@@ -581,7 +599,7 @@ static void dispatch(ev_http_conn_t *c)
  * out or an error is answered. */
 static void conn_parse(ev_http_conn_t *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = c->in;
     c->in_parse = 1;
     while (!c->closing && !c->req && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
@@ -604,61 +622,91 @@ static void conn_parse(ev_http_conn_t *c)
             break; /* cannot happen without an error; be safe */
     }
     c->in_parse = 0;
-    if (c->closing && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+    if (c->closing && evbuffer_get_length(c->out) == 0)
         conn_free(c);
 }
 
 /* ---- connection events ---- */
 
-static void on_read(struct bufferevent *bev, void *arg)
+static void conn_reading(ev_http_conn_t *c, int on)
+{
+    if (on && !c->reading) {
+        struct timeval idle = {c->srv->limits.idle_timeout, 0};
+        event_add(c->rev, &idle);
+    } else if (!on && c->reading) {
+        event_del(c->rev);
+    }
+    c->reading = on;
+}
+
+/* A read-side timeout: idle keep-alive, or a request that stalled. */
+static void read_timed_out(ev_http_conn_t *c)
+{
+    if (c->req) {
+        /* idle time ran out while the handler works (it has its own
+         * deadline): keep watching for EOF */
+        c->reading = 0;
+        conn_reading(c, 1);
+        return;
+    }
+    if (c->mid_request) {
+        conn_fail(c, 408);
+        if (evbuffer_get_length(c->out) == 0)
+            conn_free(c); /* written at once: nothing left to flush */
+        return;
+    }
+    conn_free(c); /* idle keep-alive connection */
+}
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     ev_http_conn_t *c = arg;
-    (void)bev;
+    if (what & EV_TIMEOUT) {
+        read_timed_out(c);
+        return;
+    }
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(c->in, 16384, &v, 1) < 1) {
+        conn_free(c);
+        return;
+    }
+    ssize_t n = recv(fd, v.iov_base, v.iov_len, 0);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        conn_free(c); /* EOF or error: an in-flight request is aborted */
+        return;
+    }
+    v.iov_len = (size_t)n;
+    evbuffer_commit_space(c->in, &v, 1);
     if (c->req) {
         /* pipelined bytes wait; stop reading if a client floods us meanwhile */
         size_t cap = c->srv->limits.max_header + c->srv->limits.max_body;
-        if (evbuffer_get_length(bufferevent_get_input(c->bev)) > cap)
-            bufferevent_disable(c->bev, EV_READ);
+        if (evbuffer_get_length(c->in) > cap)
+            conn_reading(c, 0);
         return;
     }
     conn_parse(c);
 }
 
-static void on_write(struct bufferevent *bev, void *arg)
+static void on_writable(evutil_socket_t fd, short what, void *arg)
 {
     ev_http_conn_t *c = arg;
-    (void)bev;
-    if (c->closing)
-        conn_free(c);
-    else if (!c->req && !(bufferevent_get_enabled(c->bev) & EV_READ))
-        bufferevent_enable(c->bev, EV_READ);
-}
-
-static void on_event(struct bufferevent *bev, short what, void *arg)
-{
-    ev_http_conn_t *c = arg;
-    (void)bev;
-    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING)) {
+    if (what & EV_TIMEOUT) {
         conn_free(c); /* a client that does not read its answer */
         return;
     }
-    if ((what & BEV_EVENT_TIMEOUT) && c->req) {
-        /* idle timer ran out while the handler works (it has its own
-         * deadline): keep the connection, keep watching for EOF */
-        bufferevent_enable(c->bev, EV_READ);
+    if (evbuffer_write(c->out, fd) < 0 && errno != EAGAIN && errno != EINTR) {
+        conn_free(c);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT) {
-        if (c->mid_request) {
-            conn_fail(c, 408);
-            if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-                conn_free(c); /* written at once: nothing left to flush */
-            return;
-        }
-        conn_free(c); /* idle keep-alive connection */
-        return;
-    }
-    conn_free(c); /* EOF or error */
+    if (evbuffer_get_length(c->out) > 0)
+        return; /* still full: the persistent event fires again */
+    event_del(c->wev);
+    if (c->closing)
+        conn_free(c);
+    else if (!c->req && !c->reading)
+        conn_reading(c, 1);
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
@@ -668,7 +716,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (!c->req)
         conn_fail(c, 408);
-    if (c->closing && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+    if (c->closing && evbuffer_get_length(c->out) == 0)
         conn_free(c);
 }
 
@@ -690,13 +738,21 @@ static void conn_free(ev_http_conn_t *c)
         c->next->prev = c->prev;
     if (c->deadline)
         event_free(c->deadline);
-    if (c->bev)
-        bufferevent_free(c->bev);
+    if (c->rev)
+        event_free(c->rev);
+    if (c->wev)
+        event_free(c->wev);
+    if (c->in)
+        evbuffer_free(c->in);
+    if (c->out)
+        evbuffer_free(c->out);
+    if (c->fd >= 0) {
+        evutil_closesocket(c->fd);
+        s->nconns--;
+    }
     dyn_free(&c->url);
     dyn_free(&c->body);
     dyn_free(&c->hdr);
-    if (s && c->bev)
-        s->nconns--;
     free(c);
 }
 
@@ -744,23 +800,22 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     peer_name(sa, c->peer, sizeof c->peer);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
-    c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    c->deadline = evtimer_new(s->base, on_deadline, c);
-    if (!c->bev || !c->deadline) {
-        if (!c->bev)
-            evutil_closesocket(fd);
-        conn_free(c);
-        return;
-    }
+    c->fd = fd; /* from here on conn_free closes it */
     s->nconns++;
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
     s->conns = c;
-    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
-    struct timeval idle = {s->limits.idle_timeout, 0};
-    bufferevent_set_timeouts(c->bev, &idle, &idle);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    c->rev = event_new(s->base, fd, EV_READ | EV_PERSIST, on_readable, c);
+    c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    c->deadline = evtimer_new(s->base, on_deadline, c);
+    if (!c->in || !c->out || !c->rev || !c->wev || !c->deadline) {
+        conn_free(c);
+        return;
+    }
+    conn_reading(c, 1);
 }
 
 static void on_listen_error(struct evconnlistener *l, void *arg)
@@ -808,8 +863,8 @@ void ev_http_server_drain(ev_http_server_t *s)
      * would reset the connection and lose that request. */
     struct timeval grace = {1, 0};
     for (ev_http_conn_t *c = s->conns; c; c = c->next)
-        if (!c->req && !c->closing)
-            bufferevent_set_timeouts(c->bev, &grace, &grace);
+        if (!c->req && !c->closing && c->reading)
+            event_add(c->rev, &grace);
 }
 
 int ev_http_server_connections(const ev_http_server_t *s) { return s->nconns; }
@@ -829,7 +884,7 @@ int ev_http_parse_probe(const char *data, size_t len, const ev_http_limits_t *li
 {
     ev_http_server_t s = {.limits = *limits};
     http_parser_set_max_header_size((uint32_t)limits->max_header * 2 + 1024);
-    ev_http_conn_t c = {.srv = &s};
+    ev_http_conn_t c = {.srv = &s, .fd = -1};
     http_parser_init(&c.parser, HTTP_REQUEST);
     c.parser.data = &c;
     int result;
