@@ -353,7 +353,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 static void pool_kick(ev_pg_pool_t *p)
 {
-    if (p->kick)
+    if (p->kick && p->nwait > 0) /* nobody waiting: nothing to hand out */
         event_active(p->kick, EV_TIMEOUT, 0);
 }
 

@@ -43,8 +43,9 @@ typedef struct {
     int subscribed;         /* the pub/sub connection is up */
     int channels;           /* channels wanted on it */
     int pending;            /* requests not yet answered */
+    /* errors: error replies, and requests that failed (closed, unavailable) */
     unsigned long long commands, errors, timeouts, reconnects, connect_failures;
-    const char *last_error;
+    const char *last_error;  /* "" until something went wrong */
 } ev_redis_stats_t;
 
 /* err is NULL on success, and replies[0..n-1] are valid only during the call

@@ -17,6 +17,7 @@
 #include "co.h"
 #include "health.h"
 #include "pg.h"
+#include "redis.h"
 #include "log.h"
 
 static const char RT_KEY = 'r';
@@ -67,6 +68,7 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.log", luaopen_evently_log);
     preload(L, "evently.runtime", luaopen_evently_runtime);
     preload(L, "evently.db.core", luaopen_evently_db_core);
+    preload(L, "evently.redis.core", luaopen_evently_redis_core);
     preload(L, "evently.sync", luaopen_evently_sync);
     preload(L, "evently.json", luaopen_evently_json);
     return L;
@@ -78,6 +80,8 @@ void ev_runtime_close(ev_runtime_t *rt)
     ev_pg_pool_free(rt->replica);
     ev_pg_pool_free(rt->listen);
     rt->db = rt->replica = rt->listen = NULL;
+    ev_redis_free(rt->redis);
+    rt->redis = NULL;
 }
 
 static int traceback(lua_State *L)

@@ -22,6 +22,7 @@ typedef struct {
     int draining;
     struct ev_pg_pool *db;       /* created on first use by evently.db */
     struct ev_pg_pool *replica;  /* EVENTLY_REPLICA_URL, else NULL: db serves */
+    struct ev_redis *redis;      /* created on first use by evently.redis */
     struct ev_pg_pool *listen;   /* dedicated LISTEN connections, outside the pool */
 } ev_runtime_t;
 
@@ -46,6 +47,7 @@ int luaopen_evently_time(lua_State *L);
 int luaopen_evently_log(lua_State *L);
 int luaopen_evently_runtime(lua_State *L);
 int luaopen_evently_db_core(lua_State *L);
+int luaopen_evently_redis_core(lua_State *L);
 int luaopen_evently_sync(lua_State *L);
 int luaopen_evently_json(lua_State *L);
 
