@@ -25,6 +25,7 @@
 #include "http.h"
 #include "log.h"
 #include "pg.h"
+#include "redis.h"
 #include "runtime.h"
 
 typedef struct {
@@ -287,6 +288,13 @@ static void on_mem_tick(evutil_socket_t fd, short what, void *arg)
                              (uint64_t)lua_gc(w->L, LUA_GCCOUNT, 0) * 1024);
     publish_pool(w, EV_POOL_DB, w->rt.db);
     publish_pool(w, EV_POOL_REPLICA, w->rt.replica);
+    if (w->rt.redis) {
+        ev_redis_stats_t s;
+        ev_redis_stats(w->rt.redis, &s);
+        ev_metrics_pool_t m = {s.connected, 0, s.pending, 0, 1, s.commands,
+                               s.timeouts, s.errors, s.commands};
+        ev_metrics_pool_set(w->rt.metrics, w->rt.worker_slot, EV_POOL_REDIS, &m);
+    }
 }
 
 static int open_access_log(const char *where)

@@ -118,3 +118,61 @@ def test_pool_figures_appear_in_metrics(start_server):
     assert 'evently_pool_queries_total{pool="db",worker="0"}' in text
     ready = srv.get("/health/ready").json()
     assert ready["components"]["postgres"]["pool"]["max"] == 10
+
+
+def read_item_per_worker(srv, item, want_workers=2, tries=60):
+    """GET /items/<item> on fresh connections until every worker answered."""
+    seen = {}
+    for _ in range(tries):
+        r = srv.get("/items/%d" % item)
+        assert r.status == 200, r.text
+        seen[r.header("X-Worker")] = r.json()["name"]
+        if len(seen) >= want_workers:
+            break
+    return seen
+
+
+def test_cache_invalidation_reaches_every_worker_at_once(start_server):
+    srv = start_server("cache-inv", scripts=DATA_APP, workers=2)
+    assert srv.request("PUT", "/items/1", body={"name": "first"}).status == 200
+    seen = read_item_per_worker(srv, 1)
+    assert len(seen) == 2 and set(seen.values()) == {"first"}, seen
+    assert srv.request("PUT", "/items/1", body={"name": "second"}).status == 200
+    deadline = time.time() + 0.5
+    while True:
+        seen = read_item_per_worker(srv, 1)
+        if set(seen.values()) == {"second"} or time.time() > deadline:
+            break
+    assert len(seen) == 2 and set(seen.values()) == {"second"}, seen
+    stats = srv.get("/cache/stats").json()
+    assert stats["invalidations"] >= 1
+
+
+def test_redis_down_cached_routes_still_answer_from_postgres(start_server):
+    srv = start_server("cache-noredis", scripts=DATA_APP, workers=2)
+    assert srv.request("PUT", "/items/2", body={"name": "before"}).status == 200
+    read_item_per_worker(srv, 2)
+    pidfile = os.path.join(srv.home, "run", "redis.pid")
+    if not os.path.exists(pidfile):
+        pidfile = [os.path.join(d, "redis.pid") for d in
+                   (os.path.join("/tmp", x) for x in os.listdir("/tmp") if x.startswith("evently-"))
+                   if os.path.exists(os.path.join(d, "redis.pid"))][0]
+    os.kill(int(open(pidfile).read().strip()), 15)
+    time.sleep(0.5)
+    # reads work, writes work, and the invalidation still reaches both workers
+    assert srv.request("PUT", "/items/2", body={"name": "after"}).status == 200
+    deadline = time.time() + 2
+    while True:
+        seen = read_item_per_worker(srv, 2)
+        if set(seen.values()) == {"after"} or time.time() > deadline:
+            break
+    assert set(seen.values()) == {"after"}, seen
+    r = srv.get("/items/3")
+    assert r.status == 404  # a miss goes to Postgres, not to an error
+    deadline = time.time() + 5
+    ready = srv.get("/health/ready")
+    while ready.status != 503 and time.time() < deadline:
+        time.sleep(0.3)
+        ready = srv.get("/health/ready")
+    assert ready.status == 503
+    assert ready.json()["components"]["redis"]["state"] == "down"

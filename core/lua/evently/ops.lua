@@ -18,6 +18,7 @@ function M.install()
     end
     -- this worker's own pool, as the requests it serves see it
     components.postgres.pool = require("evently.db").stats()
+    components.redis.client = require("evently.redis").stats()
     return ready and 200 or 503, { status = ready and "ready" or "not_ready", components = components }
   end, "/health/ready")
 
