@@ -54,6 +54,7 @@ static const field_t fields[] = {
     F("handler_timeout", "EVENTLY_HANDLER_TIMEOUT", T_INT, handler_timeout, 1, 3600),
     F("drain_timeout", "EVENTLY_DRAIN_TIMEOUT", T_INT, drain_timeout, 0, 3600),
     F("db_pool_max", "EVENTLY_DB_POOL_MAX", T_INT, db_pool_max, 1, 1000),
+    F("db_pool_min", "EVENTLY_DB_POOL_MIN", T_INT, db_pool_min, 0, 1000),
     F("db_acquire_timeout_ms", "EVENTLY_DB_ACQUIRE_TIMEOUT_MS", T_INT, db_acquire_timeout_ms, 1, 600000),
     F("db_statement_timeout_ms", "EVENTLY_DB_STATEMENT_TIMEOUT_MS", T_INT, db_statement_timeout_ms, 1, 3600000),
     F("plugins", "EVENTLY_PLUGINS", T_LIST, plugins, 0, 0),
@@ -88,6 +89,7 @@ void ev_config_defaults(ev_config_t *c)
     c->handler_timeout = 30;
     c->drain_timeout = 30;
     c->db_pool_max = 10;
+    c->db_pool_min = 2;
     c->db_acquire_timeout_ms = 5000;
     c->db_statement_timeout_ms = 30000;
     set_str(&c->lua_path, EVENTLY_LUA_DIR);

@@ -33,6 +33,7 @@ typedef struct {
     int handler_timeout; /* EVENTLY_HANDLER_TIMEOUT seconds per request, default 30 */
     int drain_timeout;   /* EVENTLY_DRAIN_TIMEOUT seconds for graceful stop, default 30 */
     int db_pool_max;     /* EVENTLY_DB_POOL_MAX per worker, default 10 */
+    int db_pool_min;     /* EVENTLY_DB_POOL_MIN per worker, kept open, default 2 */
     int db_acquire_timeout_ms;   /* EVENTLY_DB_ACQUIRE_TIMEOUT_MS, default 5000 */
     int db_statement_timeout_ms; /* EVENTLY_DB_STATEMENT_TIMEOUT_MS, default 30000 */
     char *plugins[EV_MAX_PLUGINS]; /* EVENTLY_PLUGINS: comma-separated names */

@@ -180,8 +180,8 @@ static ev_pg_pool_t *pool_for(lua_State *L, const char *which)
     const char *url = replica ? cfg->replica_url : cfg->database_url;
     if (!url)
         return NULL;
-    ev_pg_opts_t o = {listen ? 4 : cfg->db_pool_max, cfg->db_acquire_timeout_ms,
-                      cfg->db_statement_timeout_ms, 5000};
+    ev_pg_opts_t o = {listen ? 4 : cfg->db_pool_max, listen ? 0 : cfg->db_pool_min,
+                      cfg->db_acquire_timeout_ms, cfg->db_statement_timeout_ms, 5000};
     *slot = ev_pg_pool_new(rt->base, url, &o);
     return *slot;
 }
@@ -566,7 +566,16 @@ static const luaL_Reg conn_methods[] = {
     {NULL, NULL},
 };
 
+/* warm(): opens the primary pool now, so its minimum connections are ready
+ * before the first request (a worker calls it at boot). */
+static int db_warm(lua_State *L)
+{
+    lua_pushboolean(L, pool_for(L, "primary") != NULL);
+    return 1;
+}
+
 static const luaL_Reg db_funcs[] = {
+    {"warm", db_warm},
     {"acquire", db_acquire},
     {"stats", db_stats},
     {NULL, NULL},

@@ -337,15 +337,15 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
         p->acquired++;
         waiter_finish(p->whead, c, NULL);
     }
-    if (!p->whead)
-        return;
     struct timeval now;
     gettimeofday(&now, NULL);
     if (timercmp(&now, &p->backoff_until, <)) {
-        if (p->total == 0)
+        if (p->whead && p->total == 0)
             fail_waiters(p); /* down, and nobody holds a live connection */
         return;
     }
+    while (p->total < p->opts.min) /* keep the floor warm */
+        conn_start(p);
     int want = p->nwait - p->connecting;
     while (want-- > 0 && p->total < p->opts.max)
         conn_start(p);
@@ -353,7 +353,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 static void pool_kick(ev_pg_pool_t *p)
 {
-    if (p->kick && p->nwait > 0) /* nobody waiting: nothing to hand out */
+    /* nobody waiting and enough connections: nothing to do */
+    if (p->kick && (p->nwait > 0 || p->total < p->opts.min))
         event_active(p->kick, EV_TIMEOUT, 0);
 }
 
@@ -365,9 +366,10 @@ ev_pg_pool_t *ev_pg_pool_new(struct event_base *base, const char *conninfo,
         return NULL;
     p->base = base;
     p->conninfo = strdup(conninfo);
-    p->opts = (ev_pg_opts_t){10, 5000, 30000, 5000};
+    p->opts = (ev_pg_opts_t){10, 0, 5000, 30000, 5000};
     if (opts) {
         if (opts->max > 0) p->opts.max = opts->max;
+        if (opts->min > 0) p->opts.min = opts->min < p->opts.max ? opts->min : p->opts.max;
         if (opts->acquire_timeout_ms > 0) p->opts.acquire_timeout_ms = opts->acquire_timeout_ms;
         if (opts->statement_timeout_ms > 0) p->opts.statement_timeout_ms = opts->statement_timeout_ms;
         if (opts->connect_timeout_ms > 0) p->opts.connect_timeout_ms = opts->connect_timeout_ms;
@@ -380,6 +382,7 @@ ev_pg_pool_t *ev_pg_pool_new(struct event_base *base, const char *conninfo,
         ev_pg_pool_free(p);
         return NULL;
     }
+    pool_kick(p); /* opens the minimum from the loop */
     return p;
 }
 

@@ -26,6 +26,7 @@ typedef struct ev_pg_waiter ev_pg_waiter_t;
 
 typedef struct {
     int max;                  /* connections, default 10 */
+    int min;                  /* kept open even when idle, default 0 */
     int acquire_timeout_ms;   /* waiting for a free connection, default 5000 */
     int statement_timeout_ms; /* server-side limit per statement, default 30000 */
     int connect_timeout_ms;   /* default 5000 */

@@ -176,3 +176,10 @@ def test_redis_down_cached_routes_still_answer_from_postgres(start_server):
         ready = srv.get("/health/ready")
     assert ready.status == 503
     assert ready.json()["components"]["redis"]["state"] == "down"
+
+
+def test_pool_keeps_its_minimum_open_before_the_first_request(start_server):
+    srv = start_server("db-min", scripts=DATA_APP, workers=1, env={"EVENTLY_DB_POOL_MIN": "3"})
+    time.sleep(1.5)  # workers publish pool figures once a second
+    text = srv.get("/metrics").text
+    assert 'evently_pool_connections{pool="db",worker="0"} 3' in text, text[-2000:]

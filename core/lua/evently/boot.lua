@@ -13,6 +13,7 @@ function M.load()
   local chunk, err = loadfile(path)
   if not chunk then error(err, 0) end
   chunk()
+  if runtime.worker().slot >= 0 then require("evently.db.core").warm() end
 end
 
 return M
