@@ -520,6 +520,23 @@ static int request_id_ok(const char *v)
     return n > 0 && n <= 64;
 }
 
+/* "<8 hex of the worker>" + "<counter, 8+ hex>", without printf (per request). */
+static void make_request_id(ev_http_server_t *s, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, s->id_prefix, 8);
+    unsigned long long n = s->next_id++;
+    char tmp[16];
+    int k = 0;
+    do {
+        tmp[k++] = hex[n & 15];
+        n >>= 4;
+    } while (n || k < 8);
+    for (int i = 0; i < k; i++)
+        out[8 + i] = tmp[k - 1 - i];
+    out[8 + k] = '\0';
+}
+
 /* Lays the request out in one allocation: struct, header array, strings. */
 static ev_http_req_t *req_build(ev_http_conn_t *c)
 {
@@ -568,10 +585,9 @@ static ev_http_req_t *req_build(ev_http_conn_t *c)
     gettimeofday(&r->start, NULL);
     const char *given = ev_http_header(r, "x-request-id");
     if (given && request_id_ok(given))
-        snprintf(r->request_id, sizeof r->request_id, "%s", given);
+        memcpy(r->request_id, given, strlen(given) + 1); /* at most 64 bytes: checked */
     else
-        snprintf(r->request_id, sizeof r->request_id, "%s%08llx", c->srv->id_prefix,
-                 c->srv->next_id++);
+        make_request_id(c->srv, r->request_id);
     return r;
 }
 

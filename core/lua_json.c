@@ -16,24 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BUF_MT "evently.json.buffer"
 #define MAX_DEPTH 100
 
 static const char ARRAY_KEY = 'a'; /* registry: the array marker metatable */
 
-/* The output buffer is a userdata with __gc, so an error half-way frees it. */
 typedef struct {
     char *p;
     size_t len, cap;
 } buf_t;
-
-static int buf_gc(lua_State *L)
-{
-    buf_t *b = lua_touserdata(L, 1);
-    free(b->p);
-    b->p = NULL;
-    return 0;
-}
 
 static void put(lua_State *L, buf_t *b, const char *s, size_t n)
 {
@@ -205,13 +195,20 @@ static void encode(lua_State *L, buf_t *b, int idx, int depth)
     }
 }
 
+/* One buffer per process, reused: encoding never yields and never nests,
+ * and a request-sized answer should not cost a malloc and a collection. A
+ * buffer grown past 1 MiB for a large answer is given back afterwards. */
+static buf_t shared;
+
 static int do_encode(lua_State *L)
 {
-    buf_t *b = lua_newuserdatauv(L, sizeof *b, 0); /* index 2 */
-    *b = (buf_t){0};
-    luaL_setmetatable(L, BUF_MT);
-    encode(L, b, 1, 0);
-    lua_pushlstring(L, b->p ? b->p : "", b->len);
+    shared.len = 0;
+    encode(L, &shared, 1, 0);
+    lua_pushlstring(L, shared.p ? shared.p : "", shared.len);
+    if (shared.cap > (1u << 20)) {
+        free(shared.p);
+        shared = (buf_t){0};
+    }
     return 1;
 }
 
@@ -246,11 +243,6 @@ static const luaL_Reg json_funcs[] = {
 
 int luaopen_evently_json(lua_State *L)
 {
-    if (luaL_newmetatable(L, BUF_MT)) {
-        lua_pushcfunction(L, buf_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
     lua_newtable(L); /* the array marker */
     lua_pushliteral(L, "array");
     lua_setfield(L, -2, "__name");

@@ -287,8 +287,10 @@ static int cmd_lua(int argc, char **argv)
     app_t app = {0};
     if (load_config(&app, NULL, NULL) != 0)
         return 1;
+    /* the embedded services when no URL is set; no migrations: a script may
+     * be pointed at any database (run `evently migrate` for that) */
     int rc = 1;
-    if (need_services(&app) == 0 && migrate_now(&app, 0) == 0)
+    if (need_services(&app) == 0)
         rc = run_chunk(&app, argv[0], argc - 1, argv + 1, 0);
     finish(&app);
     return rc;

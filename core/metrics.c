@@ -98,16 +98,22 @@ static series_t *find_series(ev_metrics_t *m, const char *method, const char *ro
     return NULL;
 }
 
+/* Cut to size and label-safe, without printf: this runs for every request. */
+static void copy_key(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+    for (; src[i] && i < cap - 1; i++)
+        dst[i] = (src[i] == '"' || src[i] == '\\' || src[i] == '\n') ? '_' : src[i];
+    dst[i] = '\0';
+}
+
 void ev_metrics_observe(ev_metrics_t *m, const char *method, const char *route, int status,
                         uint64_t duration_us)
 {
     /* keys as stored: cut to size, and label-safe so the exposition stays valid */
     char mkey[sizeof m->series[0].method], rkey[sizeof m->series[0].route];
-    snprintf(mkey, sizeof mkey, "%s", method);
-    snprintf(rkey, sizeof rkey, "%s", route ? route : "unmatched");
-    for (char *p = rkey; *p; p++)
-        if (*p == '"' || *p == '\\' || *p == '\n')
-            *p = '_';
+    copy_key(mkey, sizeof mkey, method);
+    copy_key(rkey, sizeof rkey, route ? route : "unmatched");
     series_t *s = find_series(m, mkey, rkey, status);
     if (!s) {
         __atomic_add_fetch(&m->dropped, 1, __ATOMIC_RELAXED);

@@ -36,13 +36,16 @@ typedef struct {
     int access_fd;          /* -1: access log off */
     struct event *sig_term, *sig_quit, *sig_int, *drain_tick, *mem_tick;
     struct timeval drain_start;
+    struct ev_request *spare; /* finished request contexts, reused */
+    int nspare;
 } ev_worker_t;
 
-typedef struct {
+typedef struct ev_request {
     ev_worker_t *w;
     ev_http_req_t *req;
     ev_co_t *co;
     struct event *deadline;
+    struct ev_request *next_spare;
 } ev_request_t;
 
 /* ---- access log and metrics ---- */
@@ -78,11 +81,56 @@ static void on_answered(const ev_http_req_t *req, int status, size_t bytes, cons
 
 /* ---- answering from Lua results ---- */
 
+/* Contexts (and their deadline timers) are kept for the next request. */
 static void request_free(ev_request_t *r)
 {
+    ev_worker_t *w = r->w;
+    if (r->deadline)
+        evtimer_del(r->deadline);
+    if (r->deadline && w->nspare < 256) {
+        r->next_spare = w->spare;
+        w->spare = r;
+        w->nspare++;
+        return;
+    }
     if (r->deadline)
         event_free(r->deadline);
     free(r);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg);
+
+static ev_request_t *request_new(ev_worker_t *w)
+{
+    ev_request_t *r = w->spare;
+    if (r) {
+        w->spare = r->next_spare;
+        w->nspare--;
+        r->req = NULL;
+        r->co = NULL;
+        return r;
+    }
+    r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->w = w;
+    r->deadline = evtimer_new(w->rt.base, on_deadline, r);
+    if (!r->deadline) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void spares_free(ev_worker_t *w)
+{
+    while (w->spare) {
+        ev_request_t *r = w->spare;
+        w->spare = r->next_spare;
+        event_free(r->deadline);
+        free(r);
+    }
+    w->nspare = 0;
 }
 
 static void respond_problem(ev_http_req_t *req, int status, const char *type, const char *title,
@@ -206,18 +254,14 @@ static void push_request(lua_State *T, const ev_http_req_t *req)
 static void on_request(ev_http_req_t *req, void *arg)
 {
     ev_worker_t *w = arg;
-    ev_request_t *r = calloc(1, sizeof *r);
+    ev_request_t *r = request_new(w);
     if (!r) {
         respond_problem(req, 503, "unavailable", "Service Unavailable", NULL);
         return;
     }
-    r->w = w;
     r->req = req;
     r->co = ev_co_new(w->L, w->rt.base, on_done, r);
-    r->deadline = evtimer_new(w->rt.base, on_deadline, r);
-    if (!r->co || !r->deadline) {
-        if (r->co)
-            ev_co_abort(r->co);
+    if (!r->co) {
         request_free(r);
         respond_problem(req, 503, "unavailable", "Service Unavailable", NULL);
         return;
@@ -385,6 +429,7 @@ done:
     if (w.L)
         lua_close(w.L);
     ev_runtime_close(&w.rt);
+    spares_free(&w);
     if (w.rt.base)
         event_base_free(w.rt.base);
     if (w.access_fd > STDERR_FILENO)
