@@ -50,5 +50,6 @@ int luaopen_evently_db_core(lua_State *L);
 int luaopen_evently_redis_core(lua_State *L);
 int luaopen_evently_sync(lua_State *L);
 int luaopen_evently_json(lua_State *L);
+int luaopen_evently_crypto(lua_State *L);
 
 #endif
