@@ -1,7 +1,12 @@
--- Evently: the ticketing application. Routes live one file per resource in
--- scripts/routes/; this file only wires them up.
+-- Evently: the ticketing application. One file per resource in routes/, the
+-- domain logic in domain/, HTTP helpers in web/, operator rules in rules/.
 local app = require "evently.app"
 
-app.get("/api/v1", function()
+local BASE = "/api/v1"
+
+app.get(BASE, function()
   return { name = "evently", version = "v1" }
-end)
+end, "api.root")
+
+require "routes.auth" (app, BASE)
+require "routes.users" (app, BASE)

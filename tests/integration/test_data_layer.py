@@ -144,8 +144,6 @@ def test_cache_invalidation_reaches_every_worker_at_once(start_server):
         if set(seen.values()) == {"second"} or time.time() > deadline:
             break
     assert len(seen) == 2 and set(seen.values()) == {"second"}, seen
-    stats = srv.get("/cache/stats").json()
-    assert stats["invalidations"] >= 1
 
 
 def test_redis_down_cached_routes_still_answer_from_postgres(start_server):

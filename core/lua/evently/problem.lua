@@ -25,7 +25,9 @@ function M.document(status, kind, detail, extra)
 end
 
 function M.response(status, kind, detail, extra)
-  return status, M.document(status, kind, detail, extra), { ["Content-Type"] = "application/problem+json" }
+  local headers = { ["Content-Type"] = "application/problem+json" }
+  if status == 401 then headers["WWW-Authenticate"] = "Bearer" end -- RFC 9110 11.6.1
+  return status, M.document(status, kind, detail, extra), headers
 end
 
 function M.raise(status, kind, detail, extra)

@@ -1,0 +1,45 @@
+-- POST /auth/register, /auth/login, /auth/logout (API.md "Auth and users").
+local problem = require "evently.problem"
+local validate = require "web.validate"
+local auth = require "web.auth"
+local users = require "domain.users"
+local tokens = require "domain.tokens"
+local rules = require "rules.auth"
+
+local EMAIL = "^[^@%s]+@[^@%s]+%.[^@%s]+$"
+
+return function(app, base)
+  app.post(base .. "/auth/register", function(req)
+    local v = validate.new(req.json)
+    local email = v:string("email", { required = true, max = 254, pattern = EMAIL, pattern_message = "must be an email address" })
+    local password = v:string("password", { required = true, min = rules.min_password_length, max = rules.max_password_length })
+    local name = v:string("name", { required = true, min = 1, max = 200 })
+    v:check()
+    local user, err = users.register(email, password, name)
+    if err == "duplicate" then return problem.response(409, "email-taken", "an account with this email exists") end
+    if not user then return problem.response(503, "unavailable", "cannot register now") end
+    local token, expires_at = tokens.issue(user.id)
+    if not token then return problem.response(503, "unavailable", "cannot issue a token now") end
+    return 201, { user = users.public(user), token = token, expires_at = expires_at }
+  end, "auth.register")
+
+  app.post(base .. "/auth/login", function(req)
+    local v = validate.new(req.json)
+    local email = v:string("email", { required = true, max = 254 })
+    local password = v:string("password", { required = true, max = rules.max_password_length })
+    v:check()
+    local user, err = users.authenticate(email, password)
+    if err then return problem.response(503, "unavailable", "cannot log in now") end
+    if not user then return problem.response(401, "invalid-credentials", "wrong email or password") end
+    local token, expires_at = tokens.issue(user.id)
+    if not token then return problem.response(503, "unavailable", "cannot issue a token now") end
+    return 200, { token = token, expires_at = expires_at, user = users.public(user) }
+  end, "auth.login")
+
+  app.post(base .. "/auth/logout", function(req)
+    auth.user(req)
+    local ok = tokens.revoke(req.token)
+    if not ok then return problem.response(503, "unavailable", "cannot log out now") end
+    return 204
+  end, "auth.logout")
+end

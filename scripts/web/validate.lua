@@ -1,0 +1,59 @@
+--- validate: field checks that collect every problem into one 422.
+--   local v = validate.new(req.json)
+--   local email = v:string("email", { required = true, max = 254, pattern = "^[^@%s]+@[^@%s]+%.[^@%s]+$" })
+--   local qty = v:integer("quantity", { required = true, min = 1, max = 10 })
+--   v:check()   -- raises a 422 problem naming each bad field, or returns
+local problem = require "evently.problem"
+
+local V = {}
+V.__index = V
+
+local M = {}
+
+function M.new(body)
+  -- well-formed JSON of the wrong shape (an array, a number, no body) is a 422
+  if type(body) ~= "table" or (next(body) ~= nil and #body > 0) then
+    problem.raise(422, "validation", "the body must be a JSON object",
+      { errors = { { field = "body", message = "must be a JSON object" } } })
+  end
+  return setmetatable({ body = body, errors = {} }, V)
+end
+
+function V:fail(field, message)
+  self.errors[#self.errors + 1] = { field = field, message = message }
+end
+
+function V:string(field, opts)
+  local v = self.body[field]
+  if v == nil or v == require("evently.json").null then
+    if opts.required then self:fail(field, "is required") end
+    return nil
+  end
+  if type(v) ~= "string" then self:fail(field, "must be a string"); return nil end
+  if opts.min and #v < opts.min then self:fail(field, "must be at least " .. opts.min .. " characters"); return nil end
+  if opts.max and #v > opts.max then self:fail(field, "must be at most " .. opts.max .. " characters"); return nil end
+  if opts.pattern and not v:match(opts.pattern) then self:fail(field, opts.pattern_message or "is not valid"); return nil end
+  return v
+end
+
+function V:integer(field, opts)
+  local v = self.body[field]
+  if v == nil or v == require("evently.json").null then
+    if opts.required then self:fail(field, "is required") end
+    return nil
+  end
+  if type(v) ~= "number" or v ~= math.floor(v) or v ~= v then self:fail(field, "must be an integer"); return nil end
+  v = math.tointeger(v)
+  if not v then self:fail(field, "must be an integer"); return nil end
+  if opts.min and v < opts.min then self:fail(field, "must be >= " .. opts.min); return nil end
+  if opts.max and v > opts.max then self:fail(field, "must be <= " .. opts.max); return nil end
+  return v
+end
+
+function V:check()
+  if #self.errors > 0 then
+    problem.raise(422, "validation", "some fields are not valid", { errors = self.errors })
+  end
+end
+
+return M
