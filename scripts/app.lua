@@ -10,3 +10,4 @@ end, "api.root")
 
 require "routes.auth" (app, BASE)
 require "routes.users" (app, BASE)
+require "routes.events" (app, BASE)

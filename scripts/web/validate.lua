@@ -50,6 +50,29 @@ function V:integer(field, opts)
   return v
 end
 
+local RFC3339 = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.?%d*[Zz+%-]"
+
+--- An RFC 3339 timestamp with a zone ("2026-05-01T20:00:00Z"), left for
+-- Postgres to read exactly.
+function V:timestamp(field, opts)
+  local v = self:string(field, { required = opts.required, max = 40 })
+  if v and not (v:match(RFC3339) and (v:match("[Zz]$") or v:match("[+-]%d%d:%d%d$"))) then
+    self:fail(field, "must be an RFC 3339 timestamp with a time zone")
+    return nil
+  end
+  return v
+end
+
+function V:enum(field, values, opts)
+  local v = self:string(field, { required = opts and opts.required })
+  if v == nil then return nil end
+  for _, allowed in ipairs(values) do
+    if v == allowed then return v end
+  end
+  self:fail(field, "must be one of " .. table.concat(values, ", "))
+  return nil
+end
+
 function V:check()
   if #self.errors > 0 then
     problem.raise(422, "validation", "some fields are not valid", { errors = self.errors })

@@ -1,0 +1,124 @@
+--- events: the event catalogue. Public reads go through the cache (5 minutes,
+-- invalidated on every change); admin reads and all writes go to Postgres.
+local db = require "evently.db"
+local cache = require "evently.cache"
+local json = require "evently.json"
+
+local M = {}
+
+local COLUMNS = [[id, name, description, venue, starts_at, ends_at, capacity, available,
+  price_cents, currency, max_per_booking, status, sales_start, sales_end, created_at, updated_at]]
+M.COLUMNS = COLUMNS
+local TTL = 300
+
+-- Fields an admin may set (never id, available, created_at, updated_at).
+M.WRITABLE = { "name", "description", "venue", "starts_at", "ends_at", "capacity", "price_cents",
+  "currency", "max_per_booking", "status", "sales_start", "sales_end" }
+
+local function changed(id)
+  cache.invalidate("event:" .. id)
+  cache.invalidate("events:list:", true)
+end
+M.changed = changed
+
+function M.create(f)
+  local row, err = db.one([[INSERT INTO events (name, description, venue, starts_at, ends_at, capacity,
+      available, price_cents, currency, max_per_booking, status, sales_start, sales_end)
+    VALUES ($1, coalesce($2, ''), $3, $4, $5, $6, $6, $7, coalesce($8, 'EUR'), coalesce($9, 10),
+      coalesce($10, 'draft'), $11, $12)
+    RETURNING ]] .. COLUMNS,
+    f.name, f.description, f.venue, f.starts_at, f.ends_at, f.capacity, f.price_cents, f.currency,
+    f.max_per_booking, f.status, f.sales_start, f.sales_end)
+  if row then changed(row.id) end
+  return row, err
+end
+
+--- Reads one event from Postgres (admin view, or the loader of the cache).
+function M.get(id)
+  return db.one("SELECT " .. COLUMNS .. " FROM events WHERE id = $1", id)
+end
+
+--- The public view: published and cancelled events only, cached.
+function M.get_public(id)
+  local ev, err = cache.fetch("event:" .. id, TTL, function()
+    local row, lerr = M.get(id)
+    if lerr then return nil, lerr end
+    return row or false
+  end)
+  if err then return nil, err end
+  if not ev or ev.status == "draft" then return nil end
+  return ev
+end
+
+--- Applies the given fields. Capacity moves available by the same amount and
+-- may not go below what is sold: that answers nil, "capacity-below-sold".
+function M.update(id, f)
+  local sets, args = {}, { id }
+  for _, name in ipairs(M.WRITABLE) do
+    if f[name] ~= nil then
+      args[#args + 1] = f[name]
+      if name == "capacity" then
+        sets[#sets + 1] = ("capacity = $%d, available = available + ($%d - capacity)"):format(#args, #args)
+      else
+        sets[#sets + 1] = ("%s = $%d"):format(name, #args)
+      end
+    end
+  end
+  if #sets == 0 then return M.get(id) end
+  local guard = ""
+  if f.capacity ~= nil then
+    guard = (" AND $%d >= capacity - available"):format(#args + 1)
+    args[#args + 1] = f.capacity
+  end
+  local row, err = db.one("UPDATE events SET " .. table.concat(sets, ", ") .. ", updated_at = now() WHERE id = $1"
+    .. guard .. " RETURNING " .. COLUMNS, table.unpack(args))
+  if err then return nil, err end
+  if not row then
+    local exists = M.get(id)
+    if exists then return nil, "capacity-below-sold", exists end
+    return nil
+  end
+  changed(id)
+  return row
+end
+
+function M.cancel(id)
+  local row, err = db.one("UPDATE events SET status = 'cancelled', updated_at = now() WHERE id = $1 RETURNING " .. COLUMNS, id)
+  if row then changed(id) end
+  return row, err
+end
+
+local function like_escape(s)
+  return (s:gsub("[\\%%_]", "\\%0"))
+end
+
+--- Lists events. filter: {q, from, to, status, page, size, admin}. Returns
+-- {items, page, size, total}. Public lists are cached and never show drafts.
+function M.list(filter)
+  local where, args = {}, {}
+  local function arg(v) args[#args + 1] = v; return "$" .. #args end
+  if not filter.admin then where[#where + 1] = "status <> 'draft'" end
+  if filter.status then where[#where + 1] = "status = " .. arg(filter.status) end
+  if filter.q then
+    local p = arg("%" .. like_escape(filter.q) .. "%")
+    where[#where + 1] = ("(name ILIKE %s OR venue ILIKE %s)"):format(p, p)
+  end
+  if filter.from then where[#where + 1] = "starts_at >= " .. arg(filter.from) end
+  if filter.to then where[#where + 1] = "starts_at <= " .. arg(filter.to) end
+  local sql = "SELECT " .. COLUMNS .. ", count(*) OVER () AS total FROM events"
+    .. (#where > 0 and (" WHERE " .. table.concat(where, " AND ")) or "")
+    .. " ORDER BY starts_at, id LIMIT " .. arg(filter.size) .. " OFFSET " .. arg((filter.page - 1) * filter.size)
+  local function load()
+    local rows, err = db.query(sql, table.unpack(args))
+    if not rows then return nil, err end
+    local total = rows[1] and rows[1].total or 0
+    local items = json.array({})
+    for i, r in ipairs(rows) do r.total = nil; items[i] = r end
+    return { items = items, page = filter.page, size = filter.size, total = total }
+  end
+  if filter.admin then return load() end
+  local key = "events:list:" .. json.encode({ filter.q, filter.from, filter.to, filter.status, filter.page, filter.size })
+  return cache.fetch(key, TTL, load)
+end
+
+return M
