@@ -1,0 +1,173 @@
+"""API.md "Bookings", black-box, with invariants checked in the database."""
+import concurrent.futures
+import json
+import os
+import random
+
+import pytest
+
+from conftest import MIGRATIONS, REPO, Server, clean_env, run_cli
+
+SCRIPTS = os.path.join(REPO, "scripts")
+BASE = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def api():
+    srv = Server("api-bookings", scripts=SCRIPTS, workers=2)
+    srv.start()
+    env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": SCRIPTS})
+    p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)
+    assert p.returncode == 0, p.stderr
+    srv.admin = login(srv, "admin@example.com", "adminpassword")
+    srv.users = [register(srv, "buyer%d@example.com" % i) for i in range(10)]
+    yield srv
+    srv.stop_and_check()
+
+
+def login(srv, email, password):
+    r = srv.post(BASE + "/auth/login", body={"email": email, "password": password})
+    return {"Authorization": "Bearer " + r.json()["token"]}
+
+
+def register(srv, email):
+    r = srv.post(BASE + "/auth/register", body={"email": email, "password": "buyerpassword", "name": "B"})
+    assert r.status == 201, r.text
+    return {"Authorization": "Bearer " + r.json()["token"]}
+
+
+def new_event(api, **over):
+    body = {"name": "Show", "venue": "Hall", "starts_at": "2030-05-01T20:00:00Z", "capacity": 100,
+            "price_cents": 1000, "status": "published"}
+    body.update(over)
+    r = api.post(BASE + "/events", body=body, headers=api.admin)
+    assert r.status == 201, r.text
+    return r.json()
+
+
+def book(api, who, event_id, quantity, **kw):
+    return api.post(BASE + "/bookings", body={"event_id": event_id, "quantity": quantity}, headers=who, **kw)
+
+
+def sql(api, query, *args):
+    """Runs one query through `evently lua` against the server's database; returns rows."""
+    script = os.path.join(api.root, "q.lua")
+    with open(script, "w") as f:
+        f.write('local db = require "evently.db"\nlocal json = require "evently.json"\n'
+                'local rows = assert(db.query(arg[1], table.unpack(arg, 2)))\n'
+                'io.write(json.encode(json.array(rows)))\n')
+    p = run_cli(["lua", script, query] + [str(a) for a in args], env=clean_env({"EVENTLY_HOME": api.home}))
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def available(api, event_id):
+    return api.get(BASE + "/events/%d" % event_id).json()["available"]
+
+
+def problem(r, status, kind):
+    assert r.status == status, (r.status, r.text)
+    assert r.json()["type"] == "https://evently.dev/problems/" + kind
+    return r.json()
+
+
+def test_booking_takes_seats_and_cancelling_gives_them_back_once(api):
+    ev = new_event(api, capacity=10, price_cents=1250, currency="USD")
+    r = book(api, api.users[0], ev["id"], 3)
+    assert r.status == 201, r.text
+    b = r.json()
+    assert b["quantity"] == 3 and b["status"] == "confirmed" and b["total_cents"] == 3750
+    assert b["currency"] == "USD" and b["cancelled_at"] is None
+    assert available(api, ev["id"]) == 7
+    first = api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=api.users[0])
+    assert first.status == 200 and first.json()["status"] == "cancelled" and first.json()["cancelled_at"]
+    again = api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=api.users[0])
+    assert again.status == 200 and again.json() == first.json()
+    assert available(api, ev["id"]) == 10
+
+
+def test_sold_out_is_409_with_what_is_left(api):
+    ev = new_event(api, capacity=5)
+    assert book(api, api.users[0], ev["id"], 4).status == 201
+    doc = problem(book(api, api.users[1], ev["id"], 2), 409, "sold-out")
+    assert doc["available"] == 1
+    assert book(api, api.users[1], ev["id"], 1).status == 201
+
+
+@pytest.mark.parametrize("over", [{"status": "draft"}, {"status": "cancelled"},
+                                  {"starts_at": "2001-01-01T00:00:00Z"},
+                                  {"sales_start": "2029-01-01T00:00:00Z"},
+                                  {"sales_end": "2001-01-01T00:00:00Z", "sales_start": "2000-01-01T00:00:00Z"}])
+def test_booking_an_event_not_on_sale_is_409(api, over):
+    ev = new_event(api, **over)
+    problem(book(api, api.users[0], ev["id"], 1), 409, "not-on-sale")
+
+
+def test_quantity_outside_1_to_max_per_booking_is_422(api):
+    ev = new_event(api, max_per_booking=4)
+    for q in (0, -1, 5, 2.5, "2"):
+        problem(book(api, api.users[0], ev["id"], q), 422, "validation")
+    problem(book(api, api.users[0], 99999999, 1), 404, "not-found")
+    r = api.post(BASE + "/bookings", body={"event_id": ev["id"], "quantity": 1})
+    problem(r, 401, "unauthorized")
+
+
+def test_another_users_booking_is_404(api):
+    ev = new_event(api)
+    b = book(api, api.users[0], ev["id"], 1).json()
+    problem(api.get(BASE + "/bookings/%d" % b["id"], headers=api.users[1]), 404, "not-found")
+    problem(api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=api.users[1]), 404, "not-found")
+    assert api.get(BASE + "/bookings/%d" % b["id"], headers=api.users[0]).status == 200
+    assert api.get(BASE + "/bookings/%d" % b["id"], headers=api.admin).status == 200
+    mine = api.get(BASE + "/bookings", headers=api.users[1]).json()
+    assert all(x["user_id"] != b["user_id"] for x in mine["items"])
+    by_event = api.get(BASE + "/bookings?event_id=%d" % ev["id"], headers=api.admin).json()
+    assert [x["id"] for x in by_event["items"]] == [b["id"]]
+
+
+def test_every_change_writes_its_outbox_row(api):
+    ev = new_event(api)
+    b = book(api, api.users[2], ev["id"], 2).json()
+    api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=api.users[2])
+    api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=api.users[2])
+    rows = sql(api, "SELECT event_type, payload FROM outbox WHERE aggregate_id = $1 ORDER BY id", ev["id"])
+    assert [r["event_type"] for r in rows] == ["booking.confirmed", "booking.cancelled"]
+    assert rows[0]["payload"]["booking_id"] == b["id"] and rows[1]["payload"]["quantity"] == 2
+
+
+def test_a_thousand_concurrent_bookings_sell_exactly_the_capacity(api):
+    ev = new_event(api, capacity=100)
+    rnd = random.Random(7)
+    asks = [(api.users[i % 10], rnd.randint(1, 4)) for i in range(1000)]
+
+    def attempt(a):
+        who, q = a
+        r = book(api, who, ev["id"], q)
+        return r.status, q, (r.json() if r.status in (201, 409) else r.text)
+
+    with concurrent.futures.ThreadPoolExecutor(64) as ex:
+        results = list(ex.map(attempt, asks))
+    statuses = {s for s, _, _ in results}
+    assert statuses <= {201, 409}, [r for r in results if r[0] not in (201, 409)][:3]
+    sold = sum(q for s, q, _ in results if s == 201)
+    assert sold == 100
+    assert all(d["type"].endswith("/sold-out") for s, _, d in results if s == 409)
+    rows = sql(api, """SELECT (SELECT coalesce(sum(quantity), 0) FROM bookings
+                         WHERE event_id = $1 AND status = 'confirmed') AS confirmed,
+                        (SELECT available FROM events WHERE id = $1) AS available,
+                        (SELECT count(*) FROM outbox WHERE aggregate_id = $1) AS messages""", ev["id"])
+    assert rows[0]["confirmed"] == 100 and rows[0]["available"] == 0
+    assert rows[0]["messages"] == sum(1 for s, _, _ in results if s == 201)
+    assert available(api, ev["id"]) == 0
+
+
+def test_concurrent_cancels_of_one_booking_restore_seats_once(api):
+    ev = new_event(api, capacity=10)
+    b = book(api, api.users[3], ev["id"], 4).json()
+    with concurrent.futures.ThreadPoolExecutor(20) as ex:
+        results = list(ex.map(lambda _: api.request("DELETE", BASE + "/bookings/%d" % b["id"],
+                                                    headers=api.users[3]).status, range(20)))
+    assert set(results) == {200}
+    rows = sql(api, "SELECT available FROM events WHERE id = $1", ev["id"])
+    assert rows[0]["available"] == 10
+    assert available(api, ev["id"]) == 10
