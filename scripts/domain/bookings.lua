@@ -72,14 +72,86 @@ o AS (
   FROM b, ev)
 SELECT b.* FROM b]]
 
---- Cancels a confirmed booking (owner_id nil: any owner, for admins). Returns
--- the booking as it now is; a second cancel returns it unchanged and gives
--- nothing back. nil when there is no such booking (for this owner).
+--- Cancels a confirmed booking (owner_id nil: any owner, for admins). The
+-- freed seats go to the waitlist first, in the same transaction. Returns the
+-- booking as it now is and whether this call cancelled it; a second cancel
+-- returns it unchanged and gives nothing back. nil when there is no such
+-- booking (for this owner).
 function M.cancel(id, owner_id)
-  local row, err = db.one(CANCEL, id, owner_id)
+  return db.transaction(function(tx)
+    local row, err = tx.one(CANCEL, id, owner_id)
+    if err then error(err, 0) end
+    if row then
+      require("domain.waitlist").offer(tx, row.event_id)
+      return row, nil, true
+    end
+    return tx.one("SELECT " .. COLUMNS .. " FROM bookings WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)",
+      id, owner_id)
+  end)
+end
+
+local CONVERT = [[
+WITH w AS (
+  UPDATE waitlist SET status = 'converted', updated_at = now()
+  WHERE id = $1 AND user_id = $2 AND event_id = $3 AND status = 'offered' AND offer_expires_at > now()
+  RETURNING id, event_id, quantity),
+b AS (
+  INSERT INTO bookings (event_id, user_id, quantity, status, total_cents, currency, waitlist_entry_id)
+  SELECT w.event_id, $2, w.quantity, 'confirmed', e.price_cents * w.quantity, e.currency, w.id
+  FROM w JOIN events e ON e.id = w.event_id
+  RETURNING ]] .. COLUMNS .. [[),
+o AS (
+  INSERT INTO outbox (event_type, aggregate_id, payload)
+  SELECT 'booking.confirmed', b.event_id,
+         jsonb_build_object('booking_id', b.id, 'event_id', b.event_id, 'user_id', b.user_id,
+                            'quantity', b.quantity, 'waitlist_entry_id', $1::bigint)
+  FROM b)
+SELECT b.* FROM b]]
+
+--- Turns a waitlist offer into a booking: the seats are already held, so
+-- nothing is taken from the event. Returns booking | nil, "no-offer" (not
+-- theirs, not offered, expired or another event) | nil, "wrong-quantity", entry.
+function M.convert(entry_id, user_id, event_id, quantity)
+  local entry, err = db.one("SELECT quantity FROM waitlist WHERE id = $1 AND user_id = $2", entry_id, user_id)
   if err then return nil, err end
-  if row then return row, nil, true end
-  return M.get(id, owner_id)
+  if entry and entry.quantity ~= quantity then return nil, "wrong-quantity", entry end
+  local row
+  row, err = db.one(CONVERT, entry_id, user_id, event_id)
+  if err then return nil, err end
+  if not row then return nil, "no-offer" end
+  return row
+end
+
+local CANCEL_EVENT = [[
+WITH ev AS (
+  UPDATE events SET status = 'cancelled', updated_at = now()
+  WHERE id = $1 AND status <> 'cancelled'
+  RETURNING id),
+b AS (
+  UPDATE bookings SET status = 'cancelled', cancelled_at = now()
+  FROM ev WHERE bookings.event_id = ev.id AND bookings.status = 'confirmed'
+  RETURNING bookings.id, bookings.user_id, bookings.event_id, bookings.quantity),
+w AS (
+  UPDATE waitlist SET status = 'cancelled', offer_expires_at = NULL, updated_at = now()
+  FROM ev WHERE waitlist.event_id = ev.id AND waitlist.status IN ('waiting', 'offered')
+  RETURNING waitlist.id, waitlist.user_id),
+o AS (
+  INSERT INTO outbox (event_type, aggregate_id, payload)
+  SELECT 'event.cancelled', ev.id, jsonb_build_object('event_id', ev.id) FROM ev
+  UNION ALL
+  SELECT 'booking.cancelled', b.event_id, jsonb_build_object('booking_id', b.id, 'event_id', b.event_id,
+         'user_id', b.user_id, 'quantity', b.quantity, 'reason', 'event.cancelled') FROM b),
+n AS (
+  INSERT INTO notifications (user_id, type, payload)
+  SELECT DISTINCT b.user_id, 'event.cancelled', jsonb_build_object('event_id', b.event_id) FROM b
+  UNION
+  SELECT DISTINCT w.user_id, 'event.cancelled', jsonb_build_object('event_id', $1::bigint) FROM w)
+SELECT (SELECT count(*) FROM b) AS bookings_cancelled, (SELECT count(*) FROM ev) AS changed]]
+
+--- Cancels an event with all its bookings and waitlist entries, notifying the
+-- holders, in one statement. Returns {bookings_cancelled, changed} | nil, err.
+function M.cancel_event(event_id)
+  return db.one(CANCEL_EVENT, event_id)
 end
 
 function M.get(id, owner_id)

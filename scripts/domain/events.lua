@@ -70,8 +70,19 @@ function M.update(id, f)
     guard = (" AND $%d >= capacity - available"):format(#args + 1)
     args[#args + 1] = f.capacity
   end
-  local row, err = db.one("UPDATE events SET " .. table.concat(sets, ", ") .. ", updated_at = now() WHERE id = $1"
-    .. guard .. " RETURNING " .. COLUMNS, table.unpack(args))
+  local sql = "UPDATE events SET " .. table.concat(sets, ", ") .. ", updated_at = now() WHERE id = $1"
+    .. guard .. " RETURNING " .. COLUMNS
+  -- seats that come back with a larger capacity go to the waitlist first
+  local ok, row, err = pcall(db.transaction, function(tx)
+    local r, e = tx.one(sql, table.unpack(args))
+    if e then return nil, e end
+    if r and f.capacity ~= nil then
+      require("domain.waitlist").offer(tx, id)
+      r = tx.one("SELECT " .. COLUMNS .. " FROM events WHERE id = $1", id)
+    end
+    return r
+  end)
+  if not ok then return nil, row end
   if err then return nil, err end
   if not row then
     local exists = M.get(id)
@@ -82,10 +93,12 @@ function M.update(id, f)
   return row
 end
 
+--- Cancels the event, its bookings and waitlist entries (holders notified).
 function M.cancel(id)
-  local row, err = db.one("UPDATE events SET status = 'cancelled', updated_at = now() WHERE id = $1 RETURNING " .. COLUMNS, id)
-  if row then changed(id) end
-  return row, err
+  local res, err = require("domain.bookings").cancel_event(id)
+  if not res then return nil, err end
+  changed(id)
+  return M.get(id)
 end
 
 local function like_escape(s)

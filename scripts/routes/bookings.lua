@@ -28,7 +28,23 @@ return function(app, base)
     local v = validate.new(req.json)
     local event_id = v:integer("event_id", { required = true, min = 1 })
     local quantity = v:integer("quantity", { required = true, min = 1, max = 1000 })
+    local entry_id = v:integer("waitlist_entry_id", { min = 1 })
     v:check()
+    if entry_id then
+      local booking, why, entry = bookings.convert(entry_id, user.id, event_id, quantity)
+      if booking then
+        events.changed(event_id)
+        return 201, booking, { Location = base .. "/bookings/" .. booking.id }
+      end
+      if why == "wrong-quantity" then
+        return problem.response(422, "validation", "quantity must match the waitlist offer",
+          { errors = { { field = "quantity", message = "must be " .. entry.quantity } } })
+      end
+      if why == "no-offer" then
+        return problem.response(409, "no-offer", "there is no open offer for this waitlist entry")
+      end
+      return problem.response(503, "unavailable", "cannot book now")
+    end
     local booking, why, ev = bookings.create(event_id, user.id, quantity)
     if booking then
       events.changed(event_id)
@@ -77,8 +93,8 @@ return function(app, base)
   app.delete(base .. "/bookings/:id", function(req)
     local user = auth.user(req)
     local owner = user.role ~= "admin" and user.id or nil
-    local b, err, changed = bookings.cancel(booking_id(req), owner)
-    if err then return problem.response(503, "unavailable", "cannot cancel now") end
+    local ok, b, err, changed = pcall(bookings.cancel, booking_id(req), owner)
+    if not ok or err then return problem.response(503, "unavailable", "cannot cancel now") end
     if not b then return problem.response(404, "not-found", "no such booking") end
     if changed then events.changed(b.event_id) end
     return b

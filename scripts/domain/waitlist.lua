@@ -1,0 +1,107 @@
+--- waitlist: ordered entries; freed seats are offered (held) to the oldest
+-- waiting entry whose quantity fits, inside the transaction that freed them,
+-- under the event row's lock, so a seat is never offered twice and never
+-- sold to someone else first.
+local db = require "evently.db"
+local notify = require "domain.notify"
+local rules = require "rules.waitlist"
+
+local M = {}
+
+local COLUMNS = "id, event_id, user_id, quantity, status, offer_expires_at, created_at"
+
+local function must(v, err)
+  if v == nil and err then error(err, 0) end
+  return v
+end
+
+--- Offers the event's available seats to waiting entries, oldest first.
+-- Runs inside tx; returns the entries offered.
+function M.offer(tx, event_id)
+  local ev = must(tx.one("SELECT available, status FROM events WHERE id = $1 FOR UPDATE", event_id))
+  local offered = {}
+  if not ev or ev.status ~= "published" then return offered end
+  local left = ev.available
+  while left > 0 do
+    local e = must(tx.one([[SELECT id, user_id, quantity FROM waitlist
+        WHERE event_id = $1 AND status = 'waiting' AND quantity <= $2
+        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED]], event_id, left))
+    if not e then break end
+    local row = must(tx.one([[UPDATE waitlist SET status = 'offered', updated_at = now(),
+        offer_expires_at = now() + make_interval(mins => $2) WHERE id = $1 RETURNING ]] .. COLUMNS,
+      e.id, rules.offer_minutes))
+    must(tx.query("UPDATE events SET available = available - $2, updated_at = now() WHERE id = $1", event_id, e.quantity))
+    notify.emit(tx, "waitlist.offered", event_id, { waitlist_entry_id = e.id, event_id = event_id,
+      quantity = e.quantity, offer_expires_at = row.offer_expires_at }, e.user_id)
+    offered[#offered + 1] = row
+    left = left - e.quantity
+  end
+  return offered
+end
+
+local function position(tx_or_db, entry)
+  if entry.status ~= "waiting" then return nil end
+  return tx_or_db.value("SELECT count(*) FROM waitlist WHERE event_id = $1 AND status = 'waiting' AND id <= $2",
+    entry.event_id, entry.id)
+end
+
+--- Joins the waitlist: only when the event cannot serve quantity now.
+-- Returns entry | nil, "not-found" | "not-on-sale" | "too-many" | "tickets-available" | err.
+function M.join(event_id, user_id, quantity)
+  return db.transaction(function(tx)
+    local ev = must(tx.one("SELECT status, available, max_per_booking FROM events WHERE id = $1 FOR SHARE", event_id))
+    if not ev then return nil, "not-found" end
+    if ev.status ~= "published" then return nil, "not-on-sale" end
+    if quantity > ev.max_per_booking then return nil, "too-many", ev end
+    if ev.available >= quantity then return nil, "tickets-available", ev end
+    local entry = must(tx.one("INSERT INTO waitlist (event_id, user_id, quantity) VALUES ($1, $2, $3) RETURNING " .. COLUMNS,
+      event_id, user_id, quantity))
+    entry.position = position(tx, entry)
+    return entry
+  end)
+end
+
+function M.list(user_id)
+  local rows, err = db.query("SELECT " .. COLUMNS .. " FROM waitlist WHERE user_id = $1 ORDER BY id DESC", user_id)
+  if not rows then return nil, err end
+  for _, r in ipairs(rows) do r.position = position(db, r) or db.null end
+  return rows
+end
+
+--- Leaves the waitlist; an offered entry gives its held seats back (and they
+-- are offered on). Returns true | nil (not theirs) | nil, err.
+function M.leave(id, user_id)
+  return db.transaction(function(tx)
+    local e = must(tx.one("SELECT id, event_id, quantity, status FROM waitlist WHERE id = $1 AND user_id = $2 FOR UPDATE",
+      id, user_id))
+    if not e then return nil end
+    if e.status == "waiting" or e.status == "offered" then
+      must(tx.query("UPDATE waitlist SET status = 'cancelled', offer_expires_at = NULL, updated_at = now() WHERE id = $1", id))
+      if e.status == "offered" then
+        must(tx.query("UPDATE events SET available = available + $2, updated_at = now() WHERE id = $1", e.event_id, e.quantity))
+        M.offer(tx, e.event_id)
+      end
+    end
+    return true, e.event_id
+  end)
+end
+
+--- Expires one overdue offer (any worker, any instance: SKIP LOCKED makes
+-- each expiry happen once), gives its seats back and offers them on.
+-- Returns the event id it touched, or nil when nothing was due.
+function M.expire_one()
+  return db.transaction(function(tx)
+    local e = must(tx.one([[SELECT id, event_id, user_id, quantity FROM waitlist
+        WHERE status = 'offered' AND offer_expires_at <= now()
+        ORDER BY offer_expires_at LIMIT 1 FOR UPDATE SKIP LOCKED]]))
+    if not e then return nil end
+    must(tx.query("UPDATE waitlist SET status = 'expired', updated_at = now() WHERE id = $1", e.id))
+    must(tx.query("UPDATE events SET available = available + $2, updated_at = now() WHERE id = $1", e.event_id, e.quantity))
+    notify.emit(tx, "waitlist.expired", e.event_id, { waitlist_entry_id = e.id, event_id = e.event_id,
+      quantity = e.quantity }, e.user_id)
+    M.offer(tx, e.event_id)
+    return e.event_id
+  end)
+end
+
+return M

@@ -1,0 +1,31 @@
+-- /notifications (API.md "Notifications"): a user's in-app notifications.
+local problem = require "evently.problem"
+local db = require "evently.db"
+local json = require "evently.json"
+local auth = require "web.auth"
+local paging = require "web.paging"
+
+return function(app, base)
+  app.get(base .. "/notifications", function(req)
+    local user = auth.user(req)
+    local page, size = paging.read(req)
+    local rows, err = db.query([[SELECT id, type, payload, created_at, read_at, count(*) OVER () AS total
+        FROM notifications WHERE user_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3]],
+      user.id, size, (page - 1) * size)
+    if not rows then return problem.response(503, "unavailable", "cannot read notifications now") end
+    local total = rows[1] and rows[1].total or 0
+    for _, r in ipairs(rows) do r.total = nil end
+    return { items = json.array(rows), page = page, size = size, total = total }
+  end, "notifications.list")
+
+  app.post(base .. "/notifications/:id/read", function(req)
+    local user = auth.user(req)
+    local id = math.tointeger(tonumber(req.params.id))
+    if not id then return problem.response(404, "not-found", "no such notification") end
+    local row, err = db.one([[UPDATE notifications SET read_at = coalesce(read_at, now())
+        WHERE id = $1 AND user_id = $2 RETURNING id, type, payload, created_at, read_at]], id, user.id)
+    if err then return problem.response(503, "unavailable", "cannot update the notification now") end
+    if not row then return problem.response(404, "not-found", "no such notification") end
+    return row
+  end, "notifications.read")
+end

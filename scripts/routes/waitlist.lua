@@ -1,0 +1,78 @@
+-- /events/{id}/waitlist, /waitlist (API.md "Waitlist"), and the sweeper that
+-- expires offers.
+local problem = require "evently.problem"
+local json = require "evently.json"
+local time = require "evently.time"
+local log = require "evently.log"
+local validate = require "web.validate"
+local auth = require "web.auth"
+local waitlist = require "domain.waitlist"
+local events = require "domain.events"
+local rules = require "rules.waitlist"
+
+local function path_id(req, what)
+  local id = math.tointeger(tonumber(req.params.id))
+  if not id or id < 1 or tostring(id) ~= req.params.id then
+    problem.raise(404, "not-found", "no such " .. what)
+  end
+  return id
+end
+
+local REFUSED = {
+  ["not-found"] = { 404, "not-found", "no such event" },
+  ["not-on-sale"] = { 409, "not-on-sale", "the event is not on sale" },
+  ["tickets-available"] = { 409, "tickets-available", "tickets are on sale now: book them instead" },
+}
+
+-- Expired offers are swept by every worker; SKIP LOCKED gives each to one.
+local function sweep()
+  for _ = 1, 100 do
+    local ok, event_id = pcall(waitlist.expire_one)
+    if not ok then
+      log.warn("waitlist sweep: %s", tostring(event_id))
+      return
+    end
+    if not event_id then return end
+    events.changed(event_id)
+  end
+end
+
+return function(app, base)
+  if require("evently.runtime").worker().slot >= 0 then
+    time.every(rules.sweep_seconds, sweep)
+  end
+
+  app.post(base .. "/events/:id/waitlist", function(req)
+    local user = auth.user(req)
+    local event_id = path_id(req, "event")
+    local v = validate.new(req.json)
+    local quantity = v:integer("quantity", { required = true, min = 1, max = 1000 })
+    v:check()
+    local ok, entry, why, ev = pcall(waitlist.join, event_id, user.id, quantity)
+    if not ok then return problem.response(503, "unavailable", "cannot join the waitlist now") end
+    if entry then return 201, entry end
+    if why == "too-many" then
+      return problem.response(422, "validation", "quantity is above the event's max_per_booking",
+        { errors = { { field = "quantity", message = "must be <= " .. ev.max_per_booking } } })
+    end
+    local r = REFUSED[why]
+    if r then return problem.response(r[1], r[2], r[3], why == "tickets-available" and { available = ev.available } or nil) end
+    return problem.response(503, "unavailable", "cannot join the waitlist now")
+  end, "waitlist.join")
+
+  app.get(base .. "/waitlist", function(req)
+    local user = auth.user(req)
+    local rows = waitlist.list(user.id)
+    if not rows then return problem.response(503, "unavailable", "cannot read the waitlist now") end
+    return { items = json.array(rows) }
+  end, "waitlist.list")
+
+  app.delete(base .. "/waitlist/:id", function(req)
+    local user = auth.user(req)
+    local ok, done, event_id = pcall(waitlist.leave, path_id(req, "waitlist entry"), user.id)
+    if not ok then return problem.response(503, "unavailable", "cannot leave the waitlist now") end
+    if not done then return problem.response(404, "not-found", "no such waitlist entry") end
+    events.changed(event_id)
+    return 204
+  end, "waitlist.leave")
+end

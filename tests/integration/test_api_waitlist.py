@@ -1,0 +1,155 @@
+"""API.md "Waitlist" and "Notifications", with invariants checked in the database."""
+import concurrent.futures
+import time
+
+import pytest
+
+from conftest import Server, clean_env, run_cli, MIGRATIONS
+from test_api_bookings import BASE, SCRIPTS, book, login, problem, register, sql
+
+
+@pytest.fixture(scope="module")
+def api():
+    srv = Server("api-waitlist", scripts=SCRIPTS, workers=2)
+    srv.start()
+    env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": SCRIPTS})
+    p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)
+    assert p.returncode == 0, p.stderr
+    srv.admin = login(srv, "admin@example.com", "adminpassword")
+    srv.users = [register(srv, "w%d@example.com" % i) for i in range(24)]
+    yield srv
+    srv.stop_and_check()
+
+
+def new_event(api, capacity):
+    r = api.post(BASE + "/events", headers=api.admin, body={
+        "name": "W", "venue": "V", "starts_at": "2030-05-01T20:00:00Z", "capacity": capacity,
+        "price_cents": 500, "status": "published"})
+    assert r.status == 201, r.text
+    return r.json()["id"]
+
+
+def join(api, who, event_id, quantity):
+    return api.post(BASE + "/events/%d/waitlist" % event_id, body={"quantity": quantity}, headers=who)
+
+
+def entries(api, who):
+    return api.get(BASE + "/waitlist", headers=who).json()["items"]
+
+
+def notifications(api, who):
+    return api.get(BASE + "/notifications", headers=who).json()["items"]
+
+
+def invariant(api, event_id):
+    """confirmed seats + held offers + available == capacity."""
+    row = sql(api, """SELECT e.capacity, e.available,
+        (SELECT coalesce(sum(quantity), 0) FROM bookings WHERE event_id = e.id AND status = 'confirmed') AS sold,
+        (SELECT coalesce(sum(quantity), 0) FROM waitlist WHERE event_id = e.id AND status = 'offered') AS held
+        FROM events e WHERE e.id = $1""", event_id)[0]
+    assert row["sold"] + row["held"] + row["available"] == row["capacity"], row
+    return row
+
+
+def test_waitlist_flow_offer_convert_and_order(api):
+    u = api.users
+    ev = new_event(api, 2)
+    problem(join(api, u[1], ev, 1), 409, "tickets-available")
+    b = book(api, u[0], ev, 2).json()
+    e1 = join(api, u[1], ev, 1)
+    assert e1.status == 201, e1.text
+    assert e1.json()["status"] == "waiting" and e1.json()["position"] == 1
+    e2 = join(api, u[2], ev, 2).json()
+    assert e2["position"] == 2
+    # cancelling frees 2 seats: the oldest entry that fits gets 1, the 2-seat entry does not fit the rest
+    assert api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=u[0]).status == 200
+    mine = entries(api, u[1])[0]
+    assert mine["status"] == "offered" and mine["offer_expires_at"]
+    assert entries(api, u[2])[0]["status"] == "waiting"
+    assert any(n["type"] == "waitlist.offered" for n in notifications(api, u[1]))
+    row = invariant(api, ev)
+    assert row["held"] == 1 and row["available"] == 1
+    # someone else cannot take the offer; the owner converts it without touching available
+    problem(api.post(BASE + "/bookings", headers=u[3], body={"event_id": ev, "quantity": 1,
+                                                             "waitlist_entry_id": mine["id"]}), 409, "no-offer")
+    problem(api.post(BASE + "/bookings", headers=u[1], body={"event_id": ev, "quantity": 2,
+                                                             "waitlist_entry_id": mine["id"]}), 422, "validation")
+    r = api.post(BASE + "/bookings", headers=u[1], body={"event_id": ev, "quantity": 1, "waitlist_entry_id": mine["id"]})
+    assert r.status == 201, r.text
+    problem(api.post(BASE + "/bookings", headers=u[1], body={"event_id": ev, "quantity": 1,
+                                                             "waitlist_entry_id": mine["id"]}), 409, "no-offer")
+    row = invariant(api, ev)
+    assert row["sold"] == 1 and row["held"] == 0 and row["available"] == 1
+
+
+def test_an_expired_offer_passes_its_seats_on(api):
+    u = api.users
+    ev = new_event(api, 1)
+    b = book(api, u[4], ev, 1).json()
+    first = join(api, u[5], ev, 1).json()
+    second = join(api, u[6], ev, 1).json()
+    api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=u[4])
+    assert entries(api, u[5])[0]["status"] == "offered"
+    sql(api, "UPDATE waitlist SET offer_expires_at = now() - interval '1 second' WHERE id = $1 RETURNING id", first["id"])
+    deadline = time.time() + 10
+    while time.time() < deadline and entries(api, u[6])[0]["status"] != "offered":
+        time.sleep(0.2)
+    assert entries(api, u[5])[0]["status"] == "expired"
+    assert entries(api, u[6])[0]["status"] == "offered"
+    assert any(n["type"] == "waitlist.expired" for n in notifications(api, u[5]))
+    invariant(api, ev)
+    assert second["id"] == entries(api, u[6])[0]["id"]
+
+
+def test_concurrent_cancellations_never_offer_one_seat_to_two_users(api):
+    u = api.users
+    ev = new_event(api, 10)
+    bookings = [book(api, u[i], ev, 2).json() for i in range(5)]
+    for i in range(5, 24):
+        assert join(api, u[i], ev, 1).status == 201
+    with concurrent.futures.ThreadPoolExecutor(5) as ex:
+        statuses = list(ex.map(lambda i: api.request("DELETE", BASE + "/bookings/%d" % bookings[i]["id"],
+                                                     headers=u[i]).status, range(5)))
+    assert statuses == [200] * 5
+    rows = sql(api, "SELECT user_id, count(*) AS n FROM waitlist WHERE event_id = $1 AND status = 'offered' GROUP BY user_id", ev)
+    assert len(rows) == 10 and all(r["n"] == 1 for r in rows)
+    row = invariant(api, ev)
+    assert row["held"] == 10 and row["available"] == 0
+    # the ten oldest entries got the offers, in order
+    offered = sql(api, "SELECT id FROM waitlist WHERE event_id = $1 AND status = 'offered' ORDER BY id", ev)
+    waiting = sql(api, "SELECT id FROM waitlist WHERE event_id = $1 AND status = 'waiting' ORDER BY id", ev)
+    assert max(r["id"] for r in offered) < min(r["id"] for r in waiting)
+
+
+def test_leaving_the_waitlist(api):
+    u = api.users
+    ev = new_event(api, 1)
+    book(api, u[0], ev, 1)
+    e = join(api, u[1], ev, 1).json()
+    problem(api.request("DELETE", BASE + "/waitlist/%d" % e["id"], headers=u[2]), 404, "not-found")
+    assert api.request("DELETE", BASE + "/waitlist/%d" % e["id"], headers=u[1]).status == 204
+    newest = entries(api, u[1])[0]
+    assert newest["id"] == e["id"] and newest["status"] == "cancelled"
+
+
+def test_cancelling_an_event_cancels_its_bookings_and_notifies_holders(api):
+    u = api.users
+    ev = new_event(api, 5)
+    b = book(api, u[7], ev, 2).json()
+    r = api.request("DELETE", BASE + "/events/%d" % ev, headers=api.admin)
+    assert r.status == 200 and r.json()["status"] == "cancelled"
+    assert api.get(BASE + "/bookings/%d" % b["id"], headers=u[7]).json()["status"] == "cancelled"
+    assert any(n["type"] == "event.cancelled" and n["payload"]["event_id"] == ev for n in notifications(api, u[7]))
+    types = [r["event_type"] for r in sql(api, "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY id", ev)]
+    assert "event.cancelled" in types and "booking.cancelled" in types
+
+
+def test_notifications_are_private_and_can_be_marked_read(api):
+    u = api.users
+    mine = notifications(api, u[7])
+    assert mine
+    n = mine[0]
+    problem(api.post(BASE + "/notifications/%d/read" % n["id"], headers=u[8]), 404, "not-found")
+    r = api.post(BASE + "/notifications/%d/read" % n["id"], headers=u[7])
+    assert r.status == 200 and r.json()["read_at"]
+    problem(api.get(BASE + "/notifications"), 401, "unauthorized")
