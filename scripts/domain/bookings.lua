@@ -36,15 +36,19 @@ SELECT b.*, ev.available AS event_available FROM b, ev]]
 --- Takes quantity seats of event_id for user_id. Returns booking, or nil and
 -- a reason: "not-found" | "not-on-sale" | "too-many" | "sold-out" (with the
 -- event's available) | a db error.
-function M.create(event_id, user_id, quantity)
-  local row, err = db.one(TAKE, event_id, quantity, user_id, rules.allow_after_start)
+-- q: db, or a transaction (when an idempotency key is stored with the booking);
+-- after_take(row) runs in that transaction when seats were taken.
+function M.create(event_id, user_id, quantity, q, after_take)
+  q = q or db
+  local row, err = q.one(TAKE, event_id, quantity, user_id, rules.allow_after_start)
   if err then return nil, err end
   if row then
     row.event_available = nil
+    if after_take then after_take(row) end
     return row
   end
   -- refused: say why (this read is not part of the decision, only of the answer)
-  local ev, eerr = db.one([[SELECT status, available, max_per_booking,
+  local ev, eerr = q.one([[SELECT status, available, max_per_booking,
       (sales_start IS NULL OR sales_start <= now()) AND (sales_end IS NULL OR sales_end > now())
         AND ($2 OR starts_at > now()) AS on_sale
     FROM events WHERE id = $1]], event_id, rules.allow_after_start)

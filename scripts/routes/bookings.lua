@@ -7,6 +7,8 @@ local paging = require "web.paging"
 local bookings = require "domain.bookings"
 local events = require "domain.events"
 local json = require "evently.json"
+local db = require "evently.db"
+local idempotency = require "domain.idempotency"
 
 local function booking_id(req)
   local id = math.tointeger(tonumber(req.params.id))
@@ -23,8 +25,10 @@ local REFUSED = {
 }
 
 return function(app, base)
-  app.post(base .. "/bookings", function(req)
-    local user = auth.user(req)
+  -- The answer to a booking request, as status, body, headers. tx (optional)
+  -- and after_take make the stored idempotent answer part of the booking's
+  -- own transaction.
+  local function book(req, user, tx, after_take)
     local v = validate.new(req.json)
     local event_id = v:integer("event_id", { required = true, min = 1 })
     local quantity = v:integer("quantity", { required = true, min = 1, max = 1000 })
@@ -33,6 +37,7 @@ return function(app, base)
     if entry_id then
       local booking, why, entry = bookings.convert(entry_id, user.id, event_id, quantity)
       if booking then
+        if after_take then after_take(booking) end
         events.changed(event_id)
         return 201, booking, { Location = base .. "/bookings/" .. booking.id }
       end
@@ -45,9 +50,9 @@ return function(app, base)
       end
       return problem.response(503, "unavailable", "cannot book now")
     end
-    local booking, why, ev = bookings.create(event_id, user.id, quantity)
+    local booking, why, ev = bookings.create(event_id, user.id, quantity, tx, after_take)
     if booking then
-      events.changed(event_id)
+      if not tx then events.changed(event_id) end -- else after the commit: never cache an uncommitted read
       return 201, booking, { Location = base .. "/bookings/" .. booking.id }
     end
     if why == "sold-out" then
@@ -60,6 +65,55 @@ return function(app, base)
       return problem.response(r[1], r[2], r[3], extra)
     end
     return problem.response(503, "unavailable", "cannot book now")
+  end
+
+  local function book_once(req, user, key)
+    local hash = idempotency.hash(req)
+    local state, status, body = idempotency.claim(user.id, key, hash)
+    if not state then return problem.response(503, "unavailable", "cannot book now") end
+    if state == "mismatch" then
+      return problem.response(422, "idempotency-key-reused", "this Idempotency-Key was used with another request")
+    end
+    if state == "in-flight" then
+      return problem.response(409, "idempotency-in-flight", "a request with this Idempotency-Key is still in progress")
+    end
+    if state == "replay" then
+      local h = { ["Idempotent-Replayed"] = "true",
+                  ["Content-Type"] = status >= 400 and "application/problem+json" or "application/json" }
+      if status == 201 then h.Location = base .. "/bookings/" .. body.id end
+      return status, body, h
+    end
+    -- ours: the booking and its stored answer commit together
+    local ok, s, b, h = pcall(db.transaction, function(tx)
+      return book(req, user, tx, function(row)
+        local stored, err = idempotency.store(tx, user.id, key, 201, row)
+        if not stored then error(err, 0) end
+      end)
+    end)
+    if not ok then
+      idempotency.release(user.id, key)
+      if problem.is(s) then error(s, 0) end -- validation: answered, and the key is free again
+      return problem.response(503, "unavailable", "cannot book now")
+    end
+    if s == 201 then
+      events.changed(b.event_id)
+    elseif s < 500 then
+      idempotency.store(db, user.id, key, s, b)
+    else
+      idempotency.release(user.id, key)
+    end
+    return s, b, h
+  end
+
+  app.post(base .. "/bookings", function(req)
+    local user = auth.user(req)
+    local key = req.headers["idempotency-key"]
+    if key == nil then return book(req, user) end
+    if not idempotency.valid(key) then
+      return problem.response(422, "validation", "Idempotency-Key must be 1 to 255 printable ASCII characters",
+        { errors = { { field = "Idempotency-Key", message = "must be 1..255 printable ASCII" } } })
+    end
+    return book_once(req, user, key)
   end, "bookings.create")
 
   app.get(base .. "/bookings", function(req)

@@ -171,3 +171,45 @@ def test_concurrent_cancels_of_one_booking_restore_seats_once(api):
     rows = sql(api, "SELECT available FROM events WHERE id = $1", ev["id"])
     assert rows[0]["available"] == 10
     assert available(api, ev["id"]) == 10
+
+
+def test_idempotency_key_replays_the_first_answer_and_books_once(api):
+    ev = new_event(api, capacity=10)
+    key = {"Idempotency-Key": "order-42"}
+    h = dict(api.users[4], **key)
+    first = book(api, h, ev["id"], 2)
+    assert first.status == 201, first.text
+    assert first.header("Idempotent-Replayed") is None
+    again = book(api, h, ev["id"], 2)
+    assert again.status == 201
+    assert again.header("Idempotent-Replayed") == "true"
+    assert again.json() == first.json()
+    assert available(api, ev["id"]) == 8
+    problem(book(api, h, ev["id"], 3), 422, "idempotency-key-reused")
+    # the same key belongs to each user separately
+    other = book(api, dict(api.users[5], **key), ev["id"], 1)
+    assert other.status == 201 and other.header("Idempotent-Replayed") is None
+    # a stored refusal is replayed too
+    sold = book(api, dict(api.users[4], **{"Idempotency-Key": "too-big"}), ev["id"], 9)
+    problem(sold, 409, "sold-out")
+    replay = book(api, dict(api.users[4], **{"Idempotency-Key": "too-big"}), ev["id"], 9)
+    assert replay.status == 409 and replay.header("Idempotent-Replayed") == "true"
+    for bad in ("", "x" * 256, "tab\there"):
+        problem(book(api, dict(api.users[4], **{"Idempotency-Key": bad}), ev["id"], 1), 422, "validation")
+
+
+def test_concurrent_duplicates_book_once_and_answer_409_while_in_flight(api):
+    ev = new_event(api, capacity=50)
+    h = dict(api.users[6], **{"Idempotency-Key": "burst"})
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(lambda _: book(api, h, ev["id"], 1), range(16)))
+    statuses = [r.status for r in results]
+    assert set(statuses) <= {201, 409}, statuses
+    ids = {r.json()["id"] for r in results if r.status == 201}
+    assert len(ids) == 1  # every 201 is the same booking, first or replayed
+    for r in results:
+        if r.status == 409:
+            assert r.json()["type"].endswith("/idempotency-in-flight")
+    rows = sql(api, "SELECT count(*) AS n FROM bookings WHERE event_id = $1", ev["id"])
+    assert rows[0]["n"] == 1
+    assert available(api, ev["id"]) == 49
