@@ -213,3 +213,25 @@ def test_concurrent_duplicates_book_once_and_answer_409_while_in_flight(api):
     rows = sql(api, "SELECT count(*) AS n FROM bookings WHERE event_id = $1", ev["id"])
     assert rows[0]["n"] == 1
     assert available(api, ev["id"]) == 49
+
+
+def test_admin_analytics_summarise_sales(api):
+    ev = new_event(api, capacity=20, price_cents=300)
+    b1 = book(api, api.users[7], ev["id"], 4).json()
+    book(api, api.users[8], ev["id"], 1)
+    api.request("DELETE", BASE + "/bookings/%d" % b1["id"], headers=api.users[7])
+    problem(api.get(BASE + "/admin/analytics/summary", headers=api.users[7]), 403, "forbidden")
+    problem(api.get(BASE + "/admin/analytics/summary"), 401, "unauthorized")
+    s = api.get(BASE + "/admin/analytics/summary", headers=api.admin)
+    assert s.status == 200, s.text
+    doc = s.json()
+    for field in ("events", "bookings", "tickets_sold", "revenue_cents", "cancellations", "cancellation_rate", "top_events"):
+        assert field in doc
+    assert doc["cancellations"] >= 1 and 0 < doc["cancellation_rate"] <= 1
+    r = api.get(BASE + "/admin/analytics/events/%d" % ev["id"], headers=api.admin).json()
+    assert r["event_id"] == ev["id"] and r["capacity"] == 20 and r["sold"] == 1 and r["available"] == 19
+    assert r["bookings"] == 2 and r["cancellations"] == 1 and r["waitlist_waiting"] == 0
+    assert r["utilization"] == 0.05
+    assert len(r["sales_by_day"]) == 1 and r["sales_by_day"][0]["tickets"] == 1
+    assert r["sales_by_day"][0]["revenue_cents"] == 300
+    problem(api.get(BASE + "/admin/analytics/events/99999999", headers=api.admin), 404, "not-found")
