@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <lauxlib.h>
+#include <libpq-fe.h>
 #include <lualib.h>
 #include <signal.h>
 #include <stdio.h>
@@ -167,6 +168,37 @@ static int migrate_now(app_t *app, int status_only)
     return 0;
 }
 
+/* The embedded default is a demo: on a database with no events yet, load
+ * scripts/seed/demo.sql. Blocking libpq: before the workers start. */
+static void seed_demo(const app_t *app)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/seed/demo.sql", app->cfg.scripts);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    static char sql[65536];
+    size_t n = fread(sql, 1, sizeof sql - 1, f);
+    fclose(f);
+    sql[n] = '\0';
+    PGconn *db = PQconnectdb(app->cfg.database_url);
+    PGresult *r = NULL;
+    if (PQstatus(db) != CONNECTION_OK)
+        goto done;
+    r = PQexec(db, "SELECT 1 FROM events LIMIT 1");
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) > 0)
+        goto done; /* no events table (another app) or already has events */
+    PQclear(r);
+    r = PQexec(db, sql);
+    if (PQresultStatus(r) == PGRES_COMMAND_OK)
+        ev_info("loaded demo events from %s", path);
+    else
+        ev_warn("demo events not loaded: %s", PQresultErrorMessage(r));
+done:
+    PQclear(r);
+    PQfinish(db);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     opt_t o[] = {{"port", 0, 0}, {"workers", 0, 0}, {"host", 0, 0}, {"config", 0, 0}};
@@ -194,8 +226,11 @@ static int cmd_serve(int argc, char **argv)
         ev_error("scripts failed to load: %s", err);
         goto done;
     }
+    int embedded_db = app.cfg.database_url == NULL;
     if (need_services(&app) != 0 || migrate_now(&app, 0) != 0)
         goto done;
+    if (embedded_db)
+        seed_demo(&app);
     rc = ev_master_serve(&app.cfg);
 done:
     finish(&app);
