@@ -1,0 +1,166 @@
+--- The OpenAPI 3.1 document of the HTTP API (API.md), served at /openapi.json.
+-- Kept next to the routes: a route added without its entry here fails
+-- tests/integration/test_openapi.py.
+local json = require "evently.json"
+
+local function ref(name) return { ["$ref"] = "#/components/schemas/" .. name } end
+local function arr(items) return { type = "array", items = items } end
+local INT = { type = "integer" }
+local STR = { type = "string" }
+local TS = { type = "string", format = "date-time" }
+local NULL_TS = { type = { "string", "null" }, format = "date-time" }
+
+local function problem(desc) return { description = desc, content = { ["application/problem+json"] = { schema = ref("Problem") } } } end
+local function body(schema, desc) return { description = desc or "OK", content = { ["application/json"] = { schema = schema } } } end
+local function req(schema) return { required = true, content = { ["application/json"] = { schema = schema } } } end
+
+local P = {
+  ["400"] = problem("Malformed JSON"),
+  ["401"] = problem("Missing, invalid, expired or revoked token"),
+  ["403"] = problem("Wrong role"),
+  ["404"] = problem("Not found (or another user's resource)"),
+  ["409"] = problem("Conflict"),
+  ["413"] = problem("Body over the size limit"),
+  ["422"] = problem("Invalid fields; errors[] names each"),
+  ["503"] = problem("A dependency cannot answer now"),
+}
+local function with(codes, ok)
+  local r = {}
+  for k, v in pairs(ok) do r[k] = v end
+  for _, c in ipairs(codes) do r[c] = P[c] end
+  return r
+end
+
+local BEARER = { { bearer = json.empty_array } }
+local ID = { name = "id", ["in"] = "path", required = true, schema = { type = "integer", minimum = 1 } }
+local PAGE = { name = "page", ["in"] = "query", schema = { type = "integer", minimum = 1, default = 1 } }
+local SIZE = { name = "size", ["in"] = "query", schema = { type = "integer", minimum = 1, maximum = 100, default = 20 } }
+
+local function page_of(item)
+  return { type = "object", required = { "items", "page", "size", "total" },
+    properties = { items = arr(item), page = INT, size = INT, total = INT } }
+end
+
+local schemas = {
+  Problem = { type = "object", required = { "type", "title", "status" }, properties = {
+    type = STR, title = STR, status = INT, detail = STR, request_id = STR, available = INT, sold = INT,
+    errors = arr({ type = "object", required = { "field", "message" }, properties = { field = STR, message = STR } }) } },
+  User = { type = "object", required = { "id", "email", "name", "role", "created_at" }, properties = {
+    id = INT, email = { type = "string", format = "email" }, name = STR,
+    role = { type = "string", enum = { "user", "admin" } }, created_at = TS } },
+  Event = { type = "object", required = { "id", "name", "venue", "starts_at", "capacity", "available",
+      "price_cents", "currency", "max_per_booking", "status", "created_at", "updated_at" }, properties = {
+    id = INT, name = STR, description = STR, venue = STR, starts_at = TS, ends_at = NULL_TS,
+    capacity = INT, available = INT, price_cents = INT, currency = { type = "string", pattern = "^[A-Z]{3}$" },
+    max_per_booking = INT, status = { type = "string", enum = { "draft", "published", "cancelled" } },
+    sales_start = NULL_TS, sales_end = NULL_TS, created_at = TS, updated_at = TS } },
+  EventInput = { type = "object", properties = {
+    name = { type = "string", minLength = 1, maxLength = 200 }, description = { type = "string", maxLength = 10000 },
+    venue = { type = "string", minLength = 1, maxLength = 200 }, starts_at = TS, ends_at = TS,
+    capacity = { type = "integer", minimum = 1, maximum = 10000000 },
+    price_cents = { type = "integer", minimum = 0, maximum = 100000000000 },
+    currency = { type = "string", pattern = "^[A-Z]{3}$" }, max_per_booking = { type = "integer", minimum = 1, maximum = 1000 },
+    status = { type = "string", enum = { "draft", "published", "cancelled" } }, sales_start = TS, sales_end = TS } },
+  Booking = { type = "object", required = { "id", "event_id", "user_id", "quantity", "status", "total_cents",
+      "currency", "created_at" }, properties = {
+    id = INT, event_id = INT, user_id = INT, quantity = INT, status = { type = "string", enum = { "confirmed", "cancelled" } },
+    total_cents = INT, currency = STR, created_at = TS, cancelled_at = NULL_TS } },
+  WaitlistEntry = { type = "object", required = { "id", "event_id", "user_id", "quantity", "status" }, properties = {
+    id = INT, event_id = INT, user_id = INT, quantity = INT,
+    status = { type = "string", enum = { "waiting", "offered", "converted", "expired", "cancelled" } },
+    position = { type = { "integer", "null" } }, offer_expires_at = NULL_TS, created_at = TS } },
+  Notification = { type = "object", required = { "id", "type", "payload", "created_at" }, properties = {
+    id = INT, type = STR, payload = { type = "object" }, created_at = TS, read_at = NULL_TS } },
+}
+
+local EventInputCreate = { allOf = { ref("EventInput"),
+  { required = { "name", "venue", "starts_at", "capacity", "price_cents" } } } }
+
+local paths = {
+  ["/api/v1/auth/register"] = { post = { tags = { "auth" }, summary = "Create an account (role user)",
+    requestBody = req({ type = "object", required = { "email", "password", "name" }, properties = {
+      email = { type = "string", format = "email", maxLength = 254 }, password = { type = "string", minLength = 8, maxLength = 1024 },
+      name = { type = "string", minLength = 1, maxLength = 200 } } }),
+    responses = with({ "400", "409", "413", "422", "503" }, { ["201"] = body({ type = "object",
+      required = { "user", "token", "expires_at" }, properties = { user = ref("User"), token = STR, expires_at = TS } }, "Created") }) } },
+  ["/api/v1/auth/login"] = { post = { tags = { "auth" }, summary = "Get a token",
+    requestBody = req({ type = "object", required = { "email", "password" }, properties = { email = STR, password = STR } }),
+    responses = with({ "400", "401", "422", "503" }, { ["200"] = body({ type = "object",
+      required = { "token", "expires_at", "user" }, properties = { token = STR, expires_at = TS, user = ref("User") } }) }) } },
+  ["/api/v1/auth/logout"] = { post = { tags = { "auth" }, summary = "Revoke the token at once", security = BEARER,
+    responses = with({ "401", "503" }, { ["204"] = { description = "Logged out" } }) } },
+  ["/api/v1/users/me"] = { get = { tags = { "users" }, summary = "The caller", security = BEARER,
+    responses = with({ "401", "503" }, { ["200"] = body(ref("User")) }) } },
+  ["/api/v1/events"] = {
+    get = { tags = { "events" }, summary = "List events (drafts only for admins)", parameters = { PAGE, SIZE,
+      { name = "q", ["in"] = "query", schema = { type = "string", maxLength = 200 } },
+      { name = "from", ["in"] = "query", schema = TS }, { name = "to", ["in"] = "query", schema = TS },
+      { name = "status", ["in"] = "query", schema = { type = "string", enum = { "draft", "published", "cancelled" } } } },
+      responses = with({ "422", "503" }, { ["200"] = body(page_of(ref("Event"))) }) },
+    post = { tags = { "events" }, summary = "Create an event", security = BEARER, requestBody = req(EventInputCreate),
+      responses = with({ "400", "401", "403", "413", "422", "503" }, { ["201"] = body(ref("Event"), "Created") }) } },
+  ["/api/v1/events/{id}"] = {
+    get = { tags = { "events" }, summary = "One event", parameters = { ID },
+      responses = with({ "404", "503" }, { ["200"] = body(ref("Event")) }) },
+    patch = { tags = { "events" }, summary = "Change an event (capacity never below sold)", security = BEARER,
+      parameters = { ID }, requestBody = req(ref("EventInput")),
+      responses = with({ "400", "401", "403", "404", "409", "413", "422", "503" }, { ["200"] = body(ref("Event")) }) },
+    delete = { tags = { "events" }, summary = "Cancel an event, its bookings and waitlist", security = BEARER,
+      parameters = { ID }, responses = with({ "401", "403", "404", "503" }, { ["200"] = body(ref("Event")) }) } },
+  ["/api/v1/events/{id}/waitlist"] = { post = { tags = { "waitlist" }, summary = "Join the waitlist (only when sold out)",
+    security = BEARER, parameters = { ID },
+    requestBody = req({ type = "object", required = { "quantity" }, properties = { quantity = { type = "integer", minimum = 1 } } }),
+    responses = with({ "400", "401", "404", "409", "422", "503" }, { ["201"] = body(ref("WaitlistEntry"), "Created") }) } },
+  ["/api/v1/waitlist"] = { get = { tags = { "waitlist" }, summary = "The caller's entries", security = BEARER,
+    responses = with({ "401", "503" }, { ["200"] = body({ type = "object", required = { "items" },
+      properties = { items = arr(ref("WaitlistEntry")) } }) }) } },
+  ["/api/v1/waitlist/{id}"] = { delete = { tags = { "waitlist" }, summary = "Leave the waitlist", security = BEARER,
+    parameters = { ID }, responses = with({ "401", "404", "503" }, { ["204"] = { description = "Left" } }) } },
+  ["/api/v1/bookings"] = {
+    get = { tags = { "bookings" }, summary = "The caller's bookings (admins: all, or ?event_id=)", security = BEARER,
+      parameters = { PAGE, SIZE, { name = "event_id", ["in"] = "query", schema = INT } },
+      responses = with({ "401", "422", "503" }, { ["200"] = body(page_of(ref("Booking"))) }) },
+    post = { tags = { "bookings" }, summary = "Book tickets atomically", security = BEARER,
+      parameters = { { name = "Idempotency-Key", ["in"] = "header",
+        schema = { type = "string", minLength = 1, maxLength = 255, pattern = "^[\\x20-\\x7e]+$" } } },
+      requestBody = req({ type = "object", required = { "event_id", "quantity" }, properties = {
+        event_id = { type = "integer", minimum = 1 }, quantity = { type = "integer", minimum = 1 },
+        waitlist_entry_id = { type = "integer", minimum = 1 } } }),
+      responses = with({ "400", "401", "404", "409", "413", "422", "503" }, { ["201"] = body(ref("Booking"), "Created (or replayed)") }) } },
+  ["/api/v1/bookings/{id}"] = {
+    get = { tags = { "bookings" }, summary = "One booking (owner or admin)", security = BEARER, parameters = { ID },
+      responses = with({ "401", "404", "503" }, { ["200"] = body(ref("Booking")) }) },
+    delete = { tags = { "bookings" }, summary = "Cancel; seats come back exactly once", security = BEARER, parameters = { ID },
+      responses = with({ "401", "404", "503" }, { ["200"] = body(ref("Booking")) }) } },
+  ["/api/v1/notifications"] = { get = { tags = { "notifications" }, summary = "The caller's notifications, newest first",
+    security = BEARER, parameters = { PAGE, SIZE },
+    responses = with({ "401", "422", "503" }, { ["200"] = body(page_of(ref("Notification"))) }) } },
+  ["/api/v1/notifications/{id}/read"] = { post = { tags = { "notifications" }, summary = "Mark read", security = BEARER,
+    parameters = { ID }, responses = with({ "401", "404", "503" }, { ["200"] = body(ref("Notification")) }) } },
+  ["/api/v1/admin/analytics/summary"] = { get = { tags = { "admin" }, summary = "Sales summary", security = BEARER,
+    responses = with({ "401", "403", "503" }, { ["200"] = body({ type = "object", properties = {
+      events = INT, bookings = INT, tickets_sold = INT, revenue_cents = INT, cancellations = INT,
+      cancellation_rate = { type = "number" }, top_events = arr({ type = "object" }) } }) }) } },
+  ["/api/v1/admin/analytics/events/{id}"] = { get = { tags = { "admin" }, summary = "One event's sales", security = BEARER,
+    parameters = { ID }, responses = with({ "401", "403", "404", "503" }, { ["200"] = body({ type = "object", properties = {
+      event_id = INT, capacity = INT, sold = INT, available = INT, utilization = { type = "number" }, bookings = INT,
+      cancellations = INT, waitlist_waiting = INT,
+      sales_by_day = arr({ type = "object", properties = { date = STR, tickets = INT, revenue_cents = INT } }) } }) }) } },
+  ["/health"] = { get = { tags = { "operations" }, summary = "Liveness",
+    responses = { ["200"] = body({ type = "object", properties = { status = STR } }) } } },
+  ["/health/ready"] = { get = { tags = { "operations" }, summary = "Readiness of each dependency",
+    responses = { ["200"] = body({ type = "object" }), ["503"] = body({ type = "object" }, "Not ready") } } },
+  ["/metrics"] = { get = { tags = { "operations" }, summary = "Prometheus text exposition",
+    responses = { ["200"] = { description = "OK", content = { ["text/plain"] = { schema = STR } } } } } },
+}
+
+return {
+  openapi = "3.1.0",
+  info = { title = "Evently API", version = "1.0.0",
+    description = "Event ticketing. Errors are RFC 9457 problem documents (application/problem+json); " ..
+      "every response carries X-Request-Id." },
+  servers = { { url = "/" } },
+  paths = paths,
+  components = { schemas = schemas,
+    securitySchemes = { bearer = { type = "http", scheme = "bearer" } } },
+}
