@@ -39,14 +39,21 @@ SELECT b.*, ev.available AS event_available FROM b, ev]]
 -- q: db, or a transaction (when an idempotency key is stored with the booking);
 -- after_take(row) runs in that transaction when seats were taken.
 function M.create(event_id, user_id, quantity, q, after_take)
-  q = q or db
-  local row, err = q.one(TAKE, event_id, quantity, user_id, rules.allow_after_start)
-  if err then return nil, err end
-  if row then
-    row.event_available = nil
-    if after_take then after_take(row) end
-    return row
+  if not q and rules.coalesce then -- the common case: batched with concurrent takes
+    local row, why, info = require("domain.seats").take(event_id, user_id, quantity)
+    if row then return row end
+    if why == "sold-out" or why == "too-many" then return nil, why, info end
+    if why ~= "closed" then return nil, why end
+  else
+    local row, err = (q or db).one(TAKE, event_id, quantity, user_id, rules.allow_after_start)
+    if err then return nil, err end
+    if row then
+      row.event_available = nil
+      if after_take then after_take(row) end
+      return row
+    end
   end
+  q = q or db
   -- refused: say why (this read is not part of the decision, only of the answer)
   local ev, eerr = q.one([[SELECT status, available, max_per_booking,
       (sales_start IS NULL OR sales_start <= now()) AND (sales_end IS NULL OR sales_end > now())

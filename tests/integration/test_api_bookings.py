@@ -3,6 +3,7 @@ import concurrent.futures
 import json
 import os
 import random
+import time
 
 import pytest
 
@@ -235,3 +236,21 @@ def test_admin_analytics_summarise_sales(api):
     assert len(r["sales_by_day"]) == 1 and r["sales_by_day"][0]["tickets"] == 1
     assert r["sales_by_day"][0]["revenue_cents"] == 300
     problem(api.get(BASE + "/admin/analytics/events/99999999", headers=api.admin), 404, "not-found")
+
+
+def test_sold_out_gate_reopens_when_seats_come_back(api):
+    ev = new_event(api, capacity=2)
+    b = book(api, api.users[9], ev["id"], 2).json()
+    for _ in range(20):  # both workers learn the event is sold out
+        problem(book(api, api.users[8], ev["id"], 1), 409, "sold-out")
+    assert api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=api.users[9]).status == 200
+    deadline = time.time() + 0.5  # every worker hears the change at once (pub/sub fan-out)
+    got = []
+    while time.time() < deadline and len(got) < 2:
+        r = book(api, api.users[8], ev["id"], 1)
+        if r.status == 201:
+            got.append(r.json()["id"])
+    assert len(got) == 2, "the gate kept answering sold out after seats came back"
+    problem(book(api, api.users[8], ev["id"], 1), 409, "sold-out")
+    text = api.get("/metrics").text
+    assert "evently_booking_gate_soldout_total" in text and "evently_booking_batches_total" in text

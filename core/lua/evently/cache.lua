@@ -10,6 +10,8 @@
 --       L1 of every worker of every instance hears it through Redis pub/sub
 --       (and Postgres NOTIFY when Redis is down), L2 is deleted at once.
 --   cache.stats() -> {hits_l1, hits_l2, misses, loads, invalidations, size}
+--   cache.on_invalidate(fn)            fn(key, is_prefix) for every invalidation this
+--                                      worker hears (its own and other workers')
 -- Redis is optional: when it is down, fetch goes L1 -> loader and invalidate
 -- uses Postgres NOTIFY, so a change is still seen everywhere at once.
 local json = require "evently.json"
@@ -74,10 +76,17 @@ end
 -- does not store what it read, since it may be the value just invalidated.
 local epoch = 0
 
+local listeners = {}
+
+function M.on_invalidate(fn)
+  listeners[#listeners + 1] = fn
+end
+
 local function apply(msg)
   local kind, key = msg:match("^([kp]):(.*)$")
   if not kind then return end
   epoch = epoch + 1
+  for i = 1, #listeners do listeners[i](key, kind == "p") end
   if kind == "k" then
     l1_drop(key)
   else

@@ -1,0 +1,178 @@
+--- seats: coalesced seat takes. While one statement for an event is in
+-- flight, a worker queues further takes for that event; when it returns, one
+-- statement serves the whole queue: requests numbered in arrival order, a
+-- walk over them against available decides which fit (first come, first
+-- served; one that does not fit is skipped, later smaller ones may still fit),
+-- one UPDATE subtracts the total, one INSERT writes the bookings and one the
+-- outbox rows, and each waiting coroutine is woken with its own answer. One
+-- lock acquisition then carries a whole batch of bookings; every invariant of
+-- a single take holds (the event row is locked for the statement, and the
+-- CHECK on available is the last guard).
+local db = require "evently.db"
+local sync = require "evently.sync"
+local rules = require "rules.booking"
+local bookings_columns = "id, event_id, user_id, quantity, status, total_cents, currency, created_at, cancelled_at"
+
+local M = {}
+
+local BATCH = [[
+WITH RECURSIVE
+req AS (SELECT * FROM unnest($2::int[], $3::bigint[], $4::int[]) AS t(seq, user_id, quantity)),
+ev AS (
+  SELECT id, available, price_cents, currency, max_per_booking FROM events
+  WHERE id = $1 AND status = 'published'
+    AND (sales_start IS NULL OR sales_start <= now()) AND (sales_end IS NULL OR sales_end > now())
+    AND ($5 OR starts_at > now())
+  FOR UPDATE),
+walk AS (
+  SELECT 0 AS seq, ev.available AS left_after, 0 AS took FROM ev
+  UNION ALL
+  SELECT q.seq,
+    CASE WHEN q.quantity <= w.left_after AND q.quantity <= ev.max_per_booking THEN w.left_after - q.quantity ELSE w.left_after END,
+    CASE WHEN q.quantity <= w.left_after AND q.quantity <= ev.max_per_booking THEN q.quantity ELSE 0 END
+  FROM walk w JOIN req q ON q.seq = w.seq + 1 CROSS JOIN ev),
+win AS MATERIALIZED (
+  SELECT q.seq, q.user_id, q.quantity, nextval('bookings_id_seq') AS id
+  FROM walk w JOIN req q USING (seq) WHERE w.took > 0),
+upd AS (
+  UPDATE events e SET available = e.available - t.total, updated_at = now()
+  FROM (SELECT sum(quantity) AS total FROM win) t
+  WHERE e.id = $1 AND t.total > 0
+  RETURNING e.available),
+b AS (
+  INSERT INTO bookings (id, event_id, user_id, quantity, status, total_cents, currency)
+  SELECT win.id, $1, win.user_id, win.quantity, 'confirmed', ev.price_cents * win.quantity, ev.currency
+  FROM win, ev
+  RETURNING ]] .. bookings_columns .. [[),
+o AS (
+  INSERT INTO outbox (event_type, aggregate_id, payload)
+  SELECT 'booking.confirmed', b.event_id,
+         jsonb_build_object('booking_id', b.id, 'event_id', b.event_id, 'user_id', b.user_id, 'quantity', b.quantity)
+  FROM b)
+SELECT 1 AS kind, win.seq, NULL::int AS available, NULL::int AS max_per_booking, b.*
+  FROM win JOIN b ON b.id = win.id
+UNION ALL
+SELECT 2, 0, (SELECT min(left_after) FROM walk), ev.max_per_booking,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz, NULL::timestamptz
+  FROM ev]]
+
+local queues = {} -- event id -> { running = bool, waiting = {items} }
+
+-- The sold-out gate: an event seen with no seats left answers "sold out" from
+-- this worker's memory for at most GATE seconds, without a round trip. Any
+-- change to the event (a cancellation, a capacity raise, on any worker of any
+-- instance) reopens it at once through the cache's invalidation fan-out; the
+-- short expiry bounds a "sold out" that a lost message would leave behind.
+-- The gate only ever refuses: Postgres alone decides every sale.
+local GATE = 1.0
+local soldout = {}
+local time = require "evently.time"
+local runtime = require "evently.runtime"
+
+require("evently.cache").on_invalidate(function(key)
+  local id = key:match("^event:(%d+)$")
+  if id then soldout[tonumber(id)] = nil end
+end)
+
+local function gate_closed(event_id)
+  local until_ = soldout[event_id]
+  if not until_ then return false end
+  if until_ > time.monotonic() then return true end
+  soldout[event_id] = nil
+  return false
+end
+
+local function run_batch(event_id, batch)
+  local seqs, users, qtys = {}, {}, {}
+  for i, item in ipairs(batch) do
+    seqs[i], users[i], qtys[i] = i, item.user_id, item.quantity
+  end
+  local function pg_array(t) return "{" .. table.concat(t, ",") .. "}" end
+  local rows, err = db.query(BATCH, event_id, pg_array(seqs), pg_array(users), pg_array(qtys), rules.allow_after_start)
+  if not rows then
+    for _, item in ipairs(batch) do item.err = err end
+    return
+  end
+  local summary
+  for _, r in ipairs(rows) do
+    if r.kind == 1 then
+      local item = batch[r.seq]
+      r.kind, r.seq, r.available, r.max_per_booking = nil, nil, nil, nil
+      item.booking = r
+    else
+      summary = r
+    end
+  end
+  if summary and summary.available == 0 then soldout[event_id] = time.monotonic() + GATE end
+  runtime.count("evently_booking_batches_total", 1)
+  runtime.count("evently_booking_batch_requests_total", #batch)
+  for _, item in ipairs(batch) do
+    if not item.booking then
+      if not summary then
+        item.why = "closed" -- not on sale or no such event: the caller finds out which
+      elseif item.quantity > summary.max_per_booking then
+        item.why = "too-many"
+        item.ev = { max_per_booking = summary.max_per_booking }
+      else
+        item.why = "sold-out"
+        item.ev = { available = summary.available }
+      end
+    end
+  end
+end
+
+-- The leader runs one batch, then hands the lead to the first request that
+-- queued meanwhile, so no request waits for batches after its own.
+local function lead(event_id, q)
+  local batch = q.waiting
+  q.waiting = {}
+  local ok, err = pcall(run_batch, event_id, batch)
+  if not ok then
+    for _, item in ipairs(batch) do item.err = item.err or { kind = "error", message = tostring(err) } end
+  end
+  for _, item in ipairs(batch) do item.done:set() end
+  local nxt = q.waiting[1]
+  if nxt then
+    nxt.lead = true
+    nxt.done:set()
+  else
+    q.running = false
+  end
+end
+
+--- Takes quantity seats for user_id. Returns booking | nil, why, info where
+-- why is "sold-out" (info.available), "too-many" (info.max_per_booking),
+-- "closed" (not on sale, or no such event) or a db error.
+function M.take(event_id, user_id, quantity)
+  if gate_closed(event_id) then
+    runtime.count("evently_booking_gate_soldout_total", 1)
+    return nil, "sold-out", { available = 0 }
+  end
+  local q = queues[event_id]
+  if not q then
+    q = { running = false, waiting = {} }
+    queues[event_id] = q
+  end
+  local item = { user_id = user_id, quantity = quantity, done = sync.event() }
+  table.insert(q.waiting, item)
+  if q.running then
+    item.done:wait(60)
+    if item.lead then
+      item.lead = nil
+      item.done = sync.event()
+      local ok, err = pcall(lead, event_id, q)
+      if not ok then q.running = false; error(err, 0) end
+      item.done:wait(60)
+    end
+  else
+    q.running = true
+    local ok, err = pcall(lead, event_id, q)
+    if not ok then q.running = false; error(err, 0) end
+  end
+  if item.booking then return item.booking end
+  if item.err then return nil, item.err end
+  if not item.why then return nil, { kind = "timeout", message = "the batch did not answer in time" } end
+  return nil, item.why, item.ev
+end
+
+return M
