@@ -226,6 +226,52 @@ static int json_encode(lua_State *L)
     return 1;
 }
 
+/* cjson reads every number as a float; integral values that a double holds
+ * exactly (|n| <= 2^53) become integers again, so an id read back from JSON
+ * is 7, not 7.0 (which would print, concatenate and bind as "7.0"). */
+static void integers(lua_State *L, int idx, int depth)
+{
+    if (depth > MAX_DEPTH)
+        return;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+            double d = lua_tonumber(L, -1);
+            if (d == floor(d) && fabs(d) <= 9007199254740992.0) {
+                lua_pushvalue(L, -2);
+                lua_pushinteger(L, (lua_Integer)d);
+                lua_rawset(L, idx);
+            }
+        } else if (lua_type(L, -1) == LUA_TTABLE) {
+            integers(L, lua_gettop(L), depth + 1);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static int json_decode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 1, 2); /* value | nil, err */
+    if (lua_type(L, 1) == LUA_TTABLE) {
+        luaL_checkstack(L, MAX_DEPTH * 3, "json: nested too deep");
+        integers(L, 1, 0);
+    } else if (lua_type(L, 1) == LUA_TNUMBER) {
+        double d = lua_tonumber(L, 1);
+        if (d == floor(d) && fabs(d) <= 9007199254740992.0) {
+            lua_pushinteger(L, (lua_Integer)d);
+            lua_replace(L, 1);
+        }
+    }
+    if (lua_isnil(L, 1))
+        return 2; /* nil, err */
+    lua_settop(L, 1);
+    return 1;
+}
+
 static int json_array(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -252,6 +298,7 @@ int luaopen_evently_json(lua_State *L)
     lua_pushliteral(L, "cjson.safe");
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "decode");
+    lua_pushcclosure(L, json_decode, 1); /* cjson.safe.decode as upvalue */
     lua_setfield(L, -3, "decode");
     lua_pop(L, 1);
     lua_pushlightuserdata(L, NULL);

@@ -1,0 +1,23 @@
+-- wrk script: POST /api/v1/bookings for one event, as many users (tokens from
+-- the file named by TOKENS), one seat each.
+local tokens = {}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local body = '{"event_id": ' .. os.getenv("EVENT_ID") .. ', "quantity": 1}'
+local n = 0
+
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/api/v1/bookings", {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1],
+  }, body)
+end
+
+local statuses = {}
+response = function(status)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+done = function(summary, latency)
+  io.write(string.format("p50_ms %.2f\np99_ms %.2f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
