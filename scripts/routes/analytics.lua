@@ -58,8 +58,7 @@ return function(app, base)
 
   app.get(base .. "/admin/analytics/events/:id", function(req)
     auth.admin(req)
-    local id = math.tointeger(tonumber(req.params.id))
-    if not id then return problem.response(404, "not-found", "no such event") end
+    local id = require("web.params").id(req, "event")
     local doc, err = cache.fetch("analytics:event:" .. id, TTL, function() return event_report(id) end)
     if doc == nil then return problem.response(503, "unavailable", "cannot compute analytics now") end
     if not doc then return problem.response(404, "not-found", "no such event") end

@@ -3,6 +3,7 @@
 local problem = require "evently.problem"
 local validate = require "web.validate"
 local auth = require "web.auth"
+local params = require "web.params"
 local paging = require "web.paging"
 local bookings = require "domain.bookings"
 local events = require "domain.events"
@@ -10,13 +11,7 @@ local json = require "evently.json"
 local db = require "evently.db"
 local idempotency = require "domain.idempotency"
 
-local function booking_id(req)
-  local id = math.tointeger(tonumber(req.params.id))
-  if not id or id < 1 or tostring(id) ~= req.params.id then
-    problem.raise(404, "not-found", "no such booking")
-  end
-  return id
-end
+local function booking_id(req) return params.id(req, "booking") end
 
 local REFUSED = {
   ["not-found"] = { 404, "not-found", "no such event" },

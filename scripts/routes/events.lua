@@ -3,6 +3,7 @@ local problem = require "evently.problem"
 local json = require "evently.json"
 local validate = require "web.validate"
 local auth = require "web.auth"
+local params = require "web.params"
 local paging = require "web.paging"
 local events = require "domain.events"
 
@@ -29,13 +30,7 @@ local function read_fields(body, creating)
   return f
 end
 
-local function event_id(req)
-  local id = math.tointeger(tonumber(req.params.id))
-  if not id or id < 1 or tostring(id) ~= req.params.id then
-    problem.raise(404, "not-found", "no such event")
-  end
-  return id
-end
+local function event_id(req) return params.id(req, "event") end
 
 -- A check constraint that the field checks cannot see (ends before it starts).
 local function write_failed(err)

@@ -20,8 +20,7 @@ return function(app, base)
 
   app.post(base .. "/notifications/:id/read", function(req)
     local user = auth.user(req)
-    local id = math.tointeger(tonumber(req.params.id))
-    if not id then return problem.response(404, "not-found", "no such notification") end
+    local id = require("web.params").id(req, "notification")
     local row, err = db.one([[UPDATE notifications SET read_at = coalesce(read_at, now())
         WHERE id = $1 AND user_id = $2 RETURNING id, type, payload, created_at, read_at]], id, user.id)
     if err then return problem.response(503, "unavailable", "cannot update the notification now") end

@@ -10,13 +10,7 @@ local waitlist = require "domain.waitlist"
 local events = require "domain.events"
 local rules = require "rules.waitlist"
 
-local function path_id(req, what)
-  local id = math.tointeger(tonumber(req.params.id))
-  if not id or id < 1 or tostring(id) ~= req.params.id then
-    problem.raise(404, "not-found", "no such " .. what)
-  end
-  return id
-end
+local path_id = require("web.params").id
 
 local REFUSED = {
   ["not-found"] = { 404, "not-found", "no such event" },
