@@ -103,8 +103,12 @@ static void assert_query(const char *conninfo, const char *sql, const char *want
 static char *captured(int (*f)(const char *, const char *, FILE *, char *, size_t),
                       const char *conninfo, const char *dir, int *rc, char *err, size_t errlen)
 {
-    char *buf = NULL;
-    size_t len = 0;
+    /* static: GCC at -O3 takes a local here for a dangling pointer
+     * (-Wdangling-pointer), not knowing open_memstream owns the buffer */
+    static char *buf;
+    static size_t len;
+    buf = NULL;
+    len = 0;
     FILE *out = open_memstream(&buf, &len);
     assert_non_null(out);
     err[0] = '\0';
