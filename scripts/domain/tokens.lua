@@ -41,7 +41,7 @@ function M.resolve(token)
   local hash = crypto.sha256(token)
   local user, err = cache.fetch("token:" .. hash, CACHE_TTL, function() return slide(hash) end)
   if err then return nil, err end
-  return user or nil
+  return user or nil, nil, hash
 end
 
 function M.revoke(token)

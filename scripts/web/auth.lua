@@ -4,7 +4,27 @@
 local problem = require "evently.problem"
 local tokens = require "domain.tokens"
 
+local time = require "evently.time"
+local cache = require "evently.cache"
+
 local M = {}
+
+-- A token seen in the last second is answered from this table: no hash, no
+-- cache lookup. Revocation (logout) reaches it through the cache's
+-- invalidation fan-out, so it still stops working at once.
+local RECENT = 1.0
+local recent, by_hash = {}, {}
+cache.on_invalidate(function(key)
+  local hash = key:match("^token:(.+)$")
+  local token = hash and by_hash[hash]
+  if token then recent[token], by_hash[hash] = nil, nil end
+end)
+
+local function remembered(token)
+  local e = recent[token]
+  if e and e.until_ > time.monotonic() then return e.user end
+  if e then recent[token], by_hash[e.hash] = nil, nil end
+end
 
 function M.token(req)
   local h = req.headers.authorization
@@ -17,9 +37,15 @@ function M.user(req)
   if not token then
     problem.raise(401, "unauthorized", "a valid bearer token is required", nil)
   end
-  local user, err = tokens.resolve(token)
-  if err then problem.raise(503, "unavailable", "cannot check the token now") end
-  if not user then problem.raise(401, "unauthorized", "the token is unknown, expired or revoked") end
+  local user = remembered(token)
+  if not user then
+    local err, hash
+    user, err, hash = tokens.resolve(token)
+    if err then problem.raise(503, "unavailable", "cannot check the token now") end
+    if not user then problem.raise(401, "unauthorized", "the token is unknown, expired or revoked") end
+    recent[token] = { user = user, hash = hash, until_ = time.monotonic() + RECENT }
+    by_hash[hash] = token
+  end
   req.user, req.token = user, token
   return user
 end
