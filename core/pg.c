@@ -50,6 +50,7 @@ struct ev_pg_conn {
     uint32_t hashes[STMT_CACHE];
     int nstmts;
     ev_pg_conn_t *next;      /* idle list */
+    ev_pg_conn_t *all_prev, *all_next; /* every connection of the pool */
     ev_pg_watch_fn watch;    /* input between queries (notifications) */
     void *watch_arg;
 };
@@ -69,6 +70,7 @@ struct ev_pg_pool {
     ev_pg_opts_t opts;
     int total, connecting, nidle, nwait;
     ev_pg_conn_t *idle;
+    ev_pg_conn_t *all;       /* every connection, whatever its state: freed with the pool */
     ev_pg_waiter_t *whead, *wtail;
     struct event *kick;
     struct timeval backoff_until;
@@ -255,6 +257,10 @@ static void conn_start(ev_pg_pool_t *p)
         return;
     c->pool = p;
     c->state = C_CONNECTING;
+    c->all_next = p->all;
+    if (p->all)
+        p->all->all_prev = c;
+    p->all = c;
     p->total++;
     p->connecting++;
     const char *kw[] = {"dbname", "options", "application_name", NULL};
@@ -276,6 +282,12 @@ static void conn_start(ev_pg_pool_t *p)
 static void conn_close(ev_pg_conn_t *c)
 {
     ev_pg_pool_t *p = c->pool;
+    if (c->all_prev)
+        c->all_prev->all_next = c->all_next;
+    else
+        p->all = c->all_next;
+    if (c->all_next)
+        c->all_next->all_prev = c->all_prev;
     if (c->cev)
         event_free(c->cev);
     if (c->rev)
@@ -392,13 +404,15 @@ void ev_pg_pool_free(ev_pg_pool_t *p)
         return;
     struct event *kick = p->kick;
     p->kick = NULL; /* conn_close must not schedule anything now */
-    while (p->whead)
-        waiter_finish(p->whead, NULL, "closed");
-    while (p->idle) {
-        ev_pg_conn_t *c = p->idle;
-        p->idle = c->next;
-        conn_close(c);
+    /* the callers' coroutines are gone with their Lua state: drop, do not call */
+    while (p->whead) {
+        ev_pg_waiter_t *w = p->whead;
+        waiter_unlink(w);
+        free(w);
     }
+    p->idle = NULL;
+    while (p->all) /* idle, connecting, and any a caller still holds */
+        conn_close(p->all);
     if (kick)
         event_free(kick);
     free(p->conninfo);

@@ -44,6 +44,8 @@ typedef void (*ev_pg_result_fn)(ev_pg_conn_t *c, PGresult *res, const char *err,
 
 ev_pg_pool_t *ev_pg_pool_new(struct event_base *base, const char *conninfo,
                              const ev_pg_opts_t *opts);
+/* Closes every connection and drops every waiter without calling it back:
+ * for shutdown, after the callers (the Lua state) are gone. */
 void ev_pg_pool_free(ev_pg_pool_t *p);
 ev_pg_conn_t *ev_pg_try_acquire(ev_pg_pool_t *p);
 ev_pg_waiter_t *ev_pg_wait(ev_pg_pool_t *p, ev_pg_acquire_fn fn, void *arg);
