@@ -336,6 +336,13 @@ static void fail_waiters(ev_pg_pool_t *p)
         waiter_finish(p->whead, NULL, err);
 }
 
+static int backing_off(const ev_pg_pool_t *p)
+{
+    struct timeval now;
+    gettimeofday(&now, NULL);
+    return timercmp(&now, &p->backoff_until, <);
+}
+
 static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
     ev_pg_pool_t *p = arg;
@@ -349,18 +356,17 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
         p->acquired++;
         waiter_finish(p->whead, c, NULL);
     }
-    struct timeval now;
-    gettimeofday(&now, NULL);
-    if (timercmp(&now, &p->backoff_until, <)) {
-        if (p->whead && p->total == 0)
-            fail_waiters(p); /* down, and nobody holds a live connection */
-        return;
+    if (!backing_off(p)) {
+        /* a connect may fail at once (no socket file): backing_off() then
+         * stops both loops instead of retrying in a tight circle */
+        while (p->total < p->opts.min && !backing_off(p)) /* keep the floor warm */
+            conn_start(p);
+        int want = p->nwait - p->connecting;
+        while (want-- > 0 && p->total < p->opts.max && !backing_off(p))
+            conn_start(p);
     }
-    while (p->total < p->opts.min) /* keep the floor warm */
-        conn_start(p);
-    int want = p->nwait - p->connecting;
-    while (want-- > 0 && p->total < p->opts.max)
-        conn_start(p);
+    if (p->whead && p->total == 0 && backing_off(p))
+        fail_waiters(p); /* down, and nobody holds a live connection */
 }
 
 static void pool_kick(ev_pg_pool_t *p)
@@ -495,6 +501,12 @@ static void conn_broken(ev_pg_conn_t *c, const char *why)
     }
     int had_query = c->state == C_QUERY;
     c->state = C_DEAD;
+    /* libpq has closed the socket: its fd number may be reused by the next
+     * accept(), so our events on it must go now, not at release */
+    if (c->rev)
+        event_del(c->rev);
+    if (c->cev)
+        event_del(c->cev);
     if (had_query)
         query_done(c, NULL, msg);
     else if (c->watch)

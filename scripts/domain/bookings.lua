@@ -98,13 +98,16 @@ function M.cancel(id, owner_id)
     end
     return tx.one("SELECT " .. COLUMNS .. " FROM bookings WHERE id = $1 AND ($2::bigint IS NULL OR user_id = $2)",
       id, owner_id)
-  end)
+  end, { retries = 3 }) -- a deadlock with an event cancellation is retried, not answered 503
 end
 
 local CONVERT = [[
-WITH w AS (
+WITH ev AS (
+  SELECT id FROM events WHERE id = $3 AND status = 'published' FOR SHARE),
+w AS (
   UPDATE waitlist SET status = 'converted', updated_at = now()
   WHERE id = $1 AND user_id = $2 AND event_id = $3 AND status = 'offered' AND offer_expires_at > now()
+    AND EXISTS (SELECT 1 FROM ev)
   RETURNING id, event_id, quantity),
 b AS (
   INSERT INTO bookings (event_id, user_id, quantity, status, total_cents, currency, waitlist_entry_id)
@@ -122,47 +125,61 @@ SELECT b.* FROM b]]
 --- Turns a waitlist offer into a booking: the seats are already held, so
 -- nothing is taken from the event. Returns booking | nil, "no-offer" (not
 -- theirs, not offered, expired or another event) | nil, "wrong-quantity", entry.
-function M.convert(entry_id, user_id, event_id, quantity)
-  local entry, err = db.one("SELECT quantity FROM waitlist WHERE id = $1 AND user_id = $2", entry_id, user_id)
+function M.convert(entry_id, user_id, event_id, quantity, q, after_take)
+  q = q or db
+  local entry, err = q.one("SELECT quantity FROM waitlist WHERE id = $1 AND user_id = $2", entry_id, user_id)
   if err then return nil, err end
   if entry and entry.quantity ~= quantity then return nil, "wrong-quantity", entry end
   local row
-  row, err = db.one(CONVERT, entry_id, user_id, event_id)
+  row, err = q.one(CONVERT, entry_id, user_id, event_id)
   if err then return nil, err end
   if not row then return nil, "no-offer" end
+  if after_take then after_take(row) end
   return row
 end
 
-local CANCEL_EVENT = [[
-WITH ev AS (
-  UPDATE events SET status = 'cancelled', updated_at = now()
-  WHERE id = $1 AND status <> 'cancelled'
-  RETURNING id),
-b AS (
+-- Two statements in one transaction: the first locks the event row (waiting
+-- for bookings in flight to commit); the second starts with a fresh snapshot,
+-- so it sees and cancels every booking committed before it, too.
+local CANCEL_EVENT_ROW = [[
+UPDATE events SET status = 'cancelled', updated_at = now()
+WHERE id = $1 AND status <> 'cancelled' RETURNING id]]
+
+local CANCEL_EVENT_REST = [[
+WITH b AS (
   UPDATE bookings SET status = 'cancelled', cancelled_at = now()
-  FROM ev WHERE bookings.event_id = ev.id AND bookings.status = 'confirmed'
-  RETURNING bookings.id, bookings.user_id, bookings.event_id, bookings.quantity),
+  WHERE event_id = $1 AND status = 'confirmed'
+  RETURNING id, user_id, event_id, quantity),
 w AS (
   UPDATE waitlist SET status = 'cancelled', offer_expires_at = NULL, updated_at = now()
-  FROM ev WHERE waitlist.event_id = ev.id AND waitlist.status IN ('waiting', 'offered')
-  RETURNING waitlist.id, waitlist.user_id),
+  WHERE event_id = $1 AND status IN ('waiting', 'offered')
+  RETURNING id, user_id),
 o AS (
   INSERT INTO outbox (event_type, aggregate_id, payload)
-  SELECT 'event.cancelled', ev.id, jsonb_build_object('event_id', ev.id) FROM ev
+  SELECT 'event.cancelled', $1, jsonb_build_object('event_id', $1::bigint)
   UNION ALL
   SELECT 'booking.cancelled', b.event_id, jsonb_build_object('booking_id', b.id, 'event_id', b.event_id,
          'user_id', b.user_id, 'quantity', b.quantity, 'reason', 'event.cancelled') FROM b),
 n AS (
   INSERT INTO notifications (user_id, type, payload)
-  SELECT DISTINCT b.user_id, 'event.cancelled', jsonb_build_object('event_id', b.event_id) FROM b
+  SELECT DISTINCT b.user_id, 'event.cancelled', jsonb_build_object('event_id', $1::bigint) FROM b
   UNION
   SELECT DISTINCT w.user_id, 'event.cancelled', jsonb_build_object('event_id', $1::bigint) FROM w)
-SELECT (SELECT count(*) FROM b) AS bookings_cancelled, (SELECT count(*) FROM ev) AS changed]]
+SELECT (SELECT count(*) FROM b) AS bookings_cancelled]]
 
 --- Cancels an event with all its bookings and waitlist entries, notifying the
--- holders, in one statement. Returns {bookings_cancelled, changed} | nil, err.
+-- holders. Returns {bookings_cancelled, changed} | nil, err.
 function M.cancel_event(event_id)
-  return db.one(CANCEL_EVENT, event_id)
+  return db.transaction(function(tx)
+    local ev, err = tx.one(CANCEL_EVENT_ROW, event_id)
+    if err then error(err, 0) end
+    if not ev then return { bookings_cancelled = 0, changed = 0 } end
+    local res
+    res, err = tx.one(CANCEL_EVENT_REST, event_id)
+    if err then error(err, 0) end
+    res.changed = 1
+    return res
+  end, { retries = 3 })
 end
 
 function M.get(id, owner_id)

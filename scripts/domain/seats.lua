@@ -65,6 +65,7 @@ local queues = {} -- event id -> { running = bool, waiting = {items} }
 -- short expiry bounds a "sold out" that a lost message would leave behind.
 -- The gate only ever refuses: Postgres alone decides every sale.
 local GATE = 1.0
+local WAIT = 40 -- seconds a take waits for its batch (statement timeout + margin)
 local soldout = {}
 local time = require "evently.time"
 local runtime = require "evently.runtime"
@@ -121,22 +122,30 @@ local function run_batch(event_id, batch)
   end
 end
 
--- The leader runs one batch, then hands the lead to the first request that
--- queued meanwhile, so no request waits for batches after its own.
-local function lead(event_id, q)
-  local batch = q.waiting
-  q.waiting = {}
-  local ok, err = pcall(run_batch, event_id, batch)
+-- Batches run in a coroutine of their own (a timer), never in a request's:
+-- a request that is aborted (client gone, deadline) while it waits cannot
+-- stop the queue, and its item is skipped if its batch has not started.
+local function runner(event_id, q)
+  local ok, err = pcall(function()
+    while #q.waiting > 0 do
+      local batch = {}
+      for _, item in ipairs(q.waiting) do
+        if not item.cancelled then batch[#batch + 1] = item end
+      end
+      q.waiting = {}
+      if #batch > 0 then
+        local rok, rerr = pcall(run_batch, event_id, batch)
+        if not rok then
+          for _, item in ipairs(batch) do item.err = item.err or { kind = "error", message = tostring(rerr) } end
+        end
+        for _, item in ipairs(batch) do item.done:set() end
+      end
+    end
+  end)
+  q.running = false
   if not ok then
-    for _, item in ipairs(batch) do item.err = item.err or { kind = "error", message = tostring(err) } end
-  end
-  for _, item in ipairs(batch) do item.done:set() end
-  local nxt = q.waiting[1]
-  if nxt then
-    nxt.lead = true
-    nxt.done:set()
-  else
-    q.running = false
+    for _, item in ipairs(q.waiting) do item.err = { kind = "error", message = tostring(err) }; item.done:set() end
+    q.waiting = {}
   end
 end
 
@@ -154,21 +163,14 @@ function M.take(event_id, user_id, quantity)
     queues[event_id] = q
   end
   local item = { user_id = user_id, quantity = quantity, done = sync.event() }
+  -- an abort or a timeout leaves the item behind: mark it so no later batch takes it
+  local _ <close> = setmetatable({}, { __close = function() item.cancelled = true end })
   table.insert(q.waiting, item)
-  if q.running then
-    item.done:wait(60)
-    if item.lead then
-      item.lead = nil
-      item.done = sync.event()
-      local ok, err = pcall(lead, event_id, q)
-      if not ok then q.running = false; error(err, 0) end
-      item.done:wait(60)
-    end
-  else
+  if not q.running then
     q.running = true
-    local ok, err = pcall(lead, event_id, q)
-    if not ok then q.running = false; error(err, 0) end
+    time.after(0, runner, event_id, q)
   end
+  item.done:wait(WAIT)
   if item.booking then return item.booking end
   if item.err then return nil, item.err end
   if not item.why then return nil, { kind = "timeout", message = "the batch did not answer in time" } end

@@ -83,7 +83,7 @@ function M.leave(id, user_id)
       end
     end
     return true, e.event_id
-  end)
+  end, { retries = 3 })
 end
 
 --- Expires one overdue offer (any worker, any instance: SKIP LOCKED makes
@@ -101,7 +101,7 @@ function M.expire_one()
       quantity = e.quantity }, e.user_id)
     M.offer(tx, e.event_id)
     return e.event_id
-  end)
+  end, { retries = 3 })
 end
 
 return M

@@ -30,10 +30,9 @@ return function(app, base)
     local entry_id = v:integer("waitlist_entry_id", { min = 1 })
     v:check()
     if entry_id then
-      local booking, why, entry = bookings.convert(entry_id, user.id, event_id, quantity)
+      local booking, why, entry = bookings.convert(entry_id, user.id, event_id, quantity, tx, after_take)
       if booking then
-        if after_take then after_take(booking) end
-        events.changed(event_id)
+        if not tx then events.changed(event_id) end
         return 201, booking, { Location = base .. "/bookings/" .. booking.id }
       end
       if why == "wrong-quantity" then
@@ -85,9 +84,9 @@ return function(app, base)
         if not stored then error(err, 0) end
       end)
     end)
-    if not ok then
+    if not ok or s == nil then -- raised, or the transaction itself failed (nil, err)
       idempotency.release(user.id, key)
-      if problem.is(s) then error(s, 0) end -- validation: answered, and the key is free again
+      if not ok and problem.is(s) then error(s, 0) end -- validation: answered, and the key is free again
       return problem.response(503, "unavailable", "cannot book now")
     end
     if s == 201 then

@@ -481,8 +481,9 @@ def _no_strays():
         if left:
             strays.append((root, left))
             kill_everything_under(root)
-    for root in _ALL_ROOTS:
-        shutil.rmtree(root, ignore_errors=True)
+    if not os.environ.get("EVENTLY_KEEP_TEST_HOMES"):  # set it to read server logs after a failure
+        for root in _ALL_ROOTS:
+            shutil.rmtree(root, ignore_errors=True)
     assert not strays, "processes were left running: %r" % strays
 
 

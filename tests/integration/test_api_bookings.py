@@ -254,3 +254,28 @@ def test_sold_out_gate_reopens_when_seats_come_back(api):
     problem(book(api, api.users[8], ev["id"], 1), 409, "sold-out")
     text = api.get("/metrics").text
     assert "evently_booking_gate_soldout_total" in text and "evently_booking_batches_total" in text
+
+
+def test_clients_vanishing_mid_booking_do_not_stall_the_event(api):
+    """Aborted requests (client gone) while their batch is queued or running
+    must not wedge the event's queue in the worker."""
+    import socket as socketlib
+    ev = new_event(api, capacity=1000)
+    body = json.dumps({"event_id": ev["id"], "quantity": 1}).encode()
+    head = ("POST %s/bookings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Authorization: %s\r\nContent-Length: %d\r\n\r\n" % (BASE, api.users[0]["Authorization"], len(body))).encode()
+    socks = []
+    for _ in range(60):
+        s = socketlib.create_connection(("127.0.0.1", api.port))
+        s.sendall(head + body)
+        socks.append(s)
+    for s in socks:
+        s.close()
+    t0 = time.time()
+    for i in range(10):
+        r = book(api, api.users[1], ev["id"], 1)
+        assert r.status == 201, r.text
+    assert time.time() - t0 < 5
+    invariant = sql(api, """SELECT e.available, (SELECT coalesce(sum(quantity), 0) FROM bookings
+        WHERE event_id = e.id AND status = 'confirmed') AS sold FROM events e WHERE e.id = $1""", ev["id"])[0]
+    assert invariant["available"] + invariant["sold"] == 1000
