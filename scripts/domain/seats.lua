@@ -75,6 +75,24 @@ require("evently.cache").on_invalidate(function(key)
   if id then soldout[tonumber(id)] = nil end
 end)
 
+-- Counters add up here and reach the shared /metrics region once a second:
+-- a shared counter bumped per request would bounce one cache line between
+-- the workers at every sold-out answer.
+local counts = { gate = 0, batches = 0, batched = 0 }
+local flushing = false
+local function count(name, n)
+  counts[name] = counts[name] + n
+  if not flushing and runtime.worker().slot >= 0 then
+    flushing = true
+    time.every(1, function()
+      if counts.gate > 0 then runtime.count("evently_booking_gate_soldout_total", counts.gate) end
+      if counts.batches > 0 then runtime.count("evently_booking_batches_total", counts.batches) end
+      if counts.batched > 0 then runtime.count("evently_booking_batch_requests_total", counts.batched) end
+      counts.gate, counts.batches, counts.batched = 0, 0, 0
+    end)
+  end
+end
+
 local function gate_closed(event_id)
   local until_ = soldout[event_id]
   if not until_ then return false end
@@ -105,8 +123,8 @@ local function run_batch(event_id, batch)
     end
   end
   if summary and summary.available == 0 then soldout[event_id] = time.monotonic() + GATE end
-  runtime.count("evently_booking_batches_total", 1)
-  runtime.count("evently_booking_batch_requests_total", #batch)
+  count("batches", 1)
+  count("batched", #batch)
   for _, item in ipairs(batch) do
     if not item.booking then
       if not summary then
@@ -154,7 +172,7 @@ end
 -- "closed" (not on sale, or no such event) or a db error.
 function M.take(event_id, user_id, quantity)
   if gate_closed(event_id) then
-    runtime.count("evently_booking_gate_soldout_total", 1)
+    count("gate", 1)
     return nil, "sold-out", { available = 0 }
   end
   local q = queues[event_id]
