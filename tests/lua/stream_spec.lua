@@ -1,0 +1,74 @@
+-- #pg: in-process consumers of the outbox.
+local db = require "evently.db"
+local stream = require "evently.stream"
+local time = require "evently.time"
+
+local function emit(kind, key, payload)
+  assert(db.query("INSERT INTO outbox (event_type, aggregate_id, payload) VALUES ($1, $2, $3)", kind, key, payload))
+end
+
+local function wait_for(cond, secs)
+  local deadline = time.monotonic() + (secs or 5)
+  while not cond() and time.monotonic() < deadline do time.sleep(0.02) end
+  return cond()
+end
+
+describe("evently.stream #pg", function()
+  local tag = tostring(math.floor(time.now() * 1000))
+
+  it("delivers a topic's messages in order, once each, to a group", function()
+    local seen = {}
+    stream.consume{ topic = "booking-cancelled", group = "spec-order-" .. tag, now = true,
+      handler = function(msg) if msg.payload.tag == tag then seen[#seen + 1] = msg.payload.n end end }
+    for i = 1, 5 do emit("booking.cancelled", 1, { tag = tag, n = i }) end
+    emit("booking.confirmed", 1, { tag = tag, n = 99 }) -- another topic
+    assert.is_true(wait_for(function() return #seen >= 5 end))
+    time.sleep(0.3)
+    assert.are.same({ 1, 2, 3, 4, 5 }, seen)
+    assert.are.equal(0, stream.lag("spec-order-" .. tag, "booking-cancelled"))
+  end)
+
+  it("retries a failing handler and dead-letters a message that keeps failing, then goes on", function()
+    local group = "spec-dlq-" .. tag
+    local attempts, after = {}, {}
+    stream.consume{ topic = "event-cancelled", group = group, retries = 2, now = true,
+      handler = function(msg)
+        if msg.payload.tag ~= tag then return true end
+        attempts[msg.payload.n] = (attempts[msg.payload.n] or 0) + 1
+        if msg.payload.n == 1 then error("always fails") end
+        if msg.payload.n == 2 and attempts[2] == 1 then error("fails once") end
+        after[#after + 1] = msg.payload.n
+        return true
+      end }
+    emit("event.cancelled", 7, { tag = tag, n = 1 })
+    emit("event.cancelled", 7, { tag = tag, n = 2 })
+    emit("event.cancelled", 7, { tag = tag, n = 3 })
+    assert.is_true(wait_for(function() return #after >= 2 end, 8))
+    assert.are.same({ 2, 3 }, after)
+    assert.are.equal(3, attempts[1])   -- first try + 2 retries
+    assert.are.equal(2, attempts[2])
+    local dead = assert(db.one("SELECT attempts, error FROM dead_letters WHERE consumer_group = $1", group))
+    assert.are.equal(3, dead.attempts)
+    assert.truthy(dead.error:find("always fails", 1, true))
+  end)
+
+  it("does not skip a message whose transaction commits after a later one", function()
+    local group = "spec-gap-" .. tag
+    local seen = {}
+    stream.consume{ topic = "waitlist-notification", group = group, now = true,
+      handler = function(msg) if msg.payload.tag == tag then seen[#seen + 1] = msg.payload.n end end }
+    local core = require "evently.db.core"
+    local slow = assert(core.acquire())
+    assert(slow:query("BEGIN", 0))
+    assert(slow:query("INSERT INTO outbox (event_type, aggregate_id, payload) VALUES ('waitlist.offered', 3, $1)", 1,
+      '{"tag":"' .. tag .. '","n":1}'))
+    emit("waitlist.expired", 3, { tag = tag, n = 2 }) -- commits first, with a later id
+    time.sleep(0.6)
+    assert.are.same({}, seen) -- held back while the older transaction runs
+    assert(slow:query("COMMIT", 0))
+    slow:release()
+    assert.is_true(wait_for(function() return #seen >= 2 end))
+    table.sort(seen)
+    assert.are.same({ 1, 2 }, seen)
+  end)
+end)
