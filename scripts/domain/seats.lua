@@ -101,6 +101,15 @@ local function gate_closed(event_id)
   return false
 end
 
+--- true while this worker knows the event has no seats left (see the gate above).
+function M.sold_out(event_id)
+  if gate_closed(event_id) then
+    count("gate", 1)
+    return true
+  end
+  return false
+end
+
 local function run_batch(event_id, batch)
   local seqs, users, qtys = {}, {}, {}
   for i, item in ipairs(batch) do

@@ -99,9 +99,22 @@ return function(app, base)
     return s, b, h
   end
 
+  -- The hot path of a sold-out flash sale: answered from the worker's gate
+  -- before any validation or encoding (the body is the one the full path
+  -- would build for a sold-out event).
+  local SOLD_OUT = json.encode(problem.document(409, "sold-out", "not enough tickets left", { available = 0 }))
+  local SOLD_OUT_HEADERS = { ["Content-Type"] = "application/problem+json" }
+  local seats = require "domain.seats"
+
   app.post(base .. "/bookings", function(req)
     local user = auth.user(req)
     local key = req.headers["idempotency-key"]
+    local body = req.json
+    if key == nil and type(body) == "table" and math.type(body.event_id) == "integer"
+        and math.type(body.quantity) == "integer" and body.quantity >= 1 and body.waitlist_entry_id == nil
+        and seats.sold_out(body.event_id) then
+      return 409, SOLD_OUT, SOLD_OUT_HEADERS
+    end
     if key == nil then return book(req, user) end
     if not idempotency.valid(key) then
       return problem.response(422, "validation", "Idempotency-Key must be 1 to 255 printable ASCII characters",
