@@ -93,17 +93,19 @@ local function count(name, n)
   end
 end
 
-local function gate_closed(event_id)
-  local until_ = soldout[event_id]
-  if not until_ then return false end
-  if until_ > time.monotonic() then return true end
+-- Closed for quantity when the event is known sold out and quantity is one a
+-- booking may ask for (a larger one is a 422, which the full path answers).
+local function gate_closed(event_id, quantity)
+  local g = soldout[event_id]
+  if not g then return false end
+  if g.until_ > time.monotonic() then return quantity <= g.max end
   soldout[event_id] = nil
   return false
 end
 
 --- true while this worker knows the event has no seats left (see the gate above).
-function M.sold_out(event_id)
-  if gate_closed(event_id) then
+function M.sold_out(event_id, quantity)
+  if gate_closed(event_id, quantity) then
     count("gate", 1)
     return true
   end
@@ -131,7 +133,9 @@ local function run_batch(event_id, batch)
       summary = r
     end
   end
-  if summary and summary.available == 0 then soldout[event_id] = time.monotonic() + GATE end
+  if summary and summary.available == 0 then
+    soldout[event_id] = { until_ = time.monotonic() + GATE, max = summary.max_per_booking }
+  end
   count("batches", 1)
   count("batched", #batch)
   for _, item in ipairs(batch) do
@@ -180,7 +184,7 @@ end
 -- why is "sold-out" (info.available), "too-many" (info.max_per_booking),
 -- "closed" (not on sale, or no such event) or a db error.
 function M.take(event_id, user_id, quantity)
-  if gate_closed(event_id) then
+  if gate_closed(event_id, quantity) then
     count("gate", 1)
     return nil, "sold-out", { available = 0 }
   end

@@ -112,7 +112,7 @@ return function(app, base)
     local body = req.json
     if key == nil and type(body) == "table" and math.type(body.event_id) == "integer"
         and math.type(body.quantity) == "integer" and body.quantity >= 1 and body.waitlist_entry_id == nil
-        and seats.sold_out(body.event_id) then
+        and seats.sold_out(body.event_id, body.quantity) then
       return 409, SOLD_OUT, SOLD_OUT_HEADERS
     end
     if key == nil then return book(req, user) end

@@ -280,3 +280,11 @@ def test_clients_vanishing_mid_booking_do_not_stall_the_event(api):
     invariant = sql(api, """SELECT e.available, (SELECT coalesce(sum(quantity), 0) FROM bookings
         WHERE event_id = e.id AND status = 'confirmed') AS sold FROM events e WHERE e.id = $1""", ev["id"])[0]
     assert invariant["available"] + invariant["sold"] == 1000
+
+
+def test_a_sold_out_event_still_answers_422_for_a_quantity_above_max_per_booking(api):
+    ev = new_event(api, capacity=1, max_per_booking=3)
+    assert book(api, api.users[2], ev["id"], 1).status == 201
+    for _ in range(4):  # the gate is closed on every worker now
+        problem(book(api, api.users[3], ev["id"], 1), 409, "sold-out")
+    problem(book(api, api.users[3], ev["id"], 4), 422, "validation")
