@@ -164,18 +164,22 @@ ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, vo
     return co;
 }
 
+/* Only a thread whose body returned normally goes back to the pool. One that
+ * raised or was aborted is dropped: lua_resetthread() leaves the thread's
+ * error-handler slot (set by an xpcall it was inside of) in place, and a
+ * reused thread would then run a stale stack slot as its message handler
+ * ("error in error handling" on its next error). */
 static void co_free(ev_co_t *co, int status)
 {
     *slot(co->L) = NULL;
     live--;
-    if (status != LUA_OK)
-        status = lua_resetthread(co->L);
-    lua_settop(co->L, 0);
     co_pool_t *pool = co->pool;
-    if (status == LUA_OK && pool->n < POOL_MAX)
+    if (status == LUA_OK && pool->n < POOL_MAX) {
+        lua_settop(co->L, 0);
         pool->items[pool->n++] = co;
-    else
+    } else {
         co_destroy(co);
+    }
 }
 
 /* The one resume point. */
@@ -312,5 +316,6 @@ void ev_co_abort(ev_co_t *co)
         ops->release(co->data);
     ev_debug("co %s: aborted", co->tag);
     co->done = NULL;
-    co_free(co, lua_resetthread(co->L)); /* the reset runs pending <close> variables */
+    lua_resetthread(co->L); /* runs pending <close> variables */
+    co_free(co, LUA_ERRRUN);  /* never reused: see co_free */
 }

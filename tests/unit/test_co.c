@@ -598,6 +598,26 @@ static void abort_of_a_sleep_runs_close(void **state)
     assert_int_equal(d.calls, 0);
 }
 
+static void a_coroutine_aborted_inside_xpcall_leaves_no_stale_handler(void **state)
+{
+    fixture_t *f = *state;
+    /* several aborts inside xpcall: were those threads reused, the next error
+     * would run a stale stack slot as its handler and read "error in error handling" */
+    for (int i = 0; i < 4; i++) {
+        done_t d = {0};
+        ev_co_t *co = start(f, "xpcall(function() never() end, debug.traceback)", &d);
+        ev_co_abort(co);
+        assert_int_equal(d.calls, 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        done_t d = {0};
+        start(f, "error('plain failure', 0)", &d);
+        assert_int_equal(d.calls, 1);
+        assert_int_equal(d.status, LUA_ERRRUN);
+        assert_string_equal(d.msg, "plain failure");
+    }
+}
+
 static void no_coroutine_outlives_the_tests(void **state)
 {
     (void)state;
@@ -634,6 +654,7 @@ int main(void)
         T(a_bare_yield_in_the_body_finishes_it_with_an_error),
         T(abort_cancels_the_wait_runs_close_and_skips_done),
         T(abort_of_a_sleep_runs_close),
+        T(a_coroutine_aborted_inside_xpcall_leaves_no_stale_handler),
         cmocka_unit_test(no_coroutine_outlives_the_tests),
     };
     return cmocka_run_group_tests(tests, setup_group, NULL);
