@@ -93,7 +93,7 @@ static int push_sql_error(lua_State *L, const PGresult *r)
 
 /* ---- values ---- */
 
-static const char JSON_DECODE = 'j'; /* registry: cjson.decode */
+static const char JSON_DECODE = 'j'; /* registry: evently.json.decode */
 
 static void push_timestamp(lua_State *L, const char *v, int tz)
 {
@@ -584,7 +584,7 @@ static const luaL_Reg db_funcs[] = {
 int luaopen_evently_db_core(lua_State *L)
 {
     lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson.safe");
+    lua_pushliteral(L, "evently.json"); /* its decode gives integers back as integers */
     lua_call(L, 1, 1);
     lua_getfield(L, -1, "decode");
     lua_rawsetp(L, LUA_REGISTRYINDEX, &JSON_DECODE);

@@ -23,6 +23,7 @@ describe("evently.db #pg", function()
     assert.is_true(row.t)
     assert.are.equal(db.null, row.z)
     assert.are.same({ k = { 1, 2 } }, row.j)
+    assert.are.equal("integer", math.type(row.j.k[1])) -- json numbers come back as integers
     assert.are.equal("2026-01-02T03:04:05.5Z", row.ts)
     assert.are.equal("héllo", row.s)
   end)
