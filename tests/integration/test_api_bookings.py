@@ -1,40 +1,19 @@
 """API.md "Bookings", black-box, with invariants checked in the database."""
 import concurrent.futures
 import json
-import os
 import random
 import time
 
 import pytest
 
-from conftest import MIGRATIONS, REPO, Server, clean_env, run_cli
-
-SCRIPTS = os.path.join(REPO, "scripts")
-BASE = "/api/v1"
+from api_support import BASE, problem, sql, start_api
 
 
 @pytest.fixture(scope="module")
 def api():
-    srv = Server("api-bookings", scripts=SCRIPTS, workers=2)
-    srv.start()
-    env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": SCRIPTS})
-    p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)
-    assert p.returncode == 0, p.stderr
-    srv.admin = login(srv, "admin@example.com", "adminpassword")
-    srv.users = [register(srv, "buyer%d@example.com" % i) for i in range(10)]
+    srv = start_api("api-bookings", users=10, prefix="buyer")
     yield srv
     srv.stop_and_check()
-
-
-def login(srv, email, password):
-    r = srv.post(BASE + "/auth/login", body={"email": email, "password": password})
-    return {"Authorization": "Bearer " + r.json()["token"]}
-
-
-def register(srv, email):
-    r = srv.post(BASE + "/auth/register", body={"email": email, "password": "buyerpassword", "name": "B"})
-    assert r.status == 201, r.text
-    return {"Authorization": "Bearer " + r.json()["token"]}
 
 
 def new_event(api, **over):
@@ -50,26 +29,8 @@ def book(api, who, event_id, quantity, **kw):
     return api.post(BASE + "/bookings", body={"event_id": event_id, "quantity": quantity}, headers=who, **kw)
 
 
-def sql(api, query, *args):
-    """Runs one query through `evently lua` against the server's database; returns rows."""
-    script = os.path.join(api.root, "q.lua")
-    with open(script, "w") as f:
-        f.write('local db = require "evently.db"\nlocal json = require "evently.json"\n'
-                'local rows = assert(db.query(arg[1], table.unpack(arg, 2)))\n'
-                'io.write(json.encode(json.array(rows)))\n')
-    p = run_cli(["lua", script, query] + [str(a) for a in args], env=clean_env({"EVENTLY_HOME": api.home}))
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
-
-
 def available(api, event_id):
     return api.get(BASE + "/events/%d" % event_id).json()["available"]
-
-
-def problem(r, status, kind):
-    assert r.status == status, (r.status, r.text)
-    assert r.json()["type"] == "https://evently.dev/problems/" + kind
-    return r.json()
 
 
 def test_booking_takes_seats_and_cancelling_gives_them_back_once(api):

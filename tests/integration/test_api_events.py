@@ -3,23 +3,14 @@ import os
 
 import pytest
 
-from conftest import MIGRATIONS, REPO, Server, clean_env, run_cli
-
-SCRIPTS = os.path.join(REPO, "scripts")
-BASE = "/api/v1"
+from api_support import BASE, problem, start_api
+from conftest import clean_env, run_cli
 
 
 @pytest.fixture(scope="module")
 def api():
-    srv = Server("api-events", scripts=SCRIPTS, workers=2)
-    srv.start()
-    env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": SCRIPTS})
-    p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)
-    assert p.returncode == 0, p.stderr
-    srv.admin = {"Authorization": "Bearer " + srv.post(
-        BASE + "/auth/login", body={"email": "admin@example.com", "password": "adminpassword"}).json()["token"]}
-    srv.user = {"Authorization": "Bearer " + srv.post(
-        BASE + "/auth/register", body={"email": "u@example.com", "password": "userpassword", "name": "U"}).json()["token"]}
+    srv = start_api("api-events", users=1, prefix="u")
+    srv.user = srv.users[0]
     yield srv
     srv.stop_and_check()
 
@@ -30,13 +21,6 @@ def new_event(api, **over):
     body.update(over)
     r = api.post(BASE + "/events", body=body, headers=api.admin)
     assert r.status == 201, r.text
-    return r.json()
-
-
-def problem(r, status, kind):
-    assert r.status == status, (r.status, r.text)
-    assert r.header("Content-Type") == "application/problem+json"
-    assert r.json()["type"] == "https://evently.dev/problems/" + kind
     return r.json()
 
 

@@ -4,19 +4,13 @@ import time
 
 import pytest
 
-from conftest import Server, clean_env, run_cli, MIGRATIONS
-from test_api_bookings import BASE, SCRIPTS, book, login, problem, register, sql
+from api_support import BASE, problem, sql, start_api
+from test_api_bookings import book
 
 
 @pytest.fixture(scope="module")
 def api():
-    srv = Server("api-waitlist", scripts=SCRIPTS, workers=2)
-    srv.start()
-    env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": SCRIPTS})
-    p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)
-    assert p.returncode == 0, p.stderr
-    srv.admin = login(srv, "admin@example.com", "adminpassword")
-    srv.users = [register(srv, "w%d@example.com" % i) for i in range(24)]
+    srv = start_api("api-waitlist", users=24, prefix="w")
     yield srv
     srv.stop_and_check()
 

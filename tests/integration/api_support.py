@@ -1,0 +1,54 @@
+"""Shared by the API suites (test_api_*.py): a server on the real scripts/
+with an admin and some users, and helpers that read the answers."""
+import json
+import os
+
+from conftest import MIGRATIONS, REPO, Server, clean_env, run_cli
+
+SCRIPTS = os.path.join(REPO, "scripts")
+BASE = "/api/v1"
+
+
+def login(srv, email, password):
+    r = srv.post(BASE + "/auth/login", body={"email": email, "password": password})
+    assert r.status == 200, r.text
+    return {"Authorization": "Bearer " + r.json()["token"]}
+
+
+def register(srv, email, password="buyerpassword", name="B"):
+    r = srv.post(BASE + "/auth/register", body={"email": email, "password": password, "name": name})
+    assert r.status == 201, r.text
+    return {"Authorization": "Bearer " + r.json()["token"]}
+
+
+def start_api(name, users=0, prefix="user"):
+    """A started server with srv.admin (created by the CLI, as API.md says admins
+    are) and srv.users: bearer headers of `users` registered users."""
+    srv = Server(name, scripts=SCRIPTS, workers=2)
+    srv.start()
+    env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": SCRIPTS})
+    p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)
+    assert p.returncode == 0, p.stderr
+    srv.admin = login(srv, "admin@example.com", "adminpassword")
+    srv.users = [register(srv, "%s%d@example.com" % (prefix, i)) for i in range(users)]
+    return srv
+
+
+def problem(r, status, kind):
+    """Asserts an RFC 9457 answer of this status and kind; returns the document."""
+    assert r.status == status, (r.status, r.text)
+    assert r.header("Content-Type") == "application/problem+json"
+    assert r.json()["type"] == "https://evently.dev/problems/" + kind
+    return r.json()
+
+
+def sql(api, query, *args):
+    """Runs one query through `evently lua` against the server's database; returns rows."""
+    script = os.path.join(api.root, "q.lua")
+    with open(script, "w") as f:
+        f.write('local db = require "evently.db"\nlocal json = require "evently.json"\n'
+                'local rows = assert(db.query(arg[1], table.unpack(arg, 2)))\n'
+                'io.write(json.encode(json.array(rows)))\n')
+    p = run_cli(["lua", script, query] + [str(a) for a in args], env=clean_env({"EVENTLY_HOME": api.home}))
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
