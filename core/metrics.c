@@ -34,6 +34,15 @@ typedef struct {
     uint64_t value;
 } counter_t;
 
+/* Gauges a worker sets for itself (its share of a consumer's lag); the
+ * rendered figure is the sum over workers. One writer per slot row. */
+#define GAUGES 16
+typedef struct {
+    uint32_t state;
+    char series[116];
+    int64_t value;
+} gauge_t;
+
 struct ev_metrics {
     series_t series[SLOTS];
     counter_t counters[COUNTERS];
@@ -44,6 +53,7 @@ struct ev_metrics {
     int32_t component_state[8];
     uint32_t component_seq[8]; /* odd while being written */
     char component_detail[8][120];
+    gauge_t gauges[EV_METRICS_MAX_WORKERS][GAUGES];
 };
 
 ev_metrics_t *ev_metrics_create(void)
@@ -157,6 +167,8 @@ void ev_metrics_worker_set(ev_metrics_t *m, int slot, pid_t pid)
     if (pid == 0) {
         __atomic_store_n(&m->worker_lua_bytes[slot], 0, __ATOMIC_RELEASE);
         memset(m->pools[slot], 0, sizeof m->pools[slot]);
+        for (int i = 0; i < GAUGES; i++) /* a dead worker's share is gone */
+            __atomic_store_n(&m->gauges[slot][i].value, 0, __ATOMIC_RELAXED);
     }
 }
 
@@ -164,6 +176,25 @@ void ev_metrics_worker_memory(ev_metrics_t *m, int slot, uint64_t lua_bytes)
 {
     if (slot >= 0 && slot < EV_METRICS_MAX_WORKERS)
         __atomic_store_n(&m->worker_lua_bytes[slot], lua_bytes, __ATOMIC_RELAXED);
+}
+
+void ev_metrics_gauge_set(ev_metrics_t *m, int slot, const char *series, int64_t value)
+{
+    if (slot < 0 || slot >= EV_METRICS_MAX_WORKERS || strlen(series) >= sizeof m->gauges[0][0].series)
+        return;
+    for (int i = 0; i < GAUGES; i++) {
+        gauge_t *g = &m->gauges[slot][i];
+        if (__atomic_load_n(&g->state, __ATOMIC_ACQUIRE) != 2) { /* first free: claim it */
+            snprintf(g->series, sizeof g->series, "%s", series);
+            __atomic_store_n(&g->value, value, __ATOMIC_RELAXED);
+            __atomic_store_n(&g->state, 2, __ATOMIC_RELEASE);
+            return;
+        }
+        if (strcmp(g->series, series) == 0) {
+            __atomic_store_n(&g->value, value, __ATOMIC_RELAXED);
+            return;
+        }
+    }
 }
 
 typedef struct {
@@ -292,6 +323,33 @@ static void render_pools(ev_metrics_t *m, out_t *o)
     }
 }
 
+/* Each series once, summed over the workers that set it. */
+static void render_gauges(ev_metrics_t *m, out_t *o)
+{
+    for (int w = 0; w < EV_METRICS_MAX_WORKERS; w++) {
+        for (int i = 0; i < GAUGES; i++) {
+            gauge_t *g = &m->gauges[w][i];
+            if (__atomic_load_n(&g->state, __ATOMIC_ACQUIRE) != 2)
+                continue;
+            int seen = 0;
+            int64_t sum = 0;
+            for (int w2 = 0; w2 < EV_METRICS_MAX_WORKERS && !seen; w2++) {
+                for (int j = 0; j < GAUGES; j++) {
+                    gauge_t *h = &m->gauges[w2][j];
+                    if (__atomic_load_n(&h->state, __ATOMIC_ACQUIRE) != 2 || strcmp(h->series, g->series))
+                        continue;
+                    if (w2 < w || (w2 == w && j < i))
+                        seen = 1; /* rendered with an earlier one */
+                    else
+                        sum += __atomic_load_n(&h->value, __ATOMIC_RELAXED);
+                }
+            }
+            if (!seen)
+                out(o, "%s %lld\n", g->series, (long long)sum);
+        }
+    }
+}
+
 char *ev_metrics_render(ev_metrics_t *m, size_t *len)
 {
     out_t o = {malloc(8192), 0, 8192};
@@ -301,6 +359,7 @@ char *ev_metrics_render(ev_metrics_t *m, size_t *len)
     render_requests(m, &o);
     render_workers(m, &o);
     render_pools(m, &o);
+    render_gauges(m, &o);
     *len = o.len;
     return o.p;
 }

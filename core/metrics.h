@@ -34,6 +34,9 @@ void ev_metrics_pool_set(ev_metrics_t *m, int slot, ev_pool_kind_t kind, const e
 
 /* A counter by name (e.g. "evently_worker_restarts_total"); names are static strings. */
 void ev_metrics_count(ev_metrics_t *m, const char *name, uint64_t n);
+/* A gauge this worker sets for itself; rendered as the sum over workers.
+ * series is the whole name with labels: evently_consumer_lag{group="g",topic="t"}. */
+void ev_metrics_gauge_set(ev_metrics_t *m, int slot, const char *series, int64_t value);
 /* Renders the text exposition; the caller frees it. */
 char *ev_metrics_render(ev_metrics_t *m, size_t *len);
 

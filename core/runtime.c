@@ -16,6 +16,7 @@
 
 #include "co.h"
 #include "health.h"
+#include "kafka.h"
 #include "pg.h"
 #include "redis.h"
 #include "log.h"
@@ -72,6 +73,7 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.sync", luaopen_evently_sync);
     preload(L, "evently.json", luaopen_evently_json);
     preload(L, "evently.crypto", luaopen_evently_crypto);
+    preload(L, "evently.kafka.core", luaopen_evently_kafka_core);
     return L;
 }
 
@@ -83,6 +85,8 @@ void ev_runtime_close(ev_runtime_t *rt)
     rt->db = rt->replica = rt->listen = NULL;
     ev_redis_free(rt->redis);
     rt->redis = NULL;
+    ev_kafka_free(rt->kafka, 5000); /* deliveries still due get 5 s */
+    rt->kafka = NULL;
 }
 
 static int traceback(lua_State *L)
@@ -216,6 +220,19 @@ static int rt_count(lua_State *L)
     return 0;
 }
 
+/* runtime.gauge(series, value): this worker's share of a gauge. */
+static int rt_gauge(lua_State *L)
+{
+    ev_runtime_t *rt = ev_runtime_get(L);
+    const char *series = luaL_checkstring(L, 1);
+    lua_Integer v = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, !strpbrk(series, "\n\r") && strlen(series) < 116, 1,
+                  "one line of at most 115 bytes");
+    if (rt->metrics)
+        ev_metrics_gauge_set(rt->metrics, rt->worker_slot, series, v);
+    return 0;
+}
+
 /* {postgres = {state = "up", detail = "..."}, ...} from the master's prober. */
 static int rt_components(lua_State *L)
 {
@@ -252,6 +269,7 @@ static const luaL_Reg runtime_funcs[] = {
     {"worker", rt_worker},
     {"metrics_text", rt_metrics},
     {"count", rt_count},
+    {"gauge", rt_gauge},
     {NULL, NULL},
 };
 

@@ -23,7 +23,9 @@ function M.install()
   end, "/health/ready")
 
   app.get("/metrics", function()
-    return 200, runtime.metrics_text(), { ["Content-Type"] = "text/plain; version=0.0.4" }
+    -- in-process consumer lag comes from the database; Kafka lag is in the process figures
+    local ok, lag = pcall(require("evently.stream").metrics_text)
+    return 200, runtime.metrics_text() .. (ok and lag or ""), { ["Content-Type"] = "text/plain; version=0.0.4" }
   end, "/metrics")
 end
 

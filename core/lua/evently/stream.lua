@@ -1,38 +1,110 @@
---- evently.stream: consumers of the domain events in the outbox.
+--- evently.stream: consumers of the domain events in the outbox, the same
+-- for scripts whether Kafka runs or not.
 --   stream.consume{ topic = "booking-cancelled", group = "waitlist", handler = fn,
 --                   retries = 5, batch = 50 }
 --     handler(msg) runs in its own coroutine with every platform API; msg is
 --     { id, topic, type, key (the event id), payload (table), created_at }.
 --     Returning normally acknowledges; raising (or returning nil, err) retries
---     with backoff; after `retries` failures the message goes to the dead
---     letters (dead_letters table, the <topic>.dlq of the Kafka mode) with its
---     error and the consumer goes on. Delivery is at least once, in outbox
---     order per topic: handlers deduplicate by msg.id.
+--     with backoff; after `retries` failures the message is dead-lettered with
+--     its error and the consumer goes on. Delivery is at least once, in outbox
+--     order per event; a message already handled by the group (by msg.id) is
+--     skipped, so a redelivery after a crash runs the handler again only if
+--     the crash came between the handler's end and that record.
+--   stream.relay()          starts the outbox relay (Kafka mode; no-op otherwise)
+--   stream.metrics_text()   consumer lag lines for /metrics
 --   Topics: booking-confirmed, booking-cancelled, waitlist-notification,
 --   event-cancelled, analytics-events (everything).
--- This is the in-process mode (no EVENTLY_KAFKA_BROKERS): the outbox table is
--- the log and stream_offsets holds each group's position. One worker of one
--- instance holds a group's position row at a time (FOR UPDATE SKIP LOCKED),
--- like a Kafka partition owned by one member of the group; the others poll.
+--
+-- Kafka mode (EVENTLY_KAFKA_BROKERS): the relay publishes outbox rows to
+-- their topic and to analytics-events, keyed by event id, in (txid, id)
+-- order, and marks them published only after every delivery report; one
+-- relay runs at a time across all instances (an advisory lock). Consumers are
+-- Kafka consumer groups; dead letters go to <topic>.dlq.
+-- In-process mode: the outbox table is the log and stream_offsets holds each
+-- group's position. One worker of one instance holds a group's position row
+-- at a time (FOR UPDATE SKIP LOCKED), like a Kafka partition owned by one
+-- member of the group; dead letters go to the dead_letters table.
+-- Both wake up on NOTIFY evently_outbox (a trigger on the outbox) and poll
+-- once a second besides, in case a notification was missed.
 local db = require "evently.db"
+local json = require "evently.json"
 local time = require "evently.time"
 local log = require "evently.log"
+local sync = require "evently.sync"
 local runtime = require "evently.runtime"
+local kafka = require "evently.kafka"
 
 local M = {}
-local POLL = 0.2
+local POLL = 1.0
+local RELAY_BATCH = 500
+local RELAY_LOCK = 72010   -- pg advisory lock key of the one relay
 
-local TOPICS = { ["booking-confirmed"] = true, ["booking-cancelled"] = true, ["waitlist-notification"] = true,
-  ["event-cancelled"] = true, ["analytics-events"] = true }
+local TOPIC_OF = { ["booking.confirmed"] = "booking-confirmed", ["booking.cancelled"] = "booking-cancelled",
+  ["waitlist.offered"] = "waitlist-notification", ["waitlist.expired"] = "waitlist-notification",
+  ["event.cancelled"] = "event-cancelled" }
+local TOPICS = { ["analytics-events"] = true }
+for _, t in pairs(TOPIC_OF) do TOPICS[t] = true end
 M.TOPICS = TOPICS
 
-local function deliver(c, row)
-  local msg = { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
-    payload = row.payload, created_at = row.created_at }
+-- ---------------------------------------------------------------- wake-ups
+
+local sleepers = {}
+local listening = false
+
+local function wake_all()
+  local list = sleepers
+  sleepers = {}
+  for _, ev in ipairs(list) do ev:set() end
+end
+
+-- Waits for the next NOTIFY evently_outbox or `timeout` seconds.
+local function nap(timeout)
+  if not listening then
+    listening = true
+    db.listen("evently_outbox", wake_all)
+  end
+  local ev = sync.event()
+  sleepers[#sleepers + 1] = ev
+  ev:wait(timeout)
+end
+
+-- ---------------------------------------------------------------- dedup
+
+-- Retries until the database answers: an outage is not the handler's fault
+-- and must not push messages towards the dead letters.
+local function persist(what, fn)
+  local backoff = 0.1
+  while true do
+    local ok, v = pcall(fn)
+    if ok then return v end
+    log.warn("stream: %s: %s; again in %.1f s", what, tostring(v), backoff)
+    time.sleep(backoff); backoff = math.min(backoff * 2, 5)
+  end
+end
+
+local function seen(group, id)
+  return persist("dedup check", function()
+    local row, err = db.one("SELECT 1 AS x FROM stream_processed WHERE consumer_group = $1 AND message_id = $2",
+      group, id)
+    if err then error(err, 0) end
+    return row ~= nil
+  end)
+end
+
+local function mark(group, id)
+  persist("dedup record", function()
+    assert(db.query([[INSERT INTO stream_processed (consumer_group, message_id) VALUES ($1, $2)
+      ON CONFLICT DO NOTHING]], group, id))
+  end)
+end
+
+local function deliver(c, msg)
   local ok, v, err = pcall(c.handler, msg)
   if ok and (v ~= nil or err == nil) then return true end
   return false, ok and tostring(err) or tostring(v)
 end
+
+-- ---------------------------------------------------------------- in-process mode
 
 -- One pass: lock the group's position, hand the next messages over in order,
 -- move the position. Returns how many were handled (0: nothing new, or another
@@ -51,19 +123,20 @@ local function pass(c)
       ORDER BY txid, id LIMIT $4]], pos.last_txid, pos.last_id, c.topic, c.batch))
     local last, last_txid = pos.last_id, pos.last_txid
     for _, row in ipairs(rows) do
-      local attempt, done, why = 0, false, nil
+      local msg = { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
+        payload = row.payload, created_at = row.created_at }
+      local attempt, done, why = 0, seen(c.group, row.id), nil
       while not done do
         attempt = attempt + 1
-        done, why = deliver(c, row)
-        if not done then
-          if attempt > c.retries then
-            log.warn("stream %s/%s: message %d failed %d times, dead-lettered: %s", c.group, c.topic, row.id, attempt, why)
-            assert(tx.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
-              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING]], c.group, c.topic, row.id, attempt, why))
-            break
-          end
-          time.sleep(math.min(0.05 * 2 ^ (attempt - 1), 2))
+        done, why = deliver(c, msg)
+        if done then mark(c.group, row.id) end
+        if not done and attempt > c.retries then
+          log.warn("stream %s/%s: message %d failed %d times, dead-lettered: %s", c.group, c.topic, row.id, attempt, why)
+          assert(tx.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
+            VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING]], c.group, c.topic, row.id, attempt, why))
+          break
         end
+        if not done then time.sleep(math.min(0.05 * 2 ^ (attempt - 1), 2)) end
       end
       last, last_txid = row.id, row.txid
       handled = handled + 1
@@ -80,7 +153,99 @@ end
 local function loop(c)
   while true do
     local n = pass(c)
-    if n < c.batch then time.sleep(POLL) end
+    if n < c.batch then nap(POLL) end
+  end
+end
+
+-- ---------------------------------------------------------------- Kafka mode
+
+local function kafka_handler(c)
+  return function(kmsg)
+    local ok, m = pcall(json.decode, kmsg.value)
+    if not ok or type(m) ~= "table" or math.type(m.id) ~= "integer" then
+      error("not an outbox message: " .. tostring(kmsg.value):sub(1, 200), 0)
+    end
+    if seen(c.group, m.id) then return true end
+    local msg = { id = m.id, topic = kmsg.topic, type = m.type, key = m.key, payload = m.payload,
+      created_at = m.created_at }
+    local v, err = c.handler(msg)
+    if v == nil and err ~= nil then return nil, err end
+    mark(c.group, m.id)
+    return true
+  end
+end
+
+local function message_of(row)
+  local value = json.encode({ id = row.id, type = row.event_type, key = row.aggregate_id,
+    payload = row.payload, created_at = row.created_at })
+  return { key = tostring(row.aggregate_id), value = value,
+    headers = { ["event-id"] = tostring(row.id), type = row.event_type } }
+end
+
+local function relay_pass()
+  local published = 0
+  local ok, err = pcall(db.transaction, function(tx)
+    if not tx.one("SELECT 1 AS x WHERE pg_try_advisory_xact_lock($1)", RELAY_LOCK) then return end
+    local rows = assert(tx.query([[SELECT id, event_type, aggregate_id, payload, created_at FROM outbox
+      WHERE published_at IS NULL AND txid < txid_snapshot_xmin(txid_current_snapshot())
+      ORDER BY txid, id LIMIT $1]], RELAY_BATCH))
+    if #rows == 0 then return end
+    local msgs, ids = {}, {}
+    for _, row in ipairs(rows) do
+      local m = message_of(row)
+      local topic = TOPIC_OF[row.event_type]
+      if topic then
+        msgs[#msgs + 1] = { topic = topic, key = m.key, value = m.value, headers = m.headers }
+      end
+      msgs[#msgs + 1] = { topic = "analytics-events", key = m.key, value = m.value, headers = m.headers }
+      ids[#ids + 1] = row.id
+    end
+    local sent, perr = kafka.produce_batch(msgs, 40)
+    if not sent then error("publishing to Kafka: " .. tostring(perr), 0) end
+    assert(tx.query("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])",
+      "{" .. table.concat(ids, ",") .. "}"))
+    published = #rows
+  end)
+  if not ok then
+    log.warn("stream relay: %s", tostring(err))
+    return 0, true
+  end
+  return published
+end
+
+local function relay_loop()
+  local backoff = 0.2
+  while true do
+    local n, failed = relay_pass()
+    if failed then
+      time.sleep(backoff); backoff = math.min(backoff * 2, 5)
+    else
+      backoff = 0.2
+      if n > 0 then runtime.count("evently_outbox_published_total", n) end
+      if n < RELAY_BATCH then nap(POLL) end
+    end
+  end
+end
+
+local relaying = false
+function M.relay()
+  if relaying or not kafka.enabled() or runtime.worker().slot < 0 then return end
+  relaying = true
+  time.after(0, relay_loop)
+  -- handled-message records only matter for redeliveries, which come soon
+  time.every(3600, function()
+    pcall(db.query, "DELETE FROM stream_processed WHERE processed_at < now() - interval '7 days'")
+  end)
+end
+
+-- ---------------------------------------------------------------- both
+
+local consumers = {}
+
+local function report_kafka_lag()
+  for key, n in pairs(kafka.lag()) do
+    local group, topic = key:match("^(.-)/(.*)$")
+    runtime.gauge(string.format('evently_consumer_lag{group="%s",topic="%s"}', group, topic), n)
   end
 end
 
@@ -90,17 +255,40 @@ function M.consume(spec)
   if type(spec.handler) ~= "function" then error("stream.consume: handler must be a function", 2) end
   local c = { topic = spec.topic, group = spec.group, handler = spec.handler,
     retries = spec.retries or 5, batch = spec.batch or 50 }
-  -- consumers run in workers (and in `evently lua`/`test`), not while checking scripts
-  if runtime.worker().slot >= 0 or spec.now then time.after(0, loop, c) end
+  consumers[#consumers + 1] = c
+  if kafka.enabled() then
+    if #consumers == 1 and runtime.worker().slot >= 0 then time.every(2, report_kafka_lag) end
+    c.kafka = kafka.consume { topic = c.topic, group = c.group, handler = kafka_handler(c),
+      retries = c.retries, now = spec.now }
+  elseif runtime.worker().slot >= 0 or spec.now then
+    -- consumers run in workers (and in `evently lua`/`test`), not while checking scripts
+    time.after(0, loop, c)
+  end
   return c
 end
 
---- Lag of a group on a topic: outbox rows it has not handled yet.
+--- Lag of a group on a topic in in-process mode: outbox rows it has not handled yet.
 function M.lag(group, topic)
   return db.value([[SELECT count(*) FROM outbox o WHERE outbox_topic_matches($2, o.event_type)
     AND (o.txid, o.id) > coalesce((SELECT (last_txid, last_id) FROM stream_offsets
                                    WHERE consumer_group = $1 AND topic = $2), (0::bigint, 0::bigint))]],
     group, topic)
+end
+
+--- Consumer lag lines for /metrics. Kafka mode: each worker reports its
+-- share through runtime.gauge (rendered with the process figures); here only
+-- the in-process lag, read from the database.
+function M.metrics_text()
+  if #consumers == 0 or kafka.enabled() then return "" end
+  local out = { "# HELP evently_consumer_lag Messages a consumer group has not handled yet.",
+    "# TYPE evently_consumer_lag gauge" }
+  for _, c in ipairs(consumers) do
+    local ok, n = pcall(M.lag, c.group, c.topic)
+    if ok and n then
+      out[#out + 1] = string.format('evently_consumer_lag{group="%s",topic="%s"} %d', c.group, c.topic, n)
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
 end
 
 return M

@@ -1,0 +1,127 @@
+--- evently.kafka: Kafka for scripts (librdkafka underneath, one producer per
+-- worker, every call yields instead of blocking).
+--   kafka.enabled()                        EVENTLY_KAFKA_BROKERS is set
+--   kafka.produce(topic, key, value, headers)
+--       waits for the delivery report (idempotent producer, acks=all);
+--       returns partition, offset; raises "kafka: ..." on failure
+--   kafka.produce_batch(msgs, timeout)     msgs: {{topic, key, value, headers}, ...}
+--       queued in order, one wait for all reports: true | nil, err
+--   kafka.consume{ topic = "t" | {"t1", "t2"}, group = "g", handler = fn,
+--                  retries = 5, dlq = true }
+--       handler(msg) runs in a coroutine with every platform API; msg is
+--       { topic, partition, offset, key, value, headers, timestamp }.
+--       Returning normally (or anything but nil, err) acknowledges: the offset
+--       is committed only then (at least once). Raising or returning nil, err
+--       retries with backoff; after `retries` failures the message goes to
+--       "<topic>.dlq" with headers error, attempts, source-topic,
+--       source-partition, source-offset, and the consumer goes on.
+--   kafka.lag()                            { ["group/topic"] = messages behind } of this worker
+-- Consumers run in serving workers only (not in `evently check`); each
+-- worker is one member of the group, so the topic's partitions are shared
+-- between workers and instances, and one event's messages (keyed by event id)
+-- stay in order.
+local core = require "evently.kafka.core"
+local time = require "evently.time"
+local log = require "evently.log"
+local runtime = require "evently.runtime"
+
+local M = {}
+
+function M.enabled() return core.enabled() end
+
+function M.produce(topic, key, value, headers)
+  local ok, partition, offset = core.produce({ { topic = topic, key = key, value = value, headers = headers } })
+  if not ok then error("kafka: " .. tostring(partition), 2) end
+  return partition, offset
+end
+
+function M.produce_batch(msgs, timeout)
+  return core.produce(msgs, timeout)
+end
+
+local members = {}   -- this worker's consumers, for lag
+
+function M.lag()
+  local out = {}
+  for _, m in ipairs(members) do
+    if m.consumer then
+      for topic, n in pairs(m.consumer:lag()) do
+        local k = m.group .. "/" .. topic
+        out[k] = (out[k] or 0) + n
+      end
+    end
+  end
+  return out
+end
+
+local function attempt(c, msg)
+  local ok, v, err = pcall(c.handler, msg)
+  if ok and (v ~= nil or err == nil) then return true end
+  return false, ok and tostring(err) or tostring(v)
+end
+
+-- Parks a message that keeps failing on <topic>.dlq; tries until the
+-- broker takes it, since committing past it before would lose it.
+local function dead_letter(c, msg, attempts, why)
+  local headers = {}
+  for k, v in pairs(msg.headers or {}) do headers[k] = v end
+  headers.error = why:sub(1, 1000)
+  headers.attempts = tostring(attempts)
+  headers["source-topic"], headers["source-partition"], headers["source-offset"] =
+    msg.topic, tostring(msg.partition), tostring(msg.offset)
+  local backoff = 0.2
+  while true do
+    local ok, err = core.produce({ { topic = msg.topic .. ".dlq", key = msg.key, value = msg.value, headers = headers } })
+    if ok then break end
+    log.warn("kafka %s: dead-lettering %s[%d]@%d failed: %s; retrying", c.group, msg.topic, msg.partition,
+      msg.offset, err)
+    time.sleep(backoff); backoff = math.min(backoff * 2, 5)
+  end
+  log.warn("kafka %s: %s[%d]@%d failed %d times, sent to %s.dlq: %s", c.group, msg.topic, msg.partition,
+    msg.offset, attempts, msg.topic, why)
+end
+
+local function handle(c, msg)
+  local n = 0
+  while true do
+    n = n + 1
+    local ok, why = attempt(c, msg)
+    if ok then return end
+    if n > c.retries then return dead_letter(c, msg, n, why) end
+    time.sleep(math.min(0.05 * 2 ^ (n - 1), 2))
+  end
+end
+
+local function run(c)
+  local backoff = 0.5
+  while not c.consumer do
+    local ok, consumer = pcall(core.consumer, c.group, c.topics)
+    if ok then c.consumer = consumer else
+      log.warn("kafka %s: %s; again in %.1f s", c.group, tostring(consumer), backoff)
+      time.sleep(backoff); backoff = math.min(backoff * 2, 10)
+    end
+  end
+  while true do
+    local msg = c.consumer:poll(1)
+    if msg then
+      handle(c, msg)
+      c.consumer:store(msg)
+    end
+  end
+end
+
+function M.consume(spec)
+  if type(spec) ~= "table" then error("kafka.consume: spec table expected", 2) end
+  local topics = type(spec.topic) == "table" and spec.topic or { spec.topic }
+  for _, t in ipairs(topics) do
+    if type(t) ~= "string" or t == "" then error("kafka.consume: topic required", 2) end
+  end
+  if type(spec.group) ~= "string" or spec.group == "" then error("kafka.consume: group required", 2) end
+  if type(spec.handler) ~= "function" then error("kafka.consume: handler must be a function", 2) end
+  local c = { topics = topics, group = spec.group, handler = spec.handler, retries = spec.retries or 5 }
+  members[#members + 1] = c
+  if runtime.worker().slot >= 0 or spec.now then time.after(0, run, c) end
+  return c
+end
+
+return M

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs a single-node Apache Kafka broker (KRaft: broker and controller in one
+# process) on loopback, from the jars tests/kafka/pom.xml fetches.
+#   tests/kafka/broker.sh DIR PORT     # foreground; data and log under DIR
+# The harness starts it in the background and stops it with SIGTERM.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+dir=${1:?data directory}; port=${2:?port}; ctl=$((port + 1))
+lib="$here/target/lib"
+if [ ! -d "$lib" ]; then
+  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies >&2
+fi
+mkdir -p "$dir"
+cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$ctl
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+PROPS
+cat > "$dir/log4j.properties" <<PROPS
+log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+PROPS
+java_opts=(-Xms256m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1
+           "-Dlog4j.configuration=file:$dir/log4j.properties" -cp "$lib/*")
+if [ ! -f "$dir/data/meta.properties" ]; then
+  java "${java_opts[@]}" kafka.tools.StorageTool format -t "$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid)" \
+       -c "$dir/server.properties" >&2
+fi
+exec java "${java_opts[@]}" kafka.Kafka "$dir/server.properties"
