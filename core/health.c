@@ -2,8 +2,9 @@
  *
  * Postgres: PQping with a 2 s connect timeout (it reports "accepting
  * connections", no query needed). Redis: a PING over a plain socket with a
- * 2 s timeout. Kafka: not probed until the Kafka bindings exist; reported
- * "not_configured" when no brokers are set. */
+ * 2 s timeout. Kafka: a TCP connect to each bootstrap broker in turn until
+ * one answers (the client itself finds the rest of the cluster); reported
+ * "not_configured" when no brokers are set (in-process outbox). */
 #include "health.h"
 
 #include <libpq-fe.h>
@@ -38,6 +39,24 @@ static int probe_postgres(const char *url, char *detail, size_t cap)
     return p == PQPING_OK ? EV_STATE_UP : EV_STATE_DOWN;
 }
 
+static int connect_tcp(const char *host, const char *port)
+{
+    struct timeval tv = {2, 0};
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    if (getaddrinfo(host, port, &hints, &ai) != 0)
+        return -1;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* bounds connect() too */
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
 static int connect_redis(const char *url)
 {
     struct timeval tv = {2, 0};
@@ -57,16 +76,7 @@ static int connect_redis(const char *url)
         if (at)
             h = at + 1;
         sscanf(h, "%255[^:/]:%15[0-9]", host, port);
-        struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-        if (getaddrinfo(host, port, &hints, &ai) != 0)
-            return -1;
-        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-            close(fd);
-            fd = -1;
-        }
-        freeaddrinfo(ai);
+        fd = connect_tcp(host, port);
     }
     if (fd >= 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
@@ -88,6 +98,26 @@ static int probe_redis(const char *url, char *detail, size_t cap)
     return ok ? EV_STATE_UP : EV_STATE_DOWN;
 }
 
+static int probe_kafka(const char *brokers, char *detail, size_t cap)
+{
+    char list[512];
+    snprintf(list, sizeof list, "%s", brokers);
+    char *save = NULL;
+    for (char *b = strtok_r(list, ",", &save); b; b = strtok_r(NULL, ",", &save)) {
+        char host[256] = "", port[16] = "9092";
+        if (sscanf(b, " %255[^:, ]:%15[0-9]", host, port) < 1)
+            continue;
+        int fd = connect_tcp(host, port);
+        if (fd >= 0) {
+            close(fd);
+            snprintf(detail, cap, "broker %s:%s reachable", host, port);
+            return EV_STATE_UP;
+        }
+    }
+    snprintf(detail, cap, "no bootstrap broker reachable; outbox buffering");
+    return EV_STATE_DOWN;
+}
+
 void ev_health_probe(const ev_config_t *cfg, ev_metrics_t *m)
 {
     char detail[120];
@@ -97,7 +127,9 @@ void ev_health_probe(const ev_config_t *cfg, ev_metrics_t *m)
     s = cfg->redis_url ? probe_redis(cfg->redis_url, detail, sizeof detail)
                        : (snprintf(detail, sizeof detail, "no url"), EV_STATE_DOWN);
     ev_metrics_component_set(m, EV_COMP_REDIS, s, detail);
-    ev_metrics_component_set(m, EV_COMP_KAFKA,
-                             cfg->kafka_brokers ? EV_STATE_UNKNOWN : EV_STATE_NOT_CONFIGURED,
-                             cfg->kafka_brokers ? "no client yet" : "in-process outbox");
+    if (cfg->kafka_brokers)
+        s = probe_kafka(cfg->kafka_brokers, detail, sizeof detail);
+    else
+        s = (snprintf(detail, sizeof detail, "in-process outbox"), EV_STATE_NOT_CONFIGURED);
+    ev_metrics_component_set(m, EV_COMP_KAFKA, s, detail);
 }

@@ -19,3 +19,12 @@ END
 $$;
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
   FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+-- Mail sent per message and recipient: a message handled again (a retry after
+-- some recipients were mailed) mails nobody twice.
+CREATE TABLE sent_emails (
+    message_id bigint NOT NULL,
+    user_id    bigint NOT NULL,
+    sent_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (message_id, user_id)
+);

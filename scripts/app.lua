@@ -16,3 +16,8 @@ require "routes.waitlist" (app, BASE)
 require "routes.notifications" (app, BASE)
 require "routes.analytics" (app, BASE)
 require "routes.docs" (app)
+
+-- The event stream: the outbox relay (Kafka mode) and the consumers.
+require("evently.stream").relay()
+require("flows.waitlist").start()
+require("flows.notify").start()

@@ -32,7 +32,7 @@ function M.offer(tx, event_id)
       e.id, rules.offer_minutes))
     must(tx.query("UPDATE events SET available = available - $2, updated_at = now() WHERE id = $1", event_id, e.quantity))
     notify.emit(tx, "waitlist.offered", event_id, { waitlist_entry_id = e.id, event_id = event_id,
-      quantity = e.quantity, offer_expires_at = row.offer_expires_at }, e.user_id)
+      user_id = e.user_id, quantity = e.quantity, offer_expires_at = row.offer_expires_at }, e.user_id)
     offered[#offered + 1] = row
     left = left - e.quantity
   end
@@ -98,7 +98,7 @@ function M.expire_one()
     must(tx.query("UPDATE waitlist SET status = 'expired', updated_at = now() WHERE id = $1", e.id))
     must(tx.query("UPDATE events SET available = available + $2, updated_at = now() WHERE id = $1", e.event_id, e.quantity))
     notify.emit(tx, "waitlist.expired", e.event_id, { waitlist_entry_id = e.id, event_id = e.event_id,
-      quantity = e.quantity }, e.user_id)
+      user_id = e.user_id, quantity = e.quantity }, e.user_id)
     M.offer(tx, e.event_id)
     return e.event_id
   end, { retries = 3 })

@@ -21,10 +21,10 @@ def register(srv, email, password="buyerpassword", name="B"):
     return {"Authorization": "Bearer " + r.json()["token"]}
 
 
-def start_api(name, users=0, prefix="user"):
+def start_api(name, users=0, prefix="user", env=None, plugins_dir=None):
     """A started server with srv.admin (created by the CLI, as API.md says admins
     are) and srv.users: bearer headers of `users` registered users."""
-    srv = Server(name, scripts=SCRIPTS, workers=2)
+    srv = Server(name, scripts=SCRIPTS, workers=2, env=env, plugins_dir=plugins_dir)
     srv.start()
     env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": SCRIPTS})
     p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)

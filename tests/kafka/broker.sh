@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs a single-node Apache Kafka broker (KRaft: broker and controller in one
 # process) on loopback, from the jars tests/kafka/pom.xml fetches.
-#   tests/kafka/broker.sh DIR PORT     # foreground; data and log under DIR
+#   tests/kafka/broker.sh DIR PORT [CONTROLLER_PORT]   # foreground; data under DIR
 # The harness starts it in the background and stops it with SIGTERM.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-dir=${1:?data directory}; port=${2:?port}; ctl=$((port + 1))
+dir=${1:?data directory}; port=${2:?port}; ctl=${3:-$((port + 1))}
 lib="$here/target/lib"
 if [ ! -d "$lib" ]; then
   mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies >&2

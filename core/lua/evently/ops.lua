@@ -1,6 +1,7 @@
 --- evently.ops: operations endpoints, outside /api/v1.
 --   GET /health        liveness
---   GET /health/ready  200 when every configured dependency answers, else 503
+--   GET /health/ready  200 when Postgres and Redis answer, else 503 (Kafka's
+--                      state is reported; without it the outbox buffers)
 --   GET /metrics       Prometheus text exposition
 local app = require "evently.app"
 local runtime = require "evently.runtime"
@@ -14,7 +15,9 @@ function M.install()
     local components, ready = {}, true
     for name, c in pairs(runtime.components()) do
       components[name] = c
-      if c.state ~= "up" and c.state ~= "not_configured" then ready = false end
+      -- Kafka away is degraded, not unready: bookings go on and their events
+      -- wait in the outbox until the relay can publish them
+      if c.state ~= "up" and c.state ~= "not_configured" and name ~= "kafka" then ready = false end
     end
     -- this worker's own pool, as the requests it serves see it
     components.postgres.pool = require("evently.db").stats()

@@ -10,6 +10,9 @@
 --     order per event; a message already handled by the group (by msg.id) is
 --     skipped, so a redelivery after a crash runs the handler again only if
 --     the crash came between the handler's end and that record.
+--     With transactional = true the handler is handler(msg, tx): it runs in
+--     the transaction that records msg.id as handled, so effects it writes
+--     through tx happen exactly once.
 --   stream.relay()          starts the outbox relay (Kafka mode; no-op otherwise)
 --   stream.metrics_text()   consumer lag lines for /metrics
 --   Topics: booking-confirmed, booking-cancelled, waitlist-notification,
@@ -91,6 +94,20 @@ local function seen(group, id)
   end)
 end
 
+-- The ids of rows already handled, as a set: one query per batch.
+local function seen_set(group, rows)
+  if #rows == 0 then return {} end
+  local ids = {}
+  for i, r in ipairs(rows) do ids[i] = r.id end
+  return persist("dedup check", function()
+    local done = assert(db.query([[SELECT message_id FROM stream_processed
+      WHERE consumer_group = $1 AND message_id = ANY($2::bigint[])]], group, "{" .. table.concat(ids, ",") .. "}"))
+    local set = {}
+    for _, r in ipairs(done) do set[r.message_id] = true end
+    return set
+  end)
+end
+
 local function mark(group, id)
   persist("dedup record", function()
     assert(db.query([[INSERT INTO stream_processed (consumer_group, message_id) VALUES ($1, $2)
@@ -102,6 +119,29 @@ local function deliver(c, msg)
   local ok, v, err = pcall(c.handler, msg)
   if ok and (v ~= nil or err == nil) then return true end
   return false, ok and tostring(err) or tostring(v)
+end
+
+-- A transactional handler writes its effects in the transaction that records
+-- the message as handled: its effects happen exactly once.
+local function deliver_tx(c, msg)
+  local ok, err = pcall(db.transaction, function(tx)
+    local fresh, ierr = tx.one([[INSERT INTO stream_processed (consumer_group, message_id) VALUES ($1, $2)
+      ON CONFLICT DO NOTHING RETURNING 1 AS x]], c.group, msg.id)
+    if ierr then error(ierr, 0) end
+    if not fresh then return end
+    local v, herr = c.handler(msg, tx)
+    if v == nil and herr ~= nil then error(herr, 0) end
+  end, { retries = 3 })
+  if ok then return true end
+  return false, tostring(err)
+end
+
+-- Runs the handler once more for msg; true when it is done (and recorded).
+local function attempt(c, msg)
+  if c.transactional then return deliver_tx(c, msg) end
+  local ok, why = deliver(c, msg)
+  if ok then mark(c.group, msg.id) end
+  return ok, why
 end
 
 -- ---------------------------------------------------------------- in-process mode
@@ -122,14 +162,14 @@ local function pass(c)
         AND outbox_topic_matches($3, event_type)
       ORDER BY txid, id LIMIT $4]], pos.last_txid, pos.last_id, c.topic, c.batch))
     local last, last_txid = pos.last_id, pos.last_txid
+    local handled_before = seen_set(c.group, rows)
     for _, row in ipairs(rows) do
       local msg = { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
         payload = row.payload, created_at = row.created_at }
-      local attempt, done, why = 0, seen(c.group, row.id), nil
+      local attempt, done, why = 0, handled_before[row.id] == true, nil
       while not done do
         attempt = attempt + 1
-        done, why = deliver(c, msg)
-        if done then mark(c.group, row.id) end
+        done, why = attempt(c, msg)
         if not done and attempt > c.retries then
           log.warn("stream %s/%s: message %d failed %d times, dead-lettered: %s", c.group, c.topic, row.id, attempt, why)
           assert(tx.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
@@ -168,9 +208,8 @@ local function kafka_handler(c)
     if seen(c.group, m.id) then return true end
     local msg = { id = m.id, topic = kmsg.topic, type = m.type, key = m.key, payload = m.payload,
       created_at = m.created_at }
-    local v, err = c.handler(msg)
-    if v == nil and err ~= nil then return nil, err end
-    mark(c.group, m.id)
+    local ok, why = attempt(c, msg)
+    if not ok then error(why, 0) end
     return true
   end
 end
@@ -254,7 +293,7 @@ function M.consume(spec)
   if type(spec.group) ~= "string" or spec.group == "" then error("stream.consume: group required", 2) end
   if type(spec.handler) ~= "function" then error("stream.consume: handler must be a function", 2) end
   local c = { topic = spec.topic, group = spec.group, handler = spec.handler,
-    retries = spec.retries or 5, batch = spec.batch or 50 }
+    retries = spec.retries or 5, batch = spec.batch or 50, transactional = spec.transactional == true }
   consumers[#consumers + 1] = c
   if kafka.enabled() then
     if #consumers == 1 and runtime.worker().slot >= 0 then time.every(2, report_kafka_lag) end

@@ -1,0 +1,61 @@
+--- flows.notify: domain events -> the user's WebSocket connections and mailbox.
+-- The in-app row is written with the change itself (domain.notify); these
+-- two consumers deliver the rest. Each channel is its own consumer group, so
+-- a mail server that is down delays mail only, and a retry of one never
+-- repeats the other. Mail keeps a per-recipient record, so a retried
+-- message (e.g. event.cancelled to many holders) mails nobody twice.
+local db = require "evently.db"
+local log = require "evently.log"
+local stream = require "evently.stream"
+local recipients = require "flows.recipients"
+
+local M = {}
+
+local TOPICS = { "waitlist-notification", "booking-confirmed", "booking-cancelled", "event-cancelled" }
+
+local function message(msg)
+  return { type = msg.type, payload = msg.payload, created_at = msg.created_at }
+end
+
+local function push(msg)
+  local ok_ws, ws = pcall(require, "evently.ws")
+  if not ok_ws then return true end
+  for _, uid in ipairs(recipients.of(msg)) do
+    local ok, err = ws.publish(uid, message(msg))
+    if not ok then return nil, "websocket fan-out: " .. tostring(err) end
+  end
+  return true
+end
+
+local function mail_one(msg, user, mail, render)
+  local done = db.one("SELECT 1 AS x FROM sent_emails WHERE message_id = $1 AND user_id = $2", msg.id, user.id)
+  if done then return true end
+  local subject, text = render(msg.type, msg.payload, user)
+  if not subject then return true end -- no template: nothing to mail for this type
+  local ok, err = mail.send { to = user.email, subject = subject, text = text }
+  if not ok then return nil, "mail to user " .. user.id .. ": " .. tostring(err) end
+  assert(db.query("INSERT INTO sent_emails (message_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    msg.id, user.id))
+  return true
+end
+
+local function email(msg)
+  local ok_m, mail = pcall(require, "evently.mail")
+  local ok_t, templates = pcall(require, "domain.mail")
+  if not ok_m or not ok_t or not require("evently.runtime").config().smtp_url then return true end
+  for _, user in ipairs(recipients.users(recipients.of(msg))) do
+    local ok, err = mail_one(msg, user, mail, templates.render)
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+function M.start()
+  for _, topic in ipairs(TOPICS) do
+    stream.consume { topic = topic, group = "notify-websocket", handler = push }
+    stream.consume { topic = topic, group = "notify-email", handler = email, retries = 8 }
+  end
+  log.debug("notification flows consuming %d topics", #TOPICS)
+end
+
+return M
