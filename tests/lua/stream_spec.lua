@@ -71,4 +71,30 @@ describe("evently.stream #pg", function()
     table.sort(seen)
     assert.are.same({ 1, 2 }, seen)
   end)
+  it("runs a transactional handler's effects exactly once, skipping a message already recorded", function()
+    local group, ttag = "spec-tx-" .. tag, tag .. "-tx"
+    assert(db.query("CREATE TABLE IF NOT EXISTS spec_tx_effects (group_name text, n int)"))
+    emit("booking.confirmed", 3, { tag = ttag, n = 1 })
+    -- a message the group already handled (as after a redelivery) is not run again
+    local second = assert(db.value([[INSERT INTO outbox (event_type, aggregate_id, payload)
+      VALUES ('booking.confirmed', 3, $1) RETURNING id]], { tag = ttag, n = 2 }))
+    assert(db.query("INSERT INTO stream_processed (consumer_group, message_id) VALUES ($1, $2)", group, second))
+    emit("booking.confirmed", 3, { tag = ttag, n = 3 })
+    local fails = 1
+    stream.consume{ topic = "booking-confirmed", group = group, transactional = true, now = true,
+      handler = function(msg, tx)
+        if msg.payload.tag ~= ttag then return true end
+        assert(tx.query("INSERT INTO spec_tx_effects VALUES ($1, $2)", group, msg.payload.n))
+        if msg.payload.n == 3 and fails > 0 then fails = fails - 1; error("rolled back with its effect") end
+        return true
+      end }
+    local function effects()
+      return assert(db.query("SELECT n FROM spec_tx_effects WHERE group_name = $1 ORDER BY n", group))
+    end
+    assert.is_true(wait_for(function() return #effects() >= 2 end, 8))
+    time.sleep(0.3)
+    local ns = {}
+    for i, r in ipairs(effects()) do ns[i] = r.n end
+    assert.are.same({ 1, 3 }, ns)
+  end)
 end)

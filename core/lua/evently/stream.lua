@@ -7,9 +7,10 @@
 --     Returning normally acknowledges; raising (or returning nil, err) retries
 --     with backoff; after `retries` failures the message is dead-lettered with
 --     its error and the consumer goes on. Delivery is at least once, in outbox
---     order per event; a message already handled by the group (by msg.id) is
---     skipped, so a redelivery after a crash runs the handler again only if
---     the crash came between the handler's end and that record.
+--     order per event. Kafka mode records each handled msg.id per group
+--     (stream_processed) and skips it when the relay published it twice; in
+--     process the group's position moves with each batch, so only a crash
+--     mid-batch hands messages over again.
 --     With transactional = true the handler is handler(msg, tx): it runs in
 --     the transaction that records msg.id as handled, so effects it writes
 --     through tx happen exactly once.
@@ -94,20 +95,6 @@ local function seen(group, id)
   end)
 end
 
--- The ids of rows already handled, as a set: one query per batch.
-local function seen_set(group, rows)
-  if #rows == 0 then return {} end
-  local ids = {}
-  for i, r in ipairs(rows) do ids[i] = r.id end
-  return persist("dedup check", function()
-    local done = assert(db.query([[SELECT message_id FROM stream_processed
-      WHERE consumer_group = $1 AND message_id = ANY($2::bigint[])]], group, "{" .. table.concat(ids, ",") .. "}"))
-    local set = {}
-    for _, r in ipairs(done) do set[r.message_id] = true end
-    return set
-  end)
-end
-
 local function mark(group, id)
   persist("dedup record", function()
     assert(db.query([[INSERT INTO stream_processed (consumer_group, message_id) VALUES ($1, $2)
@@ -149,6 +136,29 @@ end
 -- One pass: lock the group's position, hand the next messages over in order,
 -- move the position. Returns how many were handled (0: nothing new, or another
 -- worker holds the group).
+-- Here the position row is the record of what the group handled: it moves
+-- in the pass's transaction, so only a crash mid-pass replays messages
+-- (at least once); transactional handlers record each message themselves.
+local function run_in_process(c, msg, tx)
+  local tries = 0
+  while true do
+    tries = tries + 1
+    local done, why
+    if c.transactional then done, why = deliver_tx(c, msg) else done, why = deliver(c, msg) end
+    if done then return end
+    if tries > c.retries then
+      log.warn("stream %s/%s: message %d failed %d times, dead-lettered: %s", c.group, c.topic, msg.id, tries, why)
+      assert(tx.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING]], c.group, c.topic, msg.id, tries, why))
+      return
+    end
+    time.sleep(math.min(0.05 * 2 ^ (tries - 1), 2))
+  end
+end
+
+-- One pass: lock the group's position, hand the next messages over in order,
+-- move the position. Returns how many were handled, or nil when another
+-- worker holds the group.
 local function pass(c)
   local handled = 0
   local ok, err = pcall(db.transaction, function(tx)
@@ -156,34 +166,19 @@ local function pass(c)
       ON CONFLICT DO NOTHING]], c.group, c.topic))
     local pos = tx.one([[SELECT last_txid, last_id FROM stream_offsets WHERE consumer_group = $1 AND topic = $2
       FOR UPDATE SKIP LOCKED]], c.group, c.topic)
-    if not pos then return end
+    if not pos then handled = nil; return end
     local rows = assert(tx.query([[SELECT id, txid, event_type, aggregate_id, payload, created_at FROM outbox
       WHERE (txid, id) > ($1, $2) AND txid < txid_snapshot_xmin(txid_current_snapshot())
         AND outbox_topic_matches($3, event_type)
       ORDER BY txid, id LIMIT $4]], pos.last_txid, pos.last_id, c.topic, c.batch))
-    local last, last_txid = pos.last_id, pos.last_txid
-    local handled_before = seen_set(c.group, rows)
     for _, row in ipairs(rows) do
-      local msg = { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
-        payload = row.payload, created_at = row.created_at }
-      local attempt, done, why = 0, handled_before[row.id] == true, nil
-      while not done do
-        attempt = attempt + 1
-        done, why = attempt(c, msg)
-        if not done and attempt > c.retries then
-          log.warn("stream %s/%s: message %d failed %d times, dead-lettered: %s", c.group, c.topic, row.id, attempt, why)
-          assert(tx.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
-            VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING]], c.group, c.topic, row.id, attempt, why))
-          break
-        end
-        if not done then time.sleep(math.min(0.05 * 2 ^ (attempt - 1), 2)) end
-      end
-      last, last_txid = row.id, row.txid
+      run_in_process(c, { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
+        payload = row.payload, created_at = row.created_at }, tx)
       handled = handled + 1
     end
-    if last ~= pos.last_id then
+    if #rows > 0 then
       assert(tx.query([[UPDATE stream_offsets SET last_txid = $3, last_id = $4, updated_at = now()
-        WHERE consumer_group = $1 AND topic = $2]], c.group, c.topic, last_txid, last))
+        WHERE consumer_group = $1 AND topic = $2]], c.group, c.topic, rows[#rows].txid, rows[#rows].id))
     end
   end)
   if not ok then log.warn("stream %s/%s: %s", c.group, c.topic, tostring(err)) end
@@ -193,7 +188,11 @@ end
 local function loop(c)
   while true do
     local n = pass(c)
-    if n < c.batch then nap(POLL) end
+    if n == nil then
+      time.sleep(POLL) -- another worker owns the group: check now and then, not on every NOTIFY
+    elseif n < c.batch then
+      nap(POLL)
+    end
   end
 end
 
