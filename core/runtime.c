@@ -72,6 +72,7 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.sync", luaopen_evently_sync);
     preload(L, "evently.json", luaopen_evently_json);
     preload(L, "evently.crypto", luaopen_evently_crypto);
+    preload(L, "evently.ws.core", luaopen_evently_ws_core);
     return L;
 }
 
