@@ -8,8 +8,11 @@ import base64
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
@@ -123,6 +126,23 @@ def publish(api, user_id, message):
     assert p.returncode == 0 and p.stdout == "ok", (p.stdout, p.stderr)
 
 
+def serving_pids(api, clients):
+    """The worker pids holding these clients' server-side sockets (via ss), or None."""
+    if not shutil.which("ss"):
+        return None
+    out = subprocess.run(["ss", "-Htnp", "state", "established", "( sport = :%d )" % api.port],
+                         capture_output=True, text=True).stdout
+    ports = {c.sock.getsockname()[1] for c in clients}
+    pids = set()
+    for line in out.splitlines():
+        fields = line.split()
+        peer = fields[3] if len(fields) > 3 else ""
+        m = re.search(r"pid=(\d+)", line)
+        if m and peer.rsplit(":", 1)[-1].isdigit() and int(peer.rsplit(":", 1)[-1]) in ports:
+            pids.add(int(m.group(1)))
+    return pids
+
+
 def me(api, headers):
     r = api.get(BASE + "/users/me", headers=headers)
     assert r.status == 200, r.text
@@ -158,6 +178,12 @@ def test_a_published_message_reaches_every_socket_of_its_user_on_both_workers_an
     alice_id = me(api, alice)
     # several sockets: SO_REUSEPORT spreads them over both workers
     mine = [Client(api, BASE + "/ws?token=" + token_of(alice)) for _ in range(6)]
+    for _ in range(10):
+        pids = serving_pids(api, mine)
+        if pids is None or len(pids) == 2:
+            break
+        mine.append(Client(api, BASE + "/ws?token=" + token_of(alice)))
+    assert pids is None or pids == set(api.worker_pids()), pids
     theirs = [Client(api, BASE + "/ws", bob) for _ in range(3)]
     assert all(c.accepted() for c in mine + theirs)
     publish(api, alice_id, {"type": "booking.confirmed", "payload": {"booking_id": 7}})
