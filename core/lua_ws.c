@@ -292,7 +292,7 @@ static int take_over(lua_State *L, conn_t *c, ev_co_t *co, ev_http_req_t *req,
     const char *route = ev_co_route(co);
     ev_http_upgrade(req, hs, 2, route ? route : "unmatched", &fd, in, out);
     c->rt->http_detach(c->rt, co);
-    c->ws = ev_ws_new(c->rt->base, fd, in, out, lim, &engine_cb, c);
+    c->ws = ev_ws_new(c->rt->ws, fd, in, out, lim, &engine_cb, c);
     evbuffer_free(in);
     evbuffer_free(out);
     if (!c->ws) {
@@ -313,6 +313,8 @@ static int ws_upgrade(lua_State *L)
     read_limits(L, &lim, &max_unread);
     ev_co_t *co;
     ev_http_req_t *req = own_request(L, rt, &co);
+    if (!rt->ws && !(rt->ws = ev_ws_hub_new(rt->base)))
+        return luaL_error(L, "out of memory");
     char accept[32];
     const char *why;
     if (ev_ws_handshake(req->method, ev_http_header(req, "upgrade"),

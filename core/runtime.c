@@ -18,6 +18,7 @@
 #include "health.h"
 #include "pg.h"
 #include "redis.h"
+#include "ws.h"
 #include "log.h"
 
 static const char RT_KEY = 'r';
@@ -84,6 +85,8 @@ void ev_runtime_close(ev_runtime_t *rt)
     rt->db = rt->replica = rt->listen = NULL;
     ev_redis_free(rt->redis);
     rt->redis = NULL;
+    ev_ws_hub_free(rt->ws); /* sockets still lingering after their close */
+    rt->ws = NULL;
 }
 
 static int traceback(lua_State *L)

@@ -27,6 +27,7 @@ struct ev_runtime {
     struct ev_pg_pool *replica;  /* EVENTLY_REPLICA_URL, else NULL: db serves */
     struct ev_redis *redis;      /* created on first use by evently.redis */
     struct ev_pg_pool *listen;   /* dedicated LISTEN connections, outside the pool */
+    struct ev_ws_hub *ws;        /* WebSocket connections, created on first upgrade */
     /* Set by a worker, NULL elsewhere. http_request: the HTTP request the
      * coroutine is handling while it is unanswered, else NULL. http_detach:
      * that request's socket was taken over (WebSocket): its deadline stops

@@ -27,6 +27,7 @@
 #include "pg.h"
 #include "redis.h"
 #include "runtime.h"
+#include "ws.h"
 
 typedef struct {
     ev_runtime_t rt;
@@ -314,7 +315,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
     struct timeval now, d;
     gettimeofday(&now, NULL);
     timersub(&now, &w->drain_start, &d);
-    int conns = ev_http_server_connections(w->http);
+    int conns = ev_http_server_connections(w->http) + ev_ws_hub_count(w->rt.ws);
     if (conns == 0 || d.tv_sec >= w->rt.cfg->drain_timeout) {
         if (conns)
             ev_warn("drain timeout: closing %d connections", conns);
@@ -332,6 +333,8 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     w->rt.draining = 1;
     gettimeofday(&w->drain_start, NULL);
     ev_http_server_drain(w->http);
+    if (w->rt.ws) /* clients reconnect, to the next generation */
+        ev_ws_hub_close_all(w->rt.ws, 1001, "server going away");
     struct timeval tick = {0, 20000};
     event_add(w->drain_tick, &tick);
 }

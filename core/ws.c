@@ -32,8 +32,17 @@
 
 #include "log.h"
 
-struct ev_ws {
+struct ev_ws_hub {
     struct event_base *base;
+    ev_ws_t *head;            /* every connection of this loop, lingering ones too */
+    int count;
+};
+
+struct ev_ws {
+    ev_ws_hub_t *hub;         /* NULL in probe mode */
+    ev_ws_t *prev, *next;
+    int lingering;            /* closed for the owner; discarding input until EOF */
+    int linger_rounds;
     int fd;                   /* -1 in probe mode: output is discarded */
     wslay_event_context_ptr ctx;
     struct evbuffer *in;      /* bytes read before us, consumed first */
@@ -51,6 +60,8 @@ struct ev_ws {
     int code;                 /* close code reported to on_close */
     int probe_messages;
 };
+
+static void linger_read(ev_ws_t *ws, short what);
 
 /* ---- handshake ---- */
 
@@ -236,7 +247,10 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     ev_ws_t *ws = arg;
     (void)fd;
-    (void)what;
+    if (ws->lingering) {
+        linger_read(ws, what);
+        return;
+    }
     if (ws->dead)
         return;
     ws->in_recv = 1;
@@ -276,46 +290,18 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     pump(ws);
 }
 
-/* Closing a socket with unread input makes the kernel send a reset, and a
- * reset can destroy our close frame in the peer's buffer before it is read
- * (a client whose oversized message we stopped reading would see no 1009).
- * So the write side is shut first and input is discarded until the peer's
- * EOF, for a few rounds of at most a second each, then the socket closes. */
-typedef struct {
-    int fd;
-    int rounds;
-    struct event_base *base;
-} linger_t;
-
-static void on_linger(evutil_socket_t fd, short what, void *arg)
+static void release(ev_ws_t *ws)
 {
-    linger_t *l = arg;
-    char sink[16384];
-    ssize_t n = (what & EV_READ) ? recv(fd, sink, sizeof sink, 0) : 0;
-    int again = (n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))) && --l->rounds > 0;
-    struct timeval second = {1, 0};
-    if (again && event_base_once(l->base, fd, EV_READ, on_linger, l, &second) == 0)
-        return;
-    close(fd);
-    free(l);
-}
-
-static void close_lingering(struct event_base *base, int fd)
-{
-    linger_t *l = base ? malloc(sizeof *l) : NULL;
-    struct timeval second = {1, 0};
-    if (l) {
-        *l = (linger_t){fd, 8, base};
-        shutdown(fd, SHUT_WR);
-        if (event_base_once(base, fd, EV_READ, on_linger, l, &second) == 0)
-            return;
-        free(l);
+    ev_ws_hub_t *hub = ws->hub;
+    if (hub) {
+        if (ws->prev)
+            ws->prev->next = ws->next;
+        else
+            hub->head = ws->next;
+        if (ws->next)
+            ws->next->prev = ws->prev;
+        hub->count--;
     }
-    close(fd);
-}
-
-static void release_linger(ev_ws_t *ws, int linger)
-{
     struct event *evs[] = {ws->rev, ws->wev, ws->tick, ws->closer};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (evs[i])
@@ -326,14 +312,44 @@ static void release_linger(ev_ws_t *ws, int linger)
         evbuffer_free(ws->in);
     if (ws->out)
         evbuffer_free(ws->out);
-    if (ws->fd >= 0 && linger)
-        close_lingering(ws->base, ws->fd);
-    else if (ws->fd >= 0)
+    if (ws->fd >= 0)
         close(ws->fd);
     free(ws);
 }
 
-static void release(ev_ws_t *ws) { release_linger(ws, 0); }
+/* Closing a socket with unread input makes the kernel send a reset, and a
+ * reset can destroy our close frame in the peer's buffer before it is read
+ * (a client whose oversized message we stopped reading would never see its
+ * 1009). So the write side is shut first and input is discarded until the
+ * peer's EOF, a quiet second, or 1 MiB, whichever comes first; then the
+ * socket closes. The hub still owns the connection meanwhile. */
+#define LINGER_ROUNDS 64
+
+static void start_linger(ev_ws_t *ws)
+{
+    if (ws->fd < 0 || !ws->rev) {
+        release(ws);
+        return;
+    }
+    ws->lingering = 1;
+    ws->linger_rounds = LINGER_ROUNDS;
+    event_del(ws->wev);
+    event_del(ws->tick);
+    shutdown(ws->fd, SHUT_WR);
+    struct timeval second = {1, 0};
+    event_add(ws->rev, &second); /* a persistent event: each read re-arms the second */
+}
+
+static void linger_read(ev_ws_t *ws, short what)
+{
+    char sink[16384];
+    ssize_t n = (what & EV_READ) ? recv(ws->fd, sink, sizeof sink, 0) : 0;
+    if (n > 0 && --ws->linger_rounds > 0)
+        return;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    release(ws); /* EOF, error, a quiet second or enough */
+}
 
 static void on_closer(evutil_socket_t fd, short what, void *arg)
 {
@@ -344,8 +360,8 @@ static void on_closer(evutil_socket_t fd, short what, void *arg)
     ev_debug("ws %d: closed (%d)", ws->fd, code);
     ev_ws_callbacks_t cb = ws->cb;
     void *user = ws->arg;
-    /* socket first, so the owner sees a closed connection in on_close */
-    release_linger(ws, 1);
+    ws->cb = (ev_ws_callbacks_t){0};
+    start_linger(ws); /* may free ws */
     if (cb.on_close)
         cb.on_close(ws, code, user); /* ws is only an identity now */
 }
@@ -375,13 +391,49 @@ static struct timeval seconds(double s)
     return tv;
 }
 
-ev_ws_t *ev_ws_new(struct event_base *base, int fd, struct evbuffer *in, struct evbuffer *out,
+ev_ws_hub_t *ev_ws_hub_new(struct event_base *base)
+{
+    ev_ws_hub_t *hub = calloc(1, sizeof *hub);
+    if (hub)
+        hub->base = base;
+    return hub;
+}
+
+void ev_ws_hub_close_all(ev_ws_hub_t *hub, int code, const char *reason)
+{
+    for (ev_ws_t *ws = hub->head; ws; ws = ws->next)
+        if (!ws->lingering)
+            ev_ws_close(ws, code, reason); /* never frees: teardown is the closer's */
+}
+
+int ev_ws_hub_count(const ev_ws_hub_t *hub) { return hub ? hub->count : 0; }
+
+void ev_ws_hub_free(ev_ws_hub_t *hub)
+{
+    if (!hub)
+        return;
+    while (hub->head)
+        release(hub->head);
+    free(hub);
+}
+
+static void hub_add(ev_ws_hub_t *hub, ev_ws_t *ws)
+{
+    ws->hub = hub;
+    ws->next = hub->head;
+    if (hub->head)
+        hub->head->prev = ws;
+    hub->head = ws;
+    hub->count++;
+}
+
+ev_ws_t *ev_ws_new(ev_ws_hub_t *hub, int fd, struct evbuffer *in, struct evbuffer *out,
                    const ev_ws_limits_t *limits, const ev_ws_callbacks_t *cb, void *arg)
 {
+    struct event_base *base = hub->base;
     ev_ws_t *ws = ws_alloc(fd, limits);
     if (!ws)
         return NULL;
-    ws->base = base;
     ws->cb = *cb;
     ws->arg = arg;
     ws->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, ws);
@@ -404,6 +456,7 @@ ev_ws_t *ev_ws_new(struct event_base *base, int fd, struct evbuffer *in, struct 
         event_active(ws->rev, EV_READ, 0); /* frames that came with the handshake */
     if (evbuffer_get_length(ws->out) > 0)
         event_add(ws->wev, NULL);
+    hub_add(hub, ws);
     return ws;
 }
 

@@ -1,6 +1,7 @@
 /* ws.h - WebSocket connections (RFC 6455) on a socket taken over from HTTP.
  *
  * API in calling order:
+ *   ev_ws_hub_new()    once per loop
  *   ev_ws_handshake()  checks an upgrade request's headers and computes
  *                      Sec-WebSocket-Accept (before anything is answered)
  *   ev_ws_new()        after the 101 went out (ev_http_upgrade): owns the fd
@@ -10,6 +11,7 @@
  *   on_close(...)      exactly once, from the loop, when the socket is gone;
  *                      the ev_ws_t is freed right after it returns
  *   ev_ws_free()       drops a connection at once, without on_close (shutdown)
+ *   ev_ws_hub_close_all() close frames to all (draining); ev_ws_hub_free()
  * Framing is libwslay's; pings are answered by it. Limits: an incoming message
  * over max_message closes with 1009; outgoing bytes queued over max_queued
  * (a peer that does not read) close with 1008; a peer silent for a whole
@@ -24,6 +26,9 @@ struct event_base;
 struct evbuffer;
 
 typedef struct ev_ws ev_ws_t;
+/* All connections of one loop: frees what is left (lingering sockets too)
+ * when the loop goes, and closes them all when a worker drains. */
+typedef struct ev_ws_hub ev_ws_hub_t;
 
 typedef struct {
     size_t max_message;  /* incoming message, bytes; over: close 1009 */
@@ -52,7 +57,14 @@ int ev_ws_handshake(const char *method, const char *upgrade, const char *connect
  * out: answer bytes the socket has not taken yet; their contents are moved,
  * the caller still frees the buffers. NULL on allocation failure (fd not
  * closed then). */
-ev_ws_t *ev_ws_new(struct event_base *base, int fd, struct evbuffer *in, struct evbuffer *out,
+ev_ws_hub_t *ev_ws_hub_new(struct event_base *base);
+void ev_ws_hub_close_all(ev_ws_hub_t *hub, int code, const char *reason);
+/* Connections not yet freed, closing and lingering ones included (0 for NULL). */
+int ev_ws_hub_count(const ev_ws_hub_t *hub);
+/* Frees every connection without callbacks; before the loop is freed. */
+void ev_ws_hub_free(ev_ws_hub_t *hub);
+
+ev_ws_t *ev_ws_new(ev_ws_hub_t *hub, int fd, struct evbuffer *in, struct evbuffer *out,
                    const ev_ws_limits_t *limits, const ev_ws_callbacks_t *cb, void *arg);
 /* opcode 1 text, 2 binary. EV_WS_SEND_CLOSED once closing; TOO_SLOW when the
  * queue is over max_queued (the connection is then closing with 1008). */

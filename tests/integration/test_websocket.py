@@ -266,3 +266,21 @@ def test_logout_does_not_break_the_server_and_a_new_upgrade_with_that_token_is_4
     c.close()
     time.sleep(0.1)
     assert api.get("/health").status == 200
+
+
+def test_a_reload_closes_open_sockets_with_1001_so_clients_reconnect_to_new_workers(api):
+    import signal
+    old = set(api.worker_pids())
+    c = Client(api, BASE + "/ws", api.users[0])
+    assert c.accepted()
+    api.signal(signal.SIGHUP)
+    c.sock.settimeout(20)
+    assert c.recv_close() == 1001
+    c.send(CLOSE, struct.pack("!H", 1001))
+    c.close()
+    api.wait_workers(2, exclude=old, timeout=30)
+    again = Client(api, BASE + "/ws", api.users[0])
+    assert again.accepted()
+    again.send(PING, b"new")
+    assert again.recv() == (PONG, b"new")
+    again.close()

@@ -92,6 +92,7 @@ static void probe_delivers_masked_messages_and_stops_at_the_limit(void **state)
 
 typedef struct {
     struct event_base *base;
+    ev_ws_hub_t *hub;
     int messages, closes, close_code;
     char last[64];
     ev_ws_t *ws;
@@ -132,7 +133,7 @@ static ev_ws_t *open_pair(seen_t *s, int *peer, const ev_ws_limits_t *lim, const
     struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
     evbuffer_add(in, early, early_len);
     evbuffer_add(out, "HTTP/1.1 101 ok\r\n\r\n", 19);
-    s->ws = ev_ws_new(s->base, sv[0], in, out, lim, &cb, s);
+    s->ws = ev_ws_new(s->hub, sv[0], in, out, lim, &cb, s);
     evbuffer_free(in);
     evbuffer_free(out);
     assert_non_null(s->ws);
@@ -143,7 +144,9 @@ static ev_ws_t *open_pair(seen_t *s, int *peer, const ev_ws_limits_t *lim, const
 static void a_connection_echoes_answers_pings_and_closes_once(void **state)
 {
     (void)state;
-    seen_t s = {event_base_new(), 0, 0, 0, "", NULL};
+    seen_t s = {0};
+    s.base = event_base_new();
+    s.hub = ev_ws_hub_new(s.base);
     ev_ws_limits_t lim = {1000, 100000, 30, 5};
     uint8_t buf[256];
     size_t n = frame(buf, 1, "early", 5); /* arrived with the handshake */
@@ -174,13 +177,16 @@ static void a_connection_echoes_answers_pings_and_closes_once(void **state)
     run_a_bit(&s);
     assert_int_equal(s.closes, 1);
     close(peer);
+    ev_ws_hub_free(s.hub);
     event_base_free(s.base);
 }
 
 static void a_peer_that_does_not_read_is_closed_with_1008(void **state)
 {
     (void)state;
-    seen_t s = {event_base_new(), 0, 0, 0, "", NULL};
+    seen_t s = {0};
+    s.base = event_base_new();
+    s.hub = ev_ws_hub_new(s.base);
     ev_ws_limits_t lim = {1000, 64 * 1024, 30, 0.1};
     int peer;
     open_pair(&s, &peer, &lim, "", 0);
@@ -196,13 +202,16 @@ static void a_peer_that_does_not_read_is_closed_with_1008(void **state)
     assert_int_equal(s.closes, 1);
     assert_int_equal(s.close_code, 1008);
     close(peer);
+    ev_ws_hub_free(s.hub);
     event_base_free(s.base);
 }
 
 static void a_peer_that_goes_away_is_reported_1006(void **state)
 {
     (void)state;
-    seen_t s = {event_base_new(), 0, 0, 0, "", NULL};
+    seen_t s = {0};
+    s.base = event_base_new();
+    s.hub = ev_ws_hub_new(s.base);
     ev_ws_limits_t lim = {1000, 100000, 30, 5};
     int peer;
     open_pair(&s, &peer, &lim, "", 0);
@@ -210,13 +219,16 @@ static void a_peer_that_goes_away_is_reported_1006(void **state)
     run_a_bit(&s);
     assert_int_equal(s.closes, 1);
     assert_int_equal(s.close_code, 1006);
+    ev_ws_hub_free(s.hub);
     event_base_free(s.base);
 }
 
 static void a_silent_peer_is_dropped_after_a_ping_interval(void **state)
 {
     (void)state;
-    seen_t s = {event_base_new(), 0, 0, 0, "", NULL};
+    seen_t s = {0};
+    s.base = event_base_new();
+    s.hub = ev_ws_hub_new(s.base);
     ev_ws_limits_t lim = {1000, 100000, 0.05, 5};
     int peer;
     open_pair(&s, &peer, &lim, "", 0);
@@ -225,6 +237,7 @@ static void a_silent_peer_is_dropped_after_a_ping_interval(void **state)
     assert_int_equal(s.closes, 1);
     assert_int_equal(s.close_code, 1006);
     close(peer);
+    ev_ws_hub_free(s.hub);
     event_base_free(s.base);
 }
 
