@@ -284,3 +284,39 @@ def test_a_reload_closes_open_sockets_with_1001_so_clients_reconnect_to_new_work
     again.send(PING, b"new")
     assert again.recv() == (PONG, b"new")
     again.close()
+
+
+def test_metrics_count_opened_and_closed_sockets(api):
+    c = Client(api, BASE + "/ws", api.users[0])
+    assert c.accepted()
+    c.send(CLOSE, struct.pack("!H", 1000))
+    assert c.recv_close() == 1000
+    c.close()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        text = api.metrics()
+        if "evently_websocket_closed_total" in text:
+            break
+        time.sleep(0.05)
+    assert re.search(r"^evently_websocket_opened_total \d+", text, re.M), text
+    assert re.search(r"^evently_websocket_closed_total \d+", text, re.M), text
+
+
+def test_a_socket_outlives_the_handler_timeout():
+    from api_support import SCRIPTS, register
+    from conftest import Server
+    srv = Server("api-ws-deadline", scripts=SCRIPTS, workers=1, env={"EVENTLY_HANDLER_TIMEOUT": "1"})
+    srv.start()
+    try:
+        user = register(srv, "ws-deadline@example.com")
+        c = Client(srv, BASE + "/ws", user)
+        assert c.accepted()
+        time.sleep(2.5)
+        c.send(PING, b"still")
+        assert c.recv() == (PONG, b"still")
+        publish(srv, me(srv, user), {"type": "waitlist.offered", "payload": {}})
+        op, payload = c.recv()
+        assert op == TEXT and json.loads(payload)["type"] == "waitlist.offered"
+        c.close()
+    finally:
+        srv.stop_and_check()
