@@ -3,7 +3,7 @@
 --       Checks the handshake of req (GET, Upgrade: websocket, Connection: upgrade,
 --       Sec-WebSocket-Version: 13, Sec-WebSocket-Key), answers 101 and takes the
 --       socket. Bad handshake: nil, why (nothing answered yet: the handler answers,
---       e.g. ws.bad_handshake(why)). After the upgrade the handler has no deadline
+--       e.g. ws.bad_handshake(why)); a draining worker: nil, "draining" (503). After the upgrade the handler has no deadline
 --       and its return answers nothing; the connection stays open until either
 --       side closes it, whether or not the handler still runs.
 --       opts: user_id (register the connection for ws.publish), max_message
@@ -105,6 +105,9 @@ function M.upgrade(req, opts)
   if type(req) ~= "table" then error("ws.upgrade: req must be the request table", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("ws.upgrade: opts must be a table", 2) end
   local user_id = opts and opts.user_id
+  -- a draining worker has already closed its sockets: a new one would only
+  -- be cut at the drain timeout; the client retries and reaches the new generation
+  if require("evently.runtime").worker().draining then return nil, "draining" end
   if user_id ~= nil then
     if type(user_id) ~= "number" and type(user_id) ~= "string" then
       error("ws.upgrade: opts.user_id must be a number or a string", 2)
@@ -117,9 +120,11 @@ function M.upgrade(req, opts)
   return conn
 end
 
---- The 400 answer for a handshake ws.upgrade refused: status, body, headers.
+--- The answer for an upgrade ws.upgrade refused: status, body, headers. A bad
+-- handshake is 400; a draining worker 503.
 function M.bad_handshake(why)
   local problem = require "evently.problem"
+  if why == "draining" then return problem.response(503, "unavailable", "the server is restarting; retry") end
   local s, b, h = problem.response(400, "bad-websocket-handshake", why)
   h["Sec-WebSocket-Version"] = "13" -- RFC 6455 4.4: the version we speak
   return s, b, h
