@@ -57,11 +57,14 @@ struct ev_ws {
     int closing;              /* our close frame is queued */
     int dead;                 /* teardown pending: no more I/O */
     int in_recv;              /* inside wslay_event_recv: send later, not now */
+    size_t budget;            /* socket bytes this readable event may still read */
     int code;                 /* close code reported to on_close */
     int probe_messages;
 };
 
 static void linger_read(ev_ws_t *ws, short what);
+
+#define READ_BUDGET (256 * 1024)
 
 /* ---- handshake ---- */
 
@@ -140,9 +143,15 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    ssize_t n = recv(ws->fd, buf, len, 0);
-    if (n > 0)
+    if (ws->budget == 0) { /* a fast sender: let the loop serve others, then go on */
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    ssize_t n = recv(ws->fd, buf, len < ws->budget ? len : ws->budget, 0);
+    if (n > 0) {
+        ws->budget -= (size_t)n;
         return n;
+    }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
     else
@@ -254,6 +263,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     if (ws->dead)
         return;
     ws->in_recv = 1;
+    ws->budget = READ_BUDGET; /* level-triggered: unread bytes wake us again */
     int rc = wslay_event_recv(ws->ctx);
     ws->in_recv = 0;
     if (rc != 0) {
