@@ -39,6 +39,11 @@ ev_co_t *ev_co_current(lua_State *L) { return *slot(L); }
 
 lua_State *ev_co_state(ev_co_t *co) { return co->L; }
 
+void *ev_co_owner(const ev_co_t *co, ev_co_done_fn done)
+{
+    return co->done == done ? co->ud : NULL;
+}
+
 void ev_co_set_tag(ev_co_t *co, const char *tag)
 {
     size_t n = strlen(tag);

@@ -44,6 +44,9 @@ typedef void (*ev_co_done_fn)(ev_co_t *co, lua_State *co_L, int status, void *ud
  * its arguments on ev_co_state() and calls ev_co_start(). */
 ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, void *ud);
 lua_State *ev_co_state(ev_co_t *co);
+/* The ud given to ev_co_new() when co was made with done, else NULL: lets an
+ * owner (the worker) find its own context from a coroutine. */
+void *ev_co_owner(const ev_co_t *co, ev_co_done_fn done);
 void ev_co_set_tag(ev_co_t *co, const char *tag); /* request id, for logs */
 const char *ev_co_tag(const ev_co_t *co);
 /* A second label: the matched route, so a request ended from C (deadline,

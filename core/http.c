@@ -15,8 +15,9 @@
  * answer), with the output evbuffer used only when the socket is full. Every transport error is answered here with a problem
  * document and Connection: close.
  *
- * Extending: the connection stays reachable from the request (req->conn) so an
- * upgrade (WebSocket) can take over the socket after the handshake. */
+ * Upgrade: ev_http_upgrade() writes the 101 and hands fd and buffered bytes
+ * to the new owner (core/ws.c); the connection struct then only waits to be
+ * freed (at once, or when the parse loop that dispatched it unwinds). */
 #include "http.h"
 
 #include <arpa/inet.h>
@@ -498,6 +499,58 @@ void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *hea
         http_parser_pause(&c->parser, 0);
         conn_parse(c);
     }
+}
+
+/* The 101 head: no Content-Length (a 1xx has no body) and Connection: Upgrade. */
+static void write_upgrade_head(head_t *h, const ev_http_req_t *req,
+                               const ev_http_header_t *headers, size_t nheaders)
+{
+    head_str(h, "HTTP/1.1 101 Switching Protocols\r\nServer: evently\r\nDate: ");
+    head_str(h, http_date());
+    head_str(h, "\r\nConnection: Upgrade\r\nX-Request-Id: ");
+    head_str(h, req->request_id);
+    head_str(h, "\r\n");
+    for (size_t i = 0; i < nheaders; i++) {
+        const ev_http_header_t *hd = &headers[i];
+        if (header_name_is(hd, "content-length") || header_name_is(hd, "connection") ||
+            header_name_is(hd, "x-request-id"))
+            continue;
+        head_add(h, hd->name, hd->name_len);
+        head_add(h, ": ", 2);
+        head_add(h, hd->value, hd->value_len);
+        head_add(h, "\r\n", 2);
+    }
+    head_add(h, "\r\n", 2);
+}
+
+void ev_http_upgrade(ev_http_req_t *req, const ev_http_header_t *headers, size_t nheaders,
+                     const char *route, int *fd, struct evbuffer *in, struct evbuffer *out)
+{
+    ev_http_conn_t *c = req->conn;
+    ev_http_server_t *s = c->srv;
+    char buf[2048];
+    head_t h = {buf, 0, sizeof buf, 0};
+    write_upgrade_head(&h, req, headers, nheaders);
+    if (h.overflow) /* our own few headers never fill it; a caller bug */
+        ev_error("[%s] 101 head too long; headers cut", req->request_id);
+    send_answer(c, &h, "", 0);
+    if (s->log)
+        s->log(req, 101, 0, route, s->arg);
+    c->req = NULL;
+    free(req);
+    /* from here the socket is the caller's: no event of ours may touch it */
+    event_del(c->rev);
+    event_del(c->wev);
+    event_del(c->deadline);
+    c->reading = 0;
+    evbuffer_add_buffer(in, c->in);
+    evbuffer_add_buffer(out, c->out);
+    *fd = c->fd;
+    c->fd = -1;
+    s->nconns--;
+    c->closing = 1;
+    if (!c->in_parse)
+        conn_free(c); /* else conn_parse frees it as it unwinds (closing, nothing to write) */
 }
 
 const char *ev_http_header(const ev_http_req_t *req, const char *name)

@@ -5,6 +5,7 @@
  *   handler(req, arg)     must eventually call ev_http_respond() exactly once,
  *                         unless the abort callback ran first (client gone)
  *   ev_http_respond()     queue the answer; keep-alive or close decided here
+ *   ev_http_upgrade()     or: answer 101 and hand the socket over (WebSocket)
  *   ev_http_server_drain() stop accepting; connections close after their answer
  *   ev_http_server_free()
  * Errors of the transport itself (bad syntax, limits, timeouts) are answered
@@ -17,6 +18,7 @@
 #include <sys/time.h>
 
 struct event_base;
+struct evbuffer;
 
 typedef struct {
     size_t max_header;    /* request line + headers, bytes; over: 431 */
@@ -64,6 +66,15 @@ ev_http_server_t *ev_http_server_new(struct event_base *base, int listen_fd,
 /* headers may be NULL; route is the matched route pattern for logs and metrics. */
 void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *headers,
                      size_t nheaders, const char *body, size_t body_len, const char *route);
+/* Instead of ev_http_respond(): answers 101 Switching Protocols with headers
+ * (Upgrade, Sec-WebSocket-Accept, ...) and gives the socket up. The
+ * connection leaves the server (no longer counted, timed out or drained)
+ * and req is freed. *fd becomes the caller's; bytes the client sent after
+ * its request are moved into in, and answer bytes the socket did not take
+ * yet into out (both evbuffers the caller made). The answer is logged with
+ * status 101. */
+void ev_http_upgrade(ev_http_req_t *req, const ev_http_header_t *headers, size_t nheaders,
+                     const char *route, int *fd, struct evbuffer *in, struct evbuffer *out);
 const char *ev_http_header(const ev_http_req_t *req, const char *lowercase_name);
 const char *ev_http_reason(int status);
 void ev_http_server_drain(ev_http_server_t *s);

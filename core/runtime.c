@@ -19,6 +19,7 @@
 #include "kafka.h"
 #include "pg.h"
 #include "redis.h"
+#include "ws.h"
 #include "log.h"
 
 static const char RT_KEY = 'r';
@@ -74,6 +75,7 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.json", luaopen_evently_json);
     preload(L, "evently.crypto", luaopen_evently_crypto);
     preload(L, "evently.kafka.core", luaopen_evently_kafka_core);
+    preload(L, "evently.ws.core", luaopen_evently_ws_core);
     return L;
 }
 
@@ -87,6 +89,8 @@ void ev_runtime_close(ev_runtime_t *rt)
     rt->redis = NULL;
     ev_kafka_free(rt->kafka, 5000); /* deliveries still due get 5 s */
     rt->kafka = NULL;
+    ev_ws_hub_free(rt->ws); /* sockets still lingering after their close */
+    rt->ws = NULL;
 }
 
 static int traceback(lua_State *L)

@@ -13,8 +13,11 @@
 #include "metrics.h"
 
 struct event_base;
+struct ev_co;
+struct ev_http_req;
 
-typedef struct {
+typedef struct ev_runtime ev_runtime_t;
+struct ev_runtime {
     struct event_base *base;
     const ev_config_t *cfg;
     ev_metrics_t *metrics;   /* may be NULL outside `serve` */
@@ -25,7 +28,14 @@ typedef struct {
     struct ev_redis *redis;      /* created on first use by evently.redis */
     struct ev_pg_pool *listen;   /* dedicated LISTEN connections, outside the pool */
     struct ev_kafka *kafka;      /* the worker's producer, created on first use */
-} ev_runtime_t;
+    struct ev_ws_hub *ws;        /* WebSocket connections, created on first upgrade */
+    /* Set by a worker, NULL elsewhere. http_request: the HTTP request the
+     * coroutine is handling while it is unanswered, else NULL. http_detach:
+     * that request's socket was taken over (WebSocket): its deadline stops
+     * and the handler's return answers nothing. */
+    struct ev_http_req *(*http_request)(ev_runtime_t *rt, struct ev_co *co);
+    void (*http_detach)(ev_runtime_t *rt, struct ev_co *co);
+};
 
 /* Frees what the bindings created on the runtime (pools); call after
  * lua_close() (whose collector hands leased connections back) and before the
@@ -53,5 +63,6 @@ int luaopen_evently_sync(lua_State *L);
 int luaopen_evently_json(lua_State *L);
 int luaopen_evently_crypto(lua_State *L);
 int luaopen_evently_kafka_core(lua_State *L);
+int luaopen_evently_ws_core(lua_State *L);
 
 #endif

@@ -27,6 +27,7 @@
 #include "pg.h"
 #include "redis.h"
 #include "runtime.h"
+#include "ws.h"
 
 typedef struct {
     ev_runtime_t rt;
@@ -179,7 +180,13 @@ static void respond_from_lua(ev_http_req_t *req, lua_State *T)
 static void on_done(ev_co_t *co, lua_State *T, int status, void *ud)
 {
     ev_request_t *r = ud;
-    (void)co;
+    if (!r->req) { /* upgraded: the socket is a WebSocket's, nothing to answer */
+        if (status != LUA_OK)
+            ev_error("[%s] handler failed after its upgrade: %s", ev_co_tag(co),
+                     lua_tostring(T, -1) ? lua_tostring(T, -1) : "?");
+        request_free(r);
+        return;
+    }
     if (status == LUA_OK && lua_gettop(T) >= 3) {
         respond_from_lua(r->req, T);
     } else {
@@ -212,6 +219,27 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     ev_http_req_t *req = r->req;
     request_free(r);
     respond_problem(req, 504, "timeout", "Gateway Timeout", route);
+}
+
+/* ---- upgrades (runtime hooks, see runtime.h) ---- */
+
+static ev_http_req_t *request_of(ev_runtime_t *rt, ev_co_t *co)
+{
+    (void)rt;
+    ev_request_t *r = ev_co_owner(co, on_done);
+    return r ? r->req : NULL;
+}
+
+/* The handler coroutine lives on as the WebSocket's: no deadline (a socket
+ * may stay open for hours) and no answer when it returns. */
+static void request_detach(ev_runtime_t *rt, ev_co_t *co)
+{
+    (void)rt;
+    ev_request_t *r = ev_co_owner(co, on_done);
+    if (!r)
+        return;
+    evtimer_del(r->deadline);
+    r->req = NULL;
 }
 
 /* The request table: method, path, query, headers, body, id, peer. */
@@ -287,7 +315,7 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
     struct timeval now, d;
     gettimeofday(&now, NULL);
     timersub(&now, &w->drain_start, &d);
-    int conns = ev_http_server_connections(w->http);
+    int conns = ev_http_server_connections(w->http) + ev_ws_hub_count(w->rt.ws);
     if (conns == 0 || d.tv_sec >= w->rt.cfg->drain_timeout) {
         if (conns)
             ev_warn("drain timeout: closing %d connections", conns);
@@ -305,6 +333,8 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     w->rt.draining = 1;
     gettimeofday(&w->drain_start, NULL);
     ev_http_server_drain(w->http);
+    if (w->rt.ws) /* clients reconnect, to the next generation */
+        ev_ws_hub_close_all(w->rt.ws, 1001, "server going away");
     struct timeval tick = {0, 20000};
     event_add(w->drain_tick, &tick);
 }
@@ -385,6 +415,8 @@ int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, 
     w.rt.cfg = cfg;
     w.rt.metrics = metrics;
     w.rt.worker_slot = slot;
+    w.rt.http_request = request_of;
+    w.rt.http_detach = request_detach;
     w.rt.base = event_base_new();
     if (!w.rt.base)
         goto done;

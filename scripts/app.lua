@@ -14,6 +14,7 @@ require "routes.events" (app, BASE)
 require "routes.bookings" (app, BASE)
 require "routes.waitlist" (app, BASE)
 require "routes.notifications" (app, BASE)
+require "routes.ws" (app, BASE)
 require "routes.analytics" (app, BASE)
 require "routes.docs" (app)
 

@@ -135,6 +135,17 @@ local paths = {
   ["/api/v1/notifications"] = { get = { tags = { "notifications" }, summary = "The caller's notifications, newest first",
     security = BEARER, parameters = { PAGE, SIZE },
     responses = with({ "401", "422", "503" }, { ["200"] = body(page_of(ref("Notification"))) }) } },
+  ["/api/v1/ws"] = { get = { tags = { "notifications" }, summary = "WebSocket: the caller's live notifications",
+    description = "A WebSocket upgrade (RFC 6455: Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Version: 13, " ..
+      "Sec-WebSocket-Key). The token comes as ?token= or Authorization: Bearer. After 101 the server pushes text " ..
+      "messages, each the JSON object {type, payload, created_at}; it pings every 30 s and drops a peer that stays " ..
+      "silent; a client message over 64 KiB closes with 1009, a client that does not read its messages with 1008.",
+    security = { { bearer = json.empty_array }, { token = json.empty_array } },
+    parameters = { { name = "token", ["in"] = "query", required = false, schema = STR,
+      description = "The bearer token, for clients that cannot set headers on a WebSocket" } },
+    responses = with({ "401", "503" }, {
+      ["101"] = { description = "Switching Protocols: the connection is a WebSocket from here on" },
+      ["400"] = problem("Not a valid WebSocket handshake (type bad-websocket-handshake)") }) } },
   ["/api/v1/notifications/{id}/read"] = { post = { tags = { "notifications" }, summary = "Mark read", security = BEARER,
     parameters = { ID }, responses = with({ "401", "404", "503" }, { ["200"] = body(ref("Notification")) }) } },
   ["/api/v1/admin/analytics/summary"] = { get = { tags = { "admin" }, summary = "Sales summary", security = BEARER,
@@ -162,5 +173,6 @@ return {
   servers = { { url = "/" } },
   paths = paths,
   components = { schemas = schemas,
-    securitySchemes = { bearer = { type = "http", scheme = "bearer" } } },
+    securitySchemes = { bearer = { type = "http", scheme = "bearer" },
+      token = { type = "apiKey", ["in"] = "query", name = "token" } } },
 }

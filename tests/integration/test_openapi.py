@@ -14,7 +14,7 @@ API_MD_ROUTES = [
     ("post", "/api/v1/bookings"), ("get", "/api/v1/bookings"), ("get", "/api/v1/bookings/{id}"),
     ("delete", "/api/v1/bookings/{id}"), ("post", "/api/v1/events/{id}/waitlist"), ("get", "/api/v1/waitlist"),
     ("delete", "/api/v1/waitlist/{id}"), ("get", "/api/v1/notifications"),
-    ("post", "/api/v1/notifications/{id}/read"), ("get", "/api/v1/admin/analytics/summary"),
+    ("post", "/api/v1/notifications/{id}/read"), ("get", "/api/v1/ws"), ("get", "/api/v1/admin/analytics/summary"),
     ("get", "/api/v1/admin/analytics/events/{id}"), ("get", "/health"), ("get", "/health/ready"),
     ("get", "/metrics"),
 ]

@@ -1,0 +1,173 @@
+--- evently.ws: WebSocket connections and per-user pushes across workers and instances.
+--   conn, err = ws.upgrade(req, opts?)            [yields] in a request handler only
+--       Checks the handshake of req (GET, Upgrade: websocket, Connection: upgrade,
+--       Sec-WebSocket-Version: 13, Sec-WebSocket-Key), answers 101 and takes the
+--       socket. Bad handshake: nil, why (nothing answered yet: the handler answers,
+--       e.g. ws.bad_handshake(why)); a draining worker: nil, "draining" (503). After the upgrade the handler has no deadline
+--       and its return answers nothing; the connection stays open until either
+--       side closes it, whether or not the handler still runs.
+--       opts: user_id (register the connection for ws.publish), max_message
+--       (65536: over it the peer gets 1009), max_queued (1 MiB unsent: 1008),
+--       max_unread (256 KiB received but not read: 1008), ping_interval (30 s; a
+--       peer silent for a whole interval is dropped), close_timeout (5 s).
+--   conn:send(text, binary?) -> true | nil, "closed"|"overloaded"   never yields
+--   conn:receive(timeout?) -> msg, "text"|"binary" | nil, "closed", code | nil, "timeout"
+--       [yields] one receiver at a time; without a timeout it waits until a message
+--       comes or the connection ends (pings bound how long a dead peer lasts)
+--   conn:close(code?, reason?)   close handshake (1000 by default)
+--   conn:is_open()
+--   ok, err = ws.publish(user_id, msg)
+--       msg = {type = "booking.confirmed", payload = {...}, created_at = ?}: sends
+--       the JSON {type, payload, created_at} to every open connection registered
+--       for user_id on every worker of every instance (Redis pub/sub, one channel;
+--       each worker subscribes once and keeps its own registry). created_at
+--       defaults to now (RFC 3339, UTC). true once Redis took it (delivery is best
+--       effort: users not connected get nothing); nil, err when Redis cannot
+--       (err.kind "unavailable", "timeout", ...); a msg JSON cannot encode: nil,
+--       "invalid: ...". Runs in any coroutine.
+--   ws.connections(user_id?) -> number of open registered connections in this worker
+local core = require "evently.ws.core"
+local json = require "evently.json"
+local log = require "evently.log"
+local time = require "evently.time"
+
+local M = {}
+
+local CHANNEL = "evently:ws"
+
+-- user id (as a string: Redis carries text) -> { [conn] = true }, this worker's
+local by_user = {}
+local user_of = setmetatable({}, { __mode = "k" })
+
+local function forget(conn)
+  local uid = user_of[conn]
+  if not uid then return end
+  user_of[conn] = nil
+  local conns = by_user[uid]
+  if conns then
+    conns[conn] = nil
+    if next(conns) == nil then by_user[uid] = nil end
+  end
+end
+
+-- A receive that reports the end also drops the connection from the registry;
+-- pushes prune the ones nobody was receiving on.
+local raw_receive = core.methods.receive
+function core.methods.receive(conn, timeout)
+  local msg, kind, code = raw_receive(conn, timeout)
+  if msg == nil and kind == "closed" then forget(conn) end
+  return msg, kind, code
+end
+
+-- "<user id>\n<json>": the JSON text goes to the sockets as it came.
+local function deliver(_, raw)
+  local uid, text = raw:match("^([^\n]*)\n(.*)$")
+  local conns = uid and by_user[uid]
+  if not conns then return end
+  for conn in pairs(conns) do
+    if not (conn:is_open() and conn:send(text)) then forget(conn) end
+  end
+end
+
+-- Subscribed once per worker, confirmed before the first 101 goes out, so a
+-- push published after the client saw its upgrade reaches it. A failure (Redis
+-- down) is retried by the next upgrade.
+local subscribed = false
+local function subscribe()
+  if subscribed then return true end
+  subscribed = true
+  local ok_r, redis = pcall(require, "evently.redis")
+  local handle, err
+  if ok_r then handle, err = redis.subscribe(CHANNEL, deliver) else err = redis end
+  if not handle then
+    subscribed = false
+    log.warn("ws: cannot subscribe to %s (pushes will not arrive): %s", CHANNEL, tostring(err))
+    return nil, err
+  end
+  return true
+end
+
+local function register(conn, user_id)
+  local uid = tostring(user_id)
+  local conns = by_user[uid]
+  if not conns then
+    conns = {}
+    by_user[uid] = conns
+  end
+  for c in pairs(conns) do -- closed ones whose handler never read the end
+    if not c:is_open() then conns[c], user_of[c] = nil, nil end
+  end
+  conns[conn] = true
+  user_of[conn] = uid
+end
+
+function M.upgrade(req, opts)
+  if type(req) ~= "table" then error("ws.upgrade: req must be the request table", 2) end
+  if opts ~= nil and type(opts) ~= "table" then error("ws.upgrade: opts must be a table", 2) end
+  local user_id = opts and opts.user_id
+  -- a draining worker has already closed its sockets: a new one would only
+  -- be cut at the drain timeout; the client retries and reaches the new generation
+  if require("evently.runtime").worker().draining then return nil, "draining" end
+  if user_id ~= nil then
+    if type(user_id) ~= "number" and type(user_id) ~= "string" then
+      error("ws.upgrade: opts.user_id must be a number or a string", 2)
+    end
+    subscribe()
+  end
+  local conn, err = core.upgrade(opts)
+  if not conn then return nil, err end
+  if user_id ~= nil then register(conn, user_id) end
+  return conn
+end
+
+--- The answer for an upgrade ws.upgrade refused: status, body, headers. A bad
+-- handshake is 400; a draining worker 503.
+function M.bad_handshake(why)
+  local problem = require "evently.problem"
+  if why == "draining" then return problem.response(503, "unavailable", "the server is restarting; retry") end
+  local s, b, h = problem.response(400, "bad-websocket-handshake", why)
+  h["Sec-WebSocket-Version"] = "13" -- RFC 6455 4.4: the version we speak
+  return s, b, h
+end
+
+local function rfc3339_now()
+  local now = time.now()
+  local ms = math.floor((now % 1) * 1000)
+  return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(now)) .. string.format(".%03dZ", ms)
+end
+
+function M.publish(user_id, msg)
+  if type(user_id) ~= "number" and type(user_id) ~= "string" then
+    error("ws.publish: user_id must be a number or a string", 2)
+  end
+  if type(msg) ~= "table" or type(msg.type) ~= "string" then
+    error("ws.publish: msg must be a table with a string type", 2)
+  end
+  local doc = {
+    type = msg.type,
+    payload = msg.payload == nil and json.null or msg.payload,
+    created_at = msg.created_at or rfc3339_now(),
+  }
+  local text, err = json.encode(doc)
+  if not text then return nil, "invalid: " .. tostring(err) end
+  local ok_r, redis = pcall(require, "evently.redis")
+  if not ok_r then return nil, "unavailable: " .. tostring(redis) end
+  local n, perr = redis.publish(CHANNEL, tostring(user_id) .. "\n" .. text)
+  if not n then return nil, perr end
+  return true
+end
+
+function M.connections(user_id)
+  local n = 0
+  for uid, conns in pairs(by_user) do
+    if user_id == nil or uid == tostring(user_id) then
+      for c in pairs(conns) do
+        if c:is_open() then n = n + 1 end
+      end
+    end
+  end
+  return n
+end
+
+M.CHANNEL = CHANNEL
+return M
