@@ -1,0 +1,105 @@
+"""The notification flows end to end, with a real Kafka broker: a booking
+cancelled frees seats, the waitlisted user is offered them and hears of it in
+the app, on their WebSocket and by email; and two instances on one database,
+one Redis and one broker deliver a change made through one to a socket held
+by the other."""
+import os
+import time
+
+import pytest
+
+from api_support import BASE, start_api
+from conftest import Server
+from kafka_broker import kafka  # noqa: F401  (the session fixture)
+from api_support import SCRIPTS, register
+from ws_client import Client
+
+
+def token_of(headers):
+    return headers["Authorization"].split(" ", 1)[1]
+
+
+def new_event(api, capacity):
+    r = api.post(BASE + "/events", headers=api.admin, body={
+        "name": "Flows", "venue": "Hall", "starts_at": "2030-05-01T20:00:00Z", "capacity": capacity,
+        "price_cents": 500, "status": "published", "max_per_booking": 5})
+    assert r.status == 201, r.text
+    return r.json()["id"]
+
+
+def ws_for(srv, who):
+    c = Client(srv, BASE + "/ws?token=" + token_of(who), timeout=30)
+    assert c.accepted(), c.status
+    return c
+
+
+def message_of_type(client, kind, deadline_s=30):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        m = client.next_message()
+        if m["type"] == kind:
+            return m
+    raise AssertionError("no %s message" % kind)
+
+
+@pytest.fixture(scope="module")
+def api(kafka):  # noqa: F811
+    srv = start_api("flows", users=4, prefix="flow", env={"EVENTLY_KAFKA_BROKERS": kafka.brokers})
+    yield srv
+    srv.stop_and_check()
+
+
+def test_a_waitlisted_user_is_offered_freed_seats_in_app_and_by_websocket(api):
+    u = api.users
+    ev = new_event(api, 2)
+    b = api.post(BASE + "/bookings", headers=u[0], body={"event_id": ev, "quantity": 2}).json()
+    r = api.post(BASE + "/events/%d/waitlist" % ev, headers=u[1], body={"quantity": 1})
+    assert r.status == 201, r.text
+    entry = r.json()["id"]
+    sock = ws_for(api, u[1])
+    try:
+        assert api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=u[0]).status == 200
+        m = message_of_type(sock, "waitlist.offered")
+        assert m["payload"]["waitlist_entry_id"] == entry and m["payload"]["event_id"] == ev
+        assert m["created_at"]
+    finally:
+        sock.close()
+    mine = api.get(BASE + "/notifications", headers=u[1]).json()
+    items = mine["items"] if isinstance(mine, dict) else mine
+    assert any(n["type"] == "waitlist.offered" and n["payload"]["waitlist_entry_id"] == entry for n in items)
+    # the offer converts into a booking of the held seat
+    r = api.post(BASE + "/bookings", headers=u[1], body={"event_id": ev, "quantity": 1, "waitlist_entry_id": entry})
+    assert r.status == 201, r.text
+
+
+def test_two_instances_share_one_stream(api, kafka):  # noqa: F811
+    """A user connected to instance A hears of a cancellation made through B."""
+    other = Server("flows-b", scripts=SCRIPTS, workers=2, env={
+        "EVENTLY_KAFKA_BROKERS": kafka.brokers,
+        "EVENTLY_DATABASE_URL": "host=%s port=5432 dbname=evently user=evently" % os.path.join(api.home, "run"),
+        "EVENTLY_REDIS_URL": "unix:" + os.path.join(api.home, "run", "redis.sock"),
+    })
+    other.start()
+    try:
+        who = register(other, "flowb@example.com")
+        ev = new_event(api, 10)
+        b = other.post(BASE + "/bookings", headers=who, body={"event_id": ev, "quantity": 1}).json()
+        socks = [ws_for(api, who) for _ in range(3)]  # on A, whichever of its workers
+        try:
+            assert other.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=who).status == 200
+            for s in socks:
+                m = message_of_type(s, "booking.cancelled")
+                assert m["payload"]["booking_id"] == b["id"]
+        finally:
+            for s in socks:
+                s.close()
+        # and the other way: a socket on B hears of a booking made through A
+        sock_b = ws_for(other, who)
+        try:
+            again = api.post(BASE + "/bookings", headers=who, body={"event_id": ev, "quantity": 1}).json()
+            m = message_of_type(sock_b, "booking.confirmed")
+            assert m["payload"]["booking_id"] == again["id"]
+        finally:
+            sock_b.close()
+    finally:
+        other.stop_and_check()
