@@ -19,6 +19,7 @@
 #include "pg.h"
 #include "redis.h"
 #include "log.h"
+#include "mail.h"
 
 static const char RT_KEY = 'r';
 
@@ -72,6 +73,7 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.sync", luaopen_evently_sync);
     preload(L, "evently.json", luaopen_evently_json);
     preload(L, "evently.crypto", luaopen_evently_crypto);
+    preload(L, "evently.mail.core", luaopen_evently_mail_core);
     return L;
 }
 
@@ -83,6 +85,8 @@ void ev_runtime_close(ev_runtime_t *rt)
     rt->db = rt->replica = rt->listen = NULL;
     ev_redis_free(rt->redis);
     rt->redis = NULL;
+    ev_mail_free(rt->mail);
+    rt->mail = NULL;
 }
 
 static int traceback(lua_State *L)
@@ -168,6 +172,7 @@ static int rt_config(lua_State *L)
     if (c->redis_url) { lua_pushstring(L, c->redis_url); lua_setfield(L, -2, "redis_url"); }
     if (c->kafka_brokers) { lua_pushstring(L, c->kafka_brokers); lua_setfield(L, -2, "kafka_brokers"); }
     if (c->smtp_url) { lua_pushstring(L, c->smtp_url); lua_setfield(L, -2, "smtp_url"); }
+    lua_pushstring(L, c->mail_from); lua_setfield(L, -2, "mail_from");
     lua_createtable(L, c->nplugins, 0);
     for (int i = 0; i < c->nplugins; i++) {
         lua_pushstring(L, c->plugins[i]);

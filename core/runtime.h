@@ -24,6 +24,7 @@ typedef struct {
     struct ev_pg_pool *replica;  /* EVENTLY_REPLICA_URL, else NULL: db serves */
     struct ev_redis *redis;      /* created on first use by evently.redis */
     struct ev_pg_pool *listen;   /* dedicated LISTEN connections, outside the pool */
+    struct ev_mail *mail;        /* created on first use by evently.mail.core */
 } ev_runtime_t;
 
 /* Frees what the bindings created on the runtime (pools); call after
@@ -51,5 +52,6 @@ int luaopen_evently_redis_core(lua_State *L);
 int luaopen_evently_sync(lua_State *L);
 int luaopen_evently_json(lua_State *L);
 int luaopen_evently_crypto(lua_State *L);
+int luaopen_evently_mail_core(lua_State *L);
 
 #endif

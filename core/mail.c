@@ -1,0 +1,714 @@
+/* mail.c - SMTP sends through libcurl's multi interface on libevent.
+ *
+ * Design. libcurl speaks SMTP (EHLO, STARTTLS, AUTH, MAIL/RCPT/DATA, dot
+ * stuffing); we only glue its multi interface to the loop and build the
+ * message. The multi handle tells us which sockets to watch through
+ * CURLMOPT_SOCKETFUNCTION (one persistent libevent event per socket, kept
+ * with curl_multi_assign) and when to call it back through
+ * CURLMOPT_TIMERFUNCTION (one libevent timer). Both events end in
+ * curl_multi_socket_action(); then finished transfers are collected with
+ * curl_multi_info_read() and their callbacks run. A callback never runs
+ * from inside a libcurl callback, so it may start or cancel sends.
+ *
+ * API in calling order: ev_mail_new(base); ev_mail_send(m, opts, msg, cb,
+ * arg) -> req; cb(result) once, or ev_mail_cancel(req); ev_mail_free(m).
+ * ev_mail_build() is the message builder alone (unit tests use it).
+ *
+ * The message: headers Date, From, To, Subject, Message-ID, MIME-Version,
+ * Content-Type text/plain; charset=utf-8, extra headers, then the body in
+ * quoted-printable. Quoted-printable rather than 8bit because 8bit needs
+ * the relay to offer 8BITMIME and keeps lines of any length, while SMTP
+ * caps lines at 998 bytes: QP is 7-bit clean, folds long lines and still
+ * reads as plain text for the ASCII parts. Non-ASCII header text goes out
+ * as RFC 2047 encoded words (UTF-8, base64), folded below 76 columns.
+ * Header injection is impossible by construction: any CR, LF or other
+ * control character in a header value or address is refused ("invalid").
+ *
+ * Errors: see the vocabulary in mail.h. The server's own last reply line
+ * (captured through the debug callback) is quoted in refused/deferred
+ * errors, so "refused: 550 5.1.1 <x@y>: user unknown" reaches the caller.
+ *
+ * Extending: another transfer kind (webhooks) would add its own request
+ * type on the same multi handle and a branch in finish(). */
+#define _GNU_SOURCE /* memrchr */
+#include "mail.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "log.h"
+
+#define ADDR_MAX 256
+
+struct ev_mail {
+    struct event_base *base;
+    CURLM *multi;
+    struct event *timer;
+    ev_mail_req_t *reqs;       /* pending sends, doubly linked */
+    int pending;
+};
+
+struct ev_mail_req {
+    ev_mail_t *m;
+    CURL *easy;
+    struct curl_slist *rcpt;
+    char *data;                /* the whole message */
+    size_t len, off;
+    long timeout_ms;
+    ev_mail_cb cb;
+    void *arg;
+    char msgid[160];
+    char last_reply[256];      /* the server's last reply line */
+    char errbuf[CURL_ERROR_SIZE];
+    char error[400];
+    ev_mail_req_t *prev, *next;
+};
+
+/* ---- a growing buffer: every write checks nothing; oom is read once ---- */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int oom;
+} buf_t;
+
+static void buf_add(buf_t *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void buf_str(buf_t *b, const char *s) { buf_add(b, s, strlen(s)); }
+
+static void buf_printf(buf_t *b, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        buf_add(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* ---- checking what goes into headers ---- */
+
+static int is_ascii(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] >= 0x80)
+            return 0;
+    return 1;
+}
+
+/* Control characters (CR and LF above all) would end the header line and
+ * start another: refused, so no value can inject a header. */
+static int has_controls(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return 1;
+    }
+    return 0;
+}
+
+static int invalid(char *err, size_t errlen, const char *fmt, const char *what)
+{
+    snprintf(err, errlen, fmt, what);
+    return -1;
+}
+
+static int addr_char_ok(unsigned char c)
+{
+    return isalnum(c) || (c && strchr(".!#$%&'*+/=?^_`{|}~-@", c));
+}
+
+/* A bare address: local@domain in the dot-atom alphabet, ASCII only. */
+static int check_addr(const char *a, size_t n, const char *what, char *err, size_t errlen)
+{
+    const char *at = memchr(a, '@', n);
+    if (n < 3 || n >= ADDR_MAX || !at || at == a || at == a + n - 1 || memchr(at + 1, '@', n - (size_t)(at - a) - 1))
+        return invalid(err, errlen, "invalid: %s is not an email address", what);
+    for (size_t i = 0; i < n; i++)
+        if (!addr_char_ok((unsigned char)a[i]))
+            return invalid(err, errlen, "invalid: %s has a character not allowed in an address", what);
+    return 0;
+}
+
+static void trim(const char **s, size_t *n)
+{
+    while (*n && isspace((unsigned char)**s))
+        (*s)++, (*n)--;
+    while (*n && isspace((unsigned char)(*s)[*n - 1]))
+        (*n)--;
+}
+
+/* "addr" or "Name <addr>" -> the address into addr, the name's span. */
+static int parse_mailbox(const char *s, const char *what, char *addr, const char **name,
+                         size_t *name_len, char *err, size_t errlen)
+{
+    size_t n = strlen(s);
+    if (has_controls(s, n))
+        return invalid(err, errlen, "invalid: %s contains CR, LF or another control character", what);
+    const char *lt = strchr(s, '<');
+    const char *a = s;
+    size_t an = n;
+    *name = s;
+    *name_len = 0;
+    if (lt) {
+        const char *gt = strchr(lt, '>');
+        const char *rest = gt ? gt + 1 : NULL;
+        while (rest && *rest == ' ')
+            rest++;
+        if (!gt || *rest)
+            return invalid(err, errlen, "invalid: %s: expected \"Name <address>\"", what);
+        *name_len = (size_t)(lt - s);
+        trim(name, name_len);
+        a = lt + 1;
+        an = (size_t)(gt - a);
+    }
+    trim(&a, &an);
+    if (check_addr(a, an, what, err, errlen) != 0)
+        return -1;
+    memcpy(addr, a, an);
+    addr[an] = '\0';
+    return 0;
+}
+
+/* ---- RFC 2047 encoded words ---- */
+
+/* Appends text as UTF-8 base64 encoded words, each at most 75 columns,
+ * split on character boundaries and folded onto continuation lines. */
+static void put_encoded_words(buf_t *b, const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t take = n - i < 45 ? n - i : 45; /* 45 bytes -> 60 base64 chars */
+        while (i + take < n && take > 1 && ((unsigned char)s[i + take] & 0xC0) == 0x80)
+            take--; /* do not cut a multi-byte character */
+        unsigned char out[64];
+        int k = EVP_EncodeBlock(out, (const unsigned char *)s + i, (int)take);
+        if (i > 0)
+            buf_str(b, "\r\n ");
+        buf_str(b, "=?UTF-8?B?");
+        buf_add(b, (const char *)out, (size_t)k);
+        buf_str(b, "?=");
+        i += take;
+    }
+}
+
+/* Unstructured header text: as is when short plain ASCII, else encoded. */
+static void put_text(buf_t *b, const char *s, size_t n)
+{
+    if (is_ascii(s, n) && n <= 900 && !strstr(s, "=?"))
+        buf_add(b, s, n);
+    else
+        put_encoded_words(b, s, n);
+}
+
+static void put_mailbox(buf_t *b, const char *name, size_t name_len, const char *addr)
+{
+    if (name_len && is_ascii(name, name_len)) {
+        buf_str(b, "\"");
+        for (size_t i = 0; i < name_len; i++) { /* quoted-string: escape " and \ */
+            if (name[i] == '"' || name[i] == '\\')
+                buf_str(b, "\\");
+            buf_add(b, name + i, 1);
+        }
+        buf_str(b, "\" ");
+    } else if (name_len) {
+        put_encoded_words(b, name, name_len);
+        buf_str(b, " ");
+    }
+    buf_printf(b, "<%s>", addr);
+}
+
+/* ---- quoted-printable body (RFC 2045 6.7) ---- */
+
+static int qp_literal(unsigned char c) { return (c >= 33 && c <= 126 && c != '=') || c == ' ' || c == '\t'; }
+
+/* One input line (no line break) as QP lines of at most 76 columns. */
+static void qp_line(buf_t *b, const char *s, size_t n)
+{
+    size_t col = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char enc[4];
+        /* trailing space/tab would be stripped in transit: encode it */
+        int lit = qp_literal(c) && !((c == ' ' || c == '\t') && i == n - 1);
+        size_t w = lit ? 1 : 3;
+        if (col + w > 75) { /* room for the soft break's '=' */
+            buf_str(b, "=\r\n");
+            col = 0;
+        }
+        if (lit) {
+            buf_add(b, (const char *)&c, 1);
+        } else {
+            snprintf(enc, sizeof enc, "=%02X", c);
+            buf_add(b, enc, 3);
+        }
+        col += w;
+    }
+    buf_str(b, "\r\n");
+}
+
+/* LF and CRLF are line breaks; the body always ends with one. */
+static void put_qp_body(buf_t *b, const char *s, size_t n)
+{
+    size_t start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && s[i] != '\n')
+            continue;
+        size_t end = i;
+        if (end > start && s[end - 1] == '\r')
+            end--;
+        if (i < n || end > start)
+            qp_line(b, s + start, end - start);
+        start = i + 1;
+    }
+}
+
+/* ---- the message ---- */
+
+static void put_date(buf_t *b)
+{
+    static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    buf_printf(b, "Date: %s, %02d %s %04d %02d:%02d:%02d +0000\r\n", days[tm.tm_wday], tm.tm_mday,
+               months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+static int make_msgid(char *out, size_t n, const char *from_addr)
+{
+    unsigned char r[16];
+    if (RAND_bytes(r, sizeof r) != 1)
+        return -1;
+    char hex[33];
+    for (int i = 0; i < 16; i++)
+        snprintf(hex + 2 * i, 3, "%02x", r[i]);
+    snprintf(out, n, "<%s@%s>", hex, strchr(from_addr, '@') + 1);
+    return 0;
+}
+
+static int reserved_header(const char *name)
+{
+    static const char *const set[] = {"from", "to", "subject", "date", "message-id",
+                                      "mime-version", "content-type",
+                                      "content-transfer-encoding", NULL};
+    for (int i = 0; set[i]; i++)
+        if (strcasecmp(name, set[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int check_header_name(const char *name, char *err, size_t errlen)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 76)
+        return invalid(err, errlen, "invalid: header name '%.80s' must be 1..76 characters", name);
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)name[i]) && name[i] != '-')
+            return invalid(err, errlen, "invalid: header name '%.80s' may hold only letters, digits and '-'", name);
+    if (reserved_header(name))
+        return invalid(err, errlen, "invalid: header '%.80s' is set by evently.mail", name);
+    return 0;
+}
+
+static int put_extra_headers(buf_t *b, const ev_mail_msg_t *msg, char *err, size_t errlen)
+{
+    for (int i = 0; i < msg->nheaders; i++) {
+        const char *name = msg->headers[2 * i], *value = msg->headers[2 * i + 1];
+        if (check_header_name(name, err, errlen) != 0)
+            return -1;
+        if (has_controls(value, strlen(value)))
+            return invalid(err, errlen, "invalid: header '%.80s' contains CR, LF or another control character", name);
+        buf_printf(b, "%s: ", name);
+        put_text(b, value, strlen(value));
+        buf_str(b, "\r\n");
+    }
+    return 0;
+}
+
+static int build(buf_t *b, const ev_mail_msg_t *msg, char *from_addr, char *to_addr,
+                 char *msgid, size_t idlen, char *err, size_t errlen)
+{
+    const char *from_name, *to_name;
+    size_t from_nl, to_nl;
+    if (parse_mailbox(msg->from, "from", from_addr, &from_name, &from_nl, err, errlen) != 0 ||
+        parse_mailbox(msg->to, "to", to_addr, &to_name, &to_nl, err, errlen) != 0)
+        return -1;
+    size_t sn = strlen(msg->subject);
+    if (has_controls(msg->subject, sn))
+        return invalid(err, errlen, "invalid: %s contains CR, LF or another control character", "subject");
+    if (make_msgid(msgid, idlen, from_addr) != 0)
+        return invalid(err, errlen, "error: %s", "no random bytes for the Message-ID");
+    put_date(b);
+    buf_str(b, "From: ");
+    put_mailbox(b, from_name, from_nl, from_addr);
+    buf_str(b, "\r\nTo: ");
+    put_mailbox(b, to_name, to_nl, to_addr);
+    buf_str(b, "\r\nSubject: ");
+    put_text(b, msg->subject, sn);
+    buf_printf(b, "\r\nMessage-ID: %s\r\n", msgid);
+    buf_str(b, "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+               "Content-Transfer-Encoding: quoted-printable\r\n");
+    if (put_extra_headers(b, msg, err, errlen) != 0)
+        return -1;
+    buf_str(b, "\r\n");
+    put_qp_body(b, msg->text, msg->text_len);
+    if (b->oom)
+        return invalid(err, errlen, "error: %s", "out of memory");
+    return 0;
+}
+
+static int build_with_id(const ev_mail_msg_t *msg, char **out, size_t *len, char *from_addr,
+                         char *to_addr, char *msgid, size_t idlen, char *err, size_t errlen)
+{
+    buf_t b = {0};
+    if (build(&b, msg, from_addr, to_addr, msgid, idlen, err, errlen) != 0) {
+        free(b.p);
+        return -1;
+    }
+    *out = b.p;
+    *len = b.len;
+    return 0;
+}
+
+int ev_mail_build(const ev_mail_msg_t *msg, char **out, size_t *len, char *from_addr,
+                  char *to_addr, size_t addrlen, char *err, size_t errlen)
+{
+    char msgid[160];
+    if (addrlen < ADDR_MAX)
+        return invalid(err, errlen, "error: %s", "address buffers too small");
+    return build_with_id(msg, out, len, from_addr, to_addr, msgid, sizeof msgid, err, errlen);
+}
+
+/* ---- libcurl on libevent ---- */
+
+static void finish_done(ev_mail_t *m);
+
+static void on_io(evutil_socket_t fd, short what, void *arg)
+{
+    ev_mail_t *m = arg;
+    int action = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    int running;
+    curl_multi_socket_action(m->multi, fd, action, &running);
+    finish_done(m);
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    ev_mail_t *m = arg;
+    (void)fd;
+    (void)what;
+    int running;
+    curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    finish_done(m);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch s for what libcurl wants, one event each. */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    ev_mail_t *m = userp;
+    struct event *ev = socketp;
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (ev)
+            event_free(ev);
+        curl_multi_assign(m->multi, s, NULL);
+        return 0;
+    }
+    short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    if (!ev) {
+        ev = event_new(m->base, s, kind, on_io, m);
+        if (!ev)
+            return -1;
+        curl_multi_assign(m->multi, s, ev);
+    } else {
+        event_del(ev); /* event_assign needs it not pending */
+        event_assign(ev, m->base, s, kind, on_io, m);
+    }
+    return event_add(ev, NULL) == 0 ? 0 : -1;
+}
+
+/* CURLMOPT_TIMERFUNCTION: -1 stops the timer; 0 means "as soon as you can",
+ * which must still come from the loop (never socket_action in here). */
+static int on_timer_change(CURLM *multi, long timeout_ms, void *userp)
+{
+    ev_mail_t *m = userp;
+    (void)multi;
+    if (timeout_ms < 0) {
+        evtimer_del(m->timer);
+        return 0;
+    }
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    return evtimer_add(m->timer, &tv) == 0 ? 0 : -1;
+}
+
+static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
+{
+    ev_mail_req_t *q = arg;
+    size_t n = size * nitems, left = q->len - q->off;
+    if (n > left)
+        n = left;
+    memcpy(buf, q->data + q->off, n);
+    q->off += n;
+    return n;
+}
+
+/* Keeps the server's last reply line, for errors that quote it. */
+static int on_debug(CURL *easy, curl_infotype type, char *data, size_t size, void *arg)
+{
+    ev_mail_req_t *q = arg;
+    (void)easy;
+    if (type != CURLINFO_HEADER_IN)
+        return 0;
+    while (size && (data[size - 1] == '\n' || data[size - 1] == '\r'))
+        size--;
+    const char *nl = memrchr(data, '\n', size); /* a multi-line reply: its last line */
+    if (nl) {
+        size -= (size_t)(nl + 1 - data);
+        data = (char *)nl + 1;
+    }
+    if (size >= sizeof q->last_reply)
+        size = sizeof q->last_reply - 1;
+    memcpy(q->last_reply, data, size);
+    q->last_reply[size] = '\0';
+    for (size_t i = 0; i < size; i++) /* it is quoted in logs and errors */
+        if ((unsigned char)q->last_reply[i] < 0x20)
+            q->last_reply[i] = ' ';
+    return 0;
+}
+
+static int is_connection_error(CURLcode rc)
+{
+    return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+           rc == CURLE_COULDNT_RESOLVE_PROXY || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
+           rc == CURLE_GOT_NOTHING || rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_WEIRD_SERVER_REPLY;
+}
+
+/* The error string for a finished transfer, by the vocabulary in mail.h. */
+static void describe(ev_mail_req_t *q, CURLcode rc, long code)
+{
+    const char *detail = q->errbuf[0] ? q->errbuf : curl_easy_strerror(rc);
+    const char *reply = q->last_reply[0] ? q->last_reply : detail;
+    if (rc == CURLE_OPERATION_TIMEDOUT)
+        snprintf(q->error, sizeof q->error, "timeout: the SMTP server did not finish within %ld ms (%s)",
+                 q->timeout_ms, detail);
+    else if (code >= 500 && code < 600)
+        snprintf(q->error, sizeof q->error, "refused: %s", reply);
+    else if (code >= 400 && code < 500)
+        snprintf(q->error, sizeof q->error, "deferred: %s", reply);
+    else if (rc == CURLE_URL_MALFORMAT || rc == CURLE_UNSUPPORTED_PROTOCOL)
+        snprintf(q->error, sizeof q->error, "invalid: bad SMTP URL (%s)", detail);
+    else if (is_connection_error(rc))
+        snprintf(q->error, sizeof q->error, "unavailable: %s", detail);
+    else
+        snprintf(q->error, sizeof q->error, "error: %s", detail);
+}
+
+static void req_unlink(ev_mail_req_t *q)
+{
+    ev_mail_t *m = q->m;
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        m->reqs = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    m->pending--;
+}
+
+static void req_free(ev_mail_req_t *q)
+{
+    if (q->easy) {
+        curl_multi_remove_handle(q->m->multi, q->easy);
+        curl_easy_cleanup(q->easy);
+    }
+    curl_slist_free_all(q->rcpt);
+    free(q->data);
+    free(q);
+}
+
+static void finish(ev_mail_req_t *q, CURLcode rc)
+{
+    long code = 0;
+    curl_easy_getinfo(q->easy, CURLINFO_RESPONSE_CODE, &code);
+    ev_mail_result_t res = {rc == CURLE_OK, (int)code, NULL, q->msgid};
+    if (rc != CURLE_OK) {
+        describe(q, rc, code);
+        res.error = q->error;
+        ev_debug("mail %s: %s", q->msgid, q->error);
+    }
+    req_unlink(q);
+    curl_multi_remove_handle(q->m->multi, q->easy); /* before the callback: it may send again */
+    q->cb(&res, q->arg);
+    req_free(q);
+}
+
+static void finish_done(ev_mail_t *m)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(m->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        ev_mail_req_t *q = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&q);
+        if (q)
+            finish(q, msg->data.result);
+    }
+}
+
+ev_mail_t *ev_mail_new(struct event_base *base)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return NULL;
+    ev_mail_t *m = calloc(1, sizeof *m);
+    if (!m)
+        goto fail;
+    m->base = base;
+    m->multi = curl_multi_init();
+    m->timer = evtimer_new(base, on_timeout, m);
+    if (!m->multi || !m->timer)
+        goto fail;
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
+    /* a burst of sends queues instead of opening a connection each */
+    curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 16L);
+    return m;
+fail:
+    if (m) {
+        if (m->multi)
+            curl_multi_cleanup(m->multi);
+        if (m->timer)
+            event_free(m->timer);
+        free(m);
+    }
+    curl_global_cleanup();
+    return NULL;
+}
+
+void ev_mail_free(ev_mail_t *m)
+{
+    if (!m)
+        return;
+    while (m->reqs) {
+        ev_mail_req_t *q = m->reqs;
+        req_unlink(q);
+        req_free(q);
+    }
+    curl_multi_cleanup(m->multi); /* closes cached connections: REMOVE frees their events */
+    event_free(m->timer);
+    free(m);
+    curl_global_cleanup();
+}
+
+static int setup_easy(ev_mail_req_t *q, const ev_mail_opts_t *opts, const char *from_addr,
+                      const char *to_addr)
+{
+    char env[ADDR_MAX + 2];
+    CURL *e = q->easy;
+    int bad = 0;
+    bad |= curl_easy_setopt(e, CURLOPT_URL, opts->url) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "smtp,smtps") != CURLE_OK;
+    snprintf(env, sizeof env, "<%s>", from_addr);
+    bad |= curl_easy_setopt(e, CURLOPT_MAIL_FROM, env) != CURLE_OK;
+    snprintf(env, sizeof env, "<%s>", to_addr);
+    bad |= !(q->rcpt = curl_slist_append(NULL, env));
+    curl_easy_setopt(e, CURLOPT_MAIL_RCPT, q->rcpt);
+    curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(e, CURLOPT_READDATA, q);
+    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)q->len);
+    /* STARTTLS when the server offers it; smtps:// is TLS from the start */
+    curl_easy_setopt(e, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L); /* no SIGALRM: we are not alone in the process */
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, opts->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, opts->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, 30L); /* idle SMTP sessions go stale */
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, q->errbuf);
+    curl_easy_setopt(e, CURLOPT_VERBOSE, 1L); /* feeds on_debug only; nothing printed */
+    curl_easy_setopt(e, CURLOPT_DEBUGFUNCTION, on_debug);
+    curl_easy_setopt(e, CURLOPT_DEBUGDATA, q);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, q);
+    return bad ? -1 : 0;
+}
+
+ev_mail_req_t *ev_mail_send(ev_mail_t *m, const ev_mail_opts_t *opts, const ev_mail_msg_t *msg,
+                            ev_mail_cb cb, void *arg, char *err, size_t errlen)
+{
+    char from_addr[ADDR_MAX], to_addr[ADDR_MAX];
+    ev_mail_req_t *q = calloc(1, sizeof *q);
+    if (!q) {
+        snprintf(err, errlen, "error: out of memory");
+        return NULL;
+    }
+    q->m = m;
+    q->cb = cb;
+    q->arg = arg;
+    q->timeout_ms = opts->timeout_ms;
+    if (build_with_id(msg, &q->data, &q->len, from_addr, to_addr, q->msgid, sizeof q->msgid, err,
+                      errlen) != 0)
+        goto fail;
+    q->easy = curl_easy_init();
+    if (!q->easy || setup_easy(q, opts, from_addr, to_addr) != 0) {
+        snprintf(err, errlen, "error: cannot set up the SMTP transfer");
+        goto fail;
+    }
+    if (curl_multi_add_handle(m->multi, q->easy) != CURLM_OK) {
+        snprintf(err, errlen, "error: cannot start the SMTP transfer");
+        goto fail;
+    }
+    q->next = m->reqs;
+    if (m->reqs)
+        m->reqs->prev = q;
+    m->reqs = q;
+    m->pending++;
+    ev_debug("mail %s: sending to %s", q->msgid, to_addr);
+    return q;
+fail:
+    req_free(q);
+    return NULL;
+}
+
+void ev_mail_cancel(ev_mail_req_t *q)
+{
+    if (!q)
+        return;
+    req_unlink(q);
+    req_free(q);
+}
+
+int ev_mail_pending(const ev_mail_t *m) { return m ? m->pending : 0; }
