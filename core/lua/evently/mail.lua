@@ -90,7 +90,7 @@ local function send(msg, level)
     if attempt >= retries or not M.is_transient(res) then return nil, res, code end
     attempt = attempt + 1
     local wait = math.min(delay * 2 ^ (attempt - 1), 30)
-    log.info("mail to %s: %s; try %d of %d in %.1f s", msg.to, res, attempt + 1, retries + 1, wait)
+    log.info("mail to %s: %s; try %d of %d in %.2f s", msg.to, res, attempt + 1, retries + 1, wait)
     time.sleep(wait)
   end
 end
