@@ -1,18 +1,25 @@
 /* mail.c - SMTP sends through libcurl's multi interface on libevent.
  *
  * Design. libcurl speaks SMTP (EHLO, STARTTLS, AUTH, MAIL/RCPT/DATA, dot
- * stuffing); we only glue its multi interface to the loop and build the
- * message. The multi handle tells us which sockets to watch through
- * CURLMOPT_SOCKETFUNCTION (one persistent libevent event per socket, kept
- * with curl_multi_assign) and when to call it back through
- * CURLMOPT_TIMERFUNCTION (one libevent timer). Both events end in
- * curl_multi_socket_action(); then finished transfers are collected with
- * curl_multi_info_read() and their callbacks run. A callback never runs
- * from inside a libcurl callback, so it may start or cancel sends.
+ * stuffing); we only glue its multi interface to libevent and build the
+ * message. The multi handle says which sockets to watch through
+ * CURLMOPT_SOCKETFUNCTION (one persistent event per socket, kept with
+ * curl_multi_assign) and when to call it back through
+ * CURLMOPT_TIMERFUNCTION (one timer event); both events end in
+ * curl_multi_socket_action(), then curl_multi_info_read() collects the
+ * finished transfers.
+ *
+ * That loop is not the worker's: libcurl 7.88 still blocks inside the multi
+ * interface while it waits for the answer to the end of DATA (see "Lanes"
+ * below), so each multi handle runs on a lane thread with an event_base of
+ * its own. The worker's loop builds the message and the easy handle, posts
+ * the request to a lane through a pipe, and gets it back, finished, through
+ * another pipe watched by an event on the worker's loop: the callback runs
+ * there, never on a lane, so it may resume Lua, start or cancel sends.
  *
  * API in calling order: ev_mail_new(base); ev_mail_send(m, opts, msg, cb,
- * arg) -> req; cb(result) once, or ev_mail_cancel(req); ev_mail_free(m).
- * ev_mail_build() is the message builder alone (unit tests use it).
+ * arg) -> req; cb(result) once, on the loop, or ev_mail_cancel(req);
+ * ev_mail_free(m). ev_mail_build() is the message builder alone.
  *
  * The message: headers Date, From, To, Subject, Message-ID, MIME-Version,
  * Content-Type text/plain; charset=utf-8, extra headers, then the body in
@@ -20,57 +27,91 @@
  * the relay to offer 8BITMIME and keeps lines of any length, while SMTP
  * caps lines at 998 bytes: QP is 7-bit clean, folds long lines and still
  * reads as plain text for the ASCII parts. Non-ASCII header text goes out
- * as RFC 2047 encoded words (UTF-8, base64), folded below 76 columns.
+ * as RFC 2047 encoded words (UTF-8, base64), folded below 78 columns.
  * Header injection is impossible by construction: any CR, LF or other
  * control character in a header value or address is refused ("invalid").
  *
  * Errors: see the vocabulary in mail.h. The server's own last reply line
  * (captured through the debug callback) is quoted in refused/deferred
  * errors, so "refused: 550 5.1.1 <x@y>: user unknown" reaches the caller.
+ * Cancelling marks the request; the lane drops the transfer at libcurl's
+ * next progress call and hands it back, and the loop frees it unseen.
  *
- * Extending: another transfer kind (webhooks) would add its own request
- * type on the same multi handle and a branch in finish(). */
-#define _GNU_SOURCE /* memrchr */
+ * Extending: another transfer kind (webhooks) would be another request type
+ * on the same lanes, with its own setup and its own branch in lane_collect. */
+#define _GNU_SOURCE /* memrchr, pipe2 */
 #include "mail.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 
 #define ADDR_MAX 256
 
-struct ev_mail {
-    struct event_base *base;
+/* Lanes: libcurl threads, each with its own event loop and multi handle.
+ * Why threads at all: libcurl (7.88, Debian 12) waits for the server's
+ * answer to the end of DATA, and for the answer to QUIT when it closes a
+ * connection, with a blocking poll inside its multi interface (curl issue
+ * #8555, "More non-blocking" in its TODO). On the worker's loop a slow SMTP
+ * server would stall every request for that long. A lane's loop may stall
+ * instead; the worker's never does. Several lanes so one slow answer does
+ * not hold up every other send. */
+#define EV_MAIL_LANES 4
+
+typedef struct lane {
+    ev_mail_t *m;
+    pthread_t thread;
+    int running;
+    struct event_base *base;   /* the lane's own loop */
     CURLM *multi;
-    struct event *timer;
-    ev_mail_req_t *reqs;       /* pending sends, doubly linked */
-    int pending;
+    struct event *timer;       /* CURLMOPT_TIMERFUNCTION's timer */
+    int inbox[2];              /* loop -> lane: requests to start, NULL to stop */
+    struct event *inbox_ev;
+} lane_t;
+
+struct ev_mail {
+    struct event_base *base;   /* the worker's loop */
+    int done_pipe[2];          /* lanes -> loop: finished requests */
+    struct event *done_ev;
+    lane_t lanes[EV_MAIL_LANES];
+    unsigned next_lane;
+    ev_mail_req_t *reqs;       /* every request not yet freed, doubly linked */
+    int pending;               /* sends someone still waits for */
 };
 
+/* Owned by the loop until posted to a lane, by the lane until posted back
+ * (then the loop frees it). Only `cancelled` is shared meanwhile. */
 struct ev_mail_req {
     ev_mail_t *m;
+    lane_t *lane;              /* set by the lane when it takes it */
     CURL *easy;
     struct curl_slist *rcpt;
     char *data;                /* the whole message */
     size_t len, off;
     long timeout_ms;
-    ev_mail_cb cb;
+    ev_mail_cb cb;             /* NULL once cancelled */
     void *arg;
+    int cancelled;             /* atomic: the loop asks the lane to give up */
+    int ok, smtp_code;         /* the outcome, written by the lane */
     char msgid[160];
-    char last_reply[256];      /* the server's last reply line */
+    char last_reply[256];      /* the server's last 4xx/5xx reply line */
     char errbuf[CURL_ERROR_SIZE];
     char error[400];
-    ev_mail_req_t *prev, *next;
+    ev_mail_req_t *prev, *next; /* on m->reqs: the loop's only */
 };
 
 /* ---- a growing buffer: every write checks nothing; oom is read once ---- */
@@ -202,13 +243,14 @@ static int parse_mailbox(const char *s, const char *what, char *addr, const char
 
 /* ---- RFC 2047 encoded words ---- */
 
-/* Appends text as UTF-8 base64 encoded words, each at most 75 columns,
+/* Appends text as UTF-8 base64 encoded words (64 columns each),
  * split on character boundaries and folded onto continuation lines. */
 static void put_encoded_words(buf_t *b, const char *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
-        size_t take = n - i < 45 ? n - i : 45; /* 45 bytes -> 60 base64 chars */
+        /* 39 bytes -> 52 base64 chars: with "Subject: " the first line stays under 78 */
+        size_t take = n - i < 39 ? n - i : 39;
         while (i + take < n && take > 1 && ((unsigned char)s[i + take] & 0xC0) == 0x80)
             take--; /* do not cut a multi-byte character */
         unsigned char out[64];
@@ -245,6 +287,11 @@ static void put_mailbox(buf_t *b, const char *name, size_t name_len, const char 
         put_encoded_words(b, name, name_len);
         buf_str(b, " ");
     }
+    const char *line = b->p ? b->p : "";
+    const char *nl = b->p ? memrchr(b->p, '\n', b->len) : NULL;
+    size_t col = b->len - (nl ? (size_t)(nl + 1 - line) : 0);
+    if (name_len && col + strlen(addr) + 2 > 78)
+        buf_str(b, "\r\n "); /* fold before the address: lines stay under 78 */
     buf_printf(b, "<%s>", addr);
 }
 
@@ -412,69 +459,73 @@ int ev_mail_build(const ev_mail_msg_t *msg, char **out, size_t *len, char *from_
     return build_with_id(msg, out, len, from_addr, to_addr, msgid, sizeof msgid, err, errlen);
 }
 
-/* ---- libcurl on libevent ---- */
+/* ---- libcurl on libevent, in a lane thread ---- */
 
-static void finish_done(ev_mail_t *m);
+/* Everything below marked [lane] runs on a lane's thread and touches only
+ * that lane and the requests handed to it. */
 
-static void on_io(evutil_socket_t fd, short what, void *arg)
+static void lane_collect(lane_t *l);
+
+static void on_io(evutil_socket_t fd, short what, void *arg) /* [lane] */
 {
-    ev_mail_t *m = arg;
+    lane_t *l = arg;
     int action = (what & EV_READ ? CURL_CSELECT_IN : 0) | (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
     int running;
-    curl_multi_socket_action(m->multi, fd, action, &running);
-    finish_done(m);
+    curl_multi_socket_action(l->multi, fd, action, &running);
+    lane_collect(l);
 }
 
-static void on_timeout(evutil_socket_t fd, short what, void *arg)
+static void on_timeout(evutil_socket_t fd, short what, void *arg) /* [lane] */
 {
-    ev_mail_t *m = arg;
+    lane_t *l = arg;
     (void)fd;
     (void)what;
     int running;
-    curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    finish_done(m);
+    curl_multi_socket_action(l->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    lane_collect(l);
 }
 
-/* CURLMOPT_SOCKETFUNCTION: watch s for what libcurl wants, one event each. */
+/* CURLMOPT_SOCKETFUNCTION [lane]: watch s for what libcurl wants, one
+ * persistent event per socket, kept with the socket by curl_multi_assign. */
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
-    ev_mail_t *m = userp;
+    lane_t *l = userp;
     struct event *ev = socketp;
     (void)easy;
     if (what == CURL_POLL_REMOVE) {
         if (ev)
             event_free(ev);
-        curl_multi_assign(m->multi, s, NULL);
+        curl_multi_assign(l->multi, s, NULL);
         return 0;
     }
     short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
     if (!ev) {
-        ev = event_new(m->base, s, kind, on_io, m);
+        ev = event_new(l->base, s, kind, on_io, l);
         if (!ev)
             return -1;
-        curl_multi_assign(m->multi, s, ev);
+        curl_multi_assign(l->multi, s, ev);
     } else {
         event_del(ev); /* event_assign needs it not pending */
-        event_assign(ev, m->base, s, kind, on_io, m);
+        event_assign(ev, l->base, s, kind, on_io, l);
     }
     return event_add(ev, NULL) == 0 ? 0 : -1;
 }
 
-/* CURLMOPT_TIMERFUNCTION: -1 stops the timer; 0 means "as soon as you can",
- * which must still come from the loop (never socket_action in here). */
+/* CURLMOPT_TIMERFUNCTION [lane]: -1 stops the timer; 0 means "as soon as you
+ * can", which must still come from the loop (never socket_action in here). */
 static int on_timer_change(CURLM *multi, long timeout_ms, void *userp)
 {
-    ev_mail_t *m = userp;
+    lane_t *l = userp;
     (void)multi;
     if (timeout_ms < 0) {
-        evtimer_del(m->timer);
+        evtimer_del(l->timer);
         return 0;
     }
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    return evtimer_add(m->timer, &tv) == 0 ? 0 : -1;
+    return evtimer_add(l->timer, &tv) == 0 ? 0 : -1;
 }
 
-static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
+static size_t on_read(char *buf, size_t size, size_t nitems, void *arg) /* [lane] */
 {
     ev_mail_req_t *q = arg;
     size_t n = size * nitems, left = q->len - q->off;
@@ -485,7 +536,7 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
     return n;
 }
 
-/* Keeps the server's last reply line, for errors that quote it. */
+/* [lane] Keeps the server's last 4xx/5xx reply line, for errors that quote it. */
 static int on_debug(CURL *easy, curl_infotype type, char *data, size_t size, void *arg)
 {
     ev_mail_req_t *q = arg;
@@ -499,6 +550,8 @@ static int on_debug(CURL *easy, curl_infotype type, char *data, size_t size, voi
         size -= (size_t)(nl + 1 - data);
         data = (char *)nl + 1;
     }
+    if (size == 0 || (data[0] != '4' && data[0] != '5'))
+        return 0; /* only failures are quoted; not e.g. the "221 Bye" after one */
     if (size >= sizeof q->last_reply)
         size = sizeof q->last_reply - 1;
     memcpy(q->last_reply, data, size);
@@ -509,6 +562,15 @@ static int on_debug(CURL *easy, curl_infotype type, char *data, size_t size, voi
     return 0;
 }
 
+/* [lane] A cancelled send is abandoned at libcurl's next progress call. */
+static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow)
+{
+    ev_mail_req_t *q = arg;
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    return __atomic_load_n(&q->cancelled, __ATOMIC_ACQUIRE) ? 1 : 0;
+}
+
 static int is_connection_error(CURLcode rc)
 {
     return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
@@ -516,7 +578,7 @@ static int is_connection_error(CURLcode rc)
            rc == CURLE_GOT_NOTHING || rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_WEIRD_SERVER_REPLY;
 }
 
-/* The error string for a finished transfer, by the vocabulary in mail.h. */
+/* [lane] The error string for a finished transfer, by mail.h's vocabulary. */
 static void describe(ev_mail_req_t *q, CURLcode rc, long code)
 {
     const char *detail = q->errbuf[0] ? q->errbuf : curl_easy_strerror(rc);
@@ -536,6 +598,76 @@ static void describe(ev_mail_req_t *q, CURLcode rc, long code)
         snprintf(q->error, sizeof q->error, "error: %s", detail);
 }
 
+/* Hands a request over a pipe (the other side owns it from then on). The
+ * write end blocks: a request is never dropped on a full pipe. */
+static void post(int fd, ev_mail_req_t *q)
+{
+    ssize_t w;
+    do
+        w = write(fd, &q, sizeof q);
+    while (w < 0 && errno == EINTR);
+}
+
+/* [lane] Finished transfers: note the outcome, hand them back to the loop. */
+static void lane_collect(lane_t *l)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(l->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        ev_mail_req_t *q = NULL;
+        CURLcode rc = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&q);
+        long code = 0;
+        curl_easy_getinfo(q->easy, CURLINFO_RESPONSE_CODE, &code);
+        curl_multi_remove_handle(l->multi, q->easy);
+        q->ok = rc == CURLE_OK;
+        q->smtp_code = (int)code;
+        if (!q->ok)
+            describe(q, rc, code);
+        post(l->m->done_pipe[1], q);
+    }
+}
+
+/* [lane] New requests from the loop; NULL asks the lane to stop. */
+static void on_inbox(evutil_socket_t fd, short what, void *arg)
+{
+    lane_t *l = arg;
+    (void)what;
+    ev_mail_req_t *q;
+    while (read(fd, &q, sizeof q) == (ssize_t)sizeof q) {
+        if (!q) {
+            event_base_loopbreak(l->base);
+            return;
+        }
+        q->lane = l;
+        if (curl_multi_add_handle(l->multi, q->easy) != CURLM_OK) {
+            q->ok = 0;
+            snprintf(q->error, sizeof q->error, "error: cannot start the SMTP transfer");
+            post(l->m->done_pipe[1], q);
+        }
+    }
+}
+
+static void *lane_main(void *arg) /* [lane] */
+{
+    lane_t *l = arg;
+    event_base_dispatch(l->base);
+    return NULL;
+}
+
+/* ---- the loop side ---- */
+
+static void req_free(ev_mail_req_t *q)
+{
+    if (q->easy)
+        curl_easy_cleanup(q->easy);
+    curl_slist_free_all(q->rcpt);
+    free(q->data);
+    free(q);
+}
+
 static void req_unlink(ev_mail_req_t *q)
 {
     ev_mail_t *m = q->m;
@@ -545,48 +677,87 @@ static void req_unlink(ev_mail_req_t *q)
         m->reqs = q->next;
     if (q->next)
         q->next->prev = q->prev;
-    m->pending--;
 }
 
-static void req_free(ev_mail_req_t *q)
+/* Sends come back from the lanes, each once: tell the caller, free. */
+static void on_done(evutil_socket_t fd, short what, void *arg)
 {
-    if (q->easy) {
-        curl_multi_remove_handle(q->m->multi, q->easy);
-        curl_easy_cleanup(q->easy);
+    ev_mail_t *m = arg;
+    (void)what;
+    ev_mail_req_t *q;
+    while (read(fd, &q, sizeof q) == (ssize_t)sizeof q) {
+        req_unlink(q);
+        if (q->cb) { /* NULL: cancelled, nobody is waiting */
+            m->pending--;
+            ev_mail_result_t res = {q->ok, q->smtp_code, q->ok ? NULL : q->error, q->msgid};
+            if (!q->ok)
+                ev_debug("mail %s: %s", q->msgid, q->error);
+            q->cb(&res, q->arg);
+        }
+        req_free(q);
     }
-    curl_slist_free_all(q->rcpt);
-    free(q->data);
-    free(q);
 }
 
-static void finish(ev_mail_req_t *q, CURLcode rc)
+static int make_pipe(int fds[2])
 {
-    long code = 0;
-    curl_easy_getinfo(q->easy, CURLINFO_RESPONSE_CODE, &code);
-    ev_mail_result_t res = {rc == CURLE_OK, (int)code, NULL, q->msgid};
-    if (rc != CURLE_OK) {
-        describe(q, rc, code);
-        res.error = q->error;
-        ev_debug("mail %s: %s", q->msgid, q->error);
-    }
-    req_unlink(q);
-    curl_multi_remove_handle(q->m->multi, q->easy); /* before the callback: it may send again */
-    q->cb(&res, q->arg);
-    req_free(q);
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return -1;
+    /* the reader drains until EAGAIN; writers block (see post) */
+    return fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
 }
 
-static void finish_done(ev_mail_t *m)
+static void close_pipe(int fds[2])
 {
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(m->multi, &left))) {
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        ev_mail_req_t *q = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&q);
-        if (q)
-            finish(q, msg->data.result);
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    fds[0] = fds[1] = -1;
+}
+
+static int lane_start(ev_mail_t *m, lane_t *l)
+{
+    l->m = m;
+    l->inbox[0] = l->inbox[1] = -1;
+    if (make_pipe(l->inbox) != 0 || !(l->base = event_base_new()) || !(l->multi = curl_multi_init()))
+        return -1;
+    l->timer = evtimer_new(l->base, on_timeout, l);
+    l->inbox_ev = event_new(l->base, l->inbox[0], EV_READ | EV_PERSIST, on_inbox, l);
+    if (!l->timer || !l->inbox_ev || event_add(l->inbox_ev, NULL) != 0)
+        return -1;
+    curl_multi_setopt(l->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(l->multi, CURLMOPT_SOCKETDATA, l);
+    curl_multi_setopt(l->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
+    curl_multi_setopt(l->multi, CURLMOPT_TIMERDATA, l);
+    /* a burst of sends queues instead of opening a connection each */
+    curl_multi_setopt(l->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 8L);
+    if (pthread_create(&l->thread, NULL, lane_main, l) != 0)
+        return -1;
+    l->running = 1;
+    return 0;
+}
+
+/* Stops the lane's thread (it finishes the libcurl call it is in), then
+ * frees the lane; the requests it held are still on m->reqs. */
+static void lane_stop(lane_t *l)
+{
+    if (l->running) {
+        post(l->inbox[1], NULL);
+        pthread_join(l->thread, NULL);
+        l->running = 0;
     }
+    for (ev_mail_req_t *q = l->m->reqs; q; q = q->next)
+        if (q->lane == l && l->multi)
+            curl_multi_remove_handle(l->multi, q->easy);
+    if (l->multi)
+        curl_multi_cleanup(l->multi); /* closes cached connections: REMOVE frees their events */
+    if (l->timer)
+        event_free(l->timer);
+    if (l->inbox_ev)
+        event_free(l->inbox_ev);
+    if (l->base)
+        event_base_free(l->base);
+    close_pipe(l->inbox);
+    l->multi = NULL, l->timer = l->inbox_ev = NULL, l->base = NULL;
 }
 
 ev_mail_t *ev_mail_new(struct event_base *base)
@@ -594,29 +765,24 @@ ev_mail_t *ev_mail_new(struct event_base *base)
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return NULL;
     ev_mail_t *m = calloc(1, sizeof *m);
-    if (!m)
-        goto fail;
+    if (!m) {
+        curl_global_cleanup();
+        return NULL;
+    }
     m->base = base;
-    m->multi = curl_multi_init();
-    m->timer = evtimer_new(base, on_timeout, m);
-    if (!m->multi || !m->timer)
+    m->done_pipe[0] = m->done_pipe[1] = -1;
+    for (int i = 0; i < EV_MAIL_LANES; i++)
+        m->lanes[i].inbox[0] = m->lanes[i].inbox[1] = -1;
+    if (make_pipe(m->done_pipe) != 0 ||
+        !(m->done_ev = event_new(base, m->done_pipe[0], EV_READ | EV_PERSIST, on_done, m)) ||
+        event_add(m->done_ev, NULL) != 0)
         goto fail;
-    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
-    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
-    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
-    /* a burst of sends queues instead of opening a connection each */
-    curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 16L);
+    for (int i = 0; i < EV_MAIL_LANES; i++)
+        if (lane_start(m, &m->lanes[i]) != 0)
+            goto fail;
     return m;
 fail:
-    if (m) {
-        if (m->multi)
-            curl_multi_cleanup(m->multi);
-        if (m->timer)
-            event_free(m->timer);
-        free(m);
-    }
-    curl_global_cleanup();
+    ev_mail_free(m);
     return NULL;
 }
 
@@ -624,13 +790,17 @@ void ev_mail_free(ev_mail_t *m)
 {
     if (!m)
         return;
-    while (m->reqs) {
+    for (int i = 0; i < EV_MAIL_LANES; i++)
+        if (m->lanes[i].m)
+            lane_stop(&m->lanes[i]);
+    while (m->reqs) { /* in flight, or finished but not yet read back */
         ev_mail_req_t *q = m->reqs;
         req_unlink(q);
         req_free(q);
     }
-    curl_multi_cleanup(m->multi); /* closes cached connections: REMOVE frees their events */
-    event_free(m->timer);
+    if (m->done_ev)
+        event_free(m->done_ev);
+    close_pipe(m->done_pipe);
     free(m);
     curl_global_cleanup();
 }
@@ -657,11 +827,16 @@ static int setup_easy(ev_mail_req_t *q, const ev_mail_opts_t *opts, const char *
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L); /* no SIGALRM: we are not alone in the process */
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, opts->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, opts->connect_timeout_ms);
+    /* the blocking waits (see the top) never outlast the send's own timeout */
+    curl_easy_setopt(e, CURLOPT_SERVER_RESPONSE_TIMEOUT, (opts->timeout_ms + 999) / 1000);
     curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, 30L); /* idle SMTP sessions go stale */
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, q->errbuf);
     curl_easy_setopt(e, CURLOPT_VERBOSE, 1L); /* feeds on_debug only; nothing printed */
     curl_easy_setopt(e, CURLOPT_DEBUGFUNCTION, on_debug);
     curl_easy_setopt(e, CURLOPT_DEBUGDATA, q);
+    curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(e, CURLOPT_XFERINFODATA, q);
     curl_easy_setopt(e, CURLOPT_PRIVATE, q);
     return bad ? -1 : 0;
 }
@@ -687,16 +862,14 @@ ev_mail_req_t *ev_mail_send(ev_mail_t *m, const ev_mail_opts_t *opts, const ev_m
         snprintf(err, errlen, "error: cannot set up the SMTP transfer");
         goto fail;
     }
-    if (curl_multi_add_handle(m->multi, q->easy) != CURLM_OK) {
-        snprintf(err, errlen, "error: cannot start the SMTP transfer");
-        goto fail;
-    }
     q->next = m->reqs;
     if (m->reqs)
         m->reqs->prev = q;
     m->reqs = q;
     m->pending++;
+    lane_t *l = &m->lanes[m->next_lane++ % EV_MAIL_LANES];
     ev_debug("mail %s: sending to %s", q->msgid, to_addr);
+    post(l->inbox[1], q); /* the lane owns q until it posts it back */
     return q;
 fail:
     req_free(q);
@@ -705,10 +878,11 @@ fail:
 
 void ev_mail_cancel(ev_mail_req_t *q)
 {
-    if (!q)
+    if (!q || !q->cb)
         return;
-    req_unlink(q);
-    req_free(q);
+    q->cb = NULL; /* on_done frees it when the lane hands it back */
+    q->m->pending--;
+    __atomic_store_n(&q->cancelled, 1, __ATOMIC_RELEASE);
 }
 
 int ev_mail_pending(const ev_mail_t *m) { return m ? m->pending : 0; }

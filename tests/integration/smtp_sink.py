@@ -57,8 +57,8 @@ class Received:
 
     @property
     def text(self):
-        """The body, transfer encoding undone, as str."""
-        return self.message.get_content()
+        """The body, transfer encoding undone, as str with \n line ends."""
+        return self.message.get_content().replace("\r\n", "\n")
 
     def __repr__(self):
         return "<Received from=%r to=%r subject=%r>" % (self.mail_from, self.to, self.subject)
@@ -111,7 +111,7 @@ class SmtpSink:
         if self._controller is None:
             # decode_data=False keeps the bytes exactly as they came
             self._controller = Controller(_Handler(self), hostname=self.host, port=self.port,
-                                          server_kwargs={"decode_data": False})
+                                          decode_data=False)
             self._controller.start()
         return self
 
