@@ -81,6 +81,7 @@ typedef struct lane {
     struct event *timer;       /* CURLMOPT_TIMERFUNCTION's timer */
     int inbox[2];              /* loop -> lane: requests to start, NULL to stop */
     struct event *inbox_ev;
+    int inflight;              /* the loop's count of requests handed over, not back */
 } lane_t;
 
 struct ev_mail {
@@ -88,7 +89,6 @@ struct ev_mail {
     int done_pipe[2];          /* lanes -> loop: finished requests */
     struct event *done_ev;
     lane_t lanes[EV_MAIL_LANES];
-    unsigned next_lane;
     ev_mail_req_t *reqs;       /* every request not yet freed, doubly linked */
     int pending;               /* sends someone still waits for */
 };
@@ -97,7 +97,7 @@ struct ev_mail {
  * (then the loop frees it). Only `cancelled` is shared meanwhile. */
 struct ev_mail_req {
     ev_mail_t *m;
-    lane_t *lane;              /* set by the lane when it takes it */
+    lane_t *lane;              /* where the loop handed it */
     CURL *easy;
     struct curl_slist *rcpt;
     char *data;                /* the whole message */
@@ -641,7 +641,6 @@ static void on_inbox(evutil_socket_t fd, short what, void *arg)
             event_base_loopbreak(l->base);
             return;
         }
-        q->lane = l;
         if (curl_multi_add_handle(l->multi, q->easy) != CURLM_OK) {
             q->ok = 0;
             snprintf(q->error, sizeof q->error, "error: cannot start the SMTP transfer");
@@ -687,6 +686,7 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
     ev_mail_req_t *q;
     while (read(fd, &q, sizeof q) == (ssize_t)sizeof q) {
         req_unlink(q);
+        q->lane->inflight--;
         if (q->cb) { /* NULL: cancelled, nobody is waiting */
             m->pending--;
             ev_mail_result_t res = {q->ok, q->smtp_code, q->ok ? NULL : q->error, q->msgid};
@@ -841,6 +841,17 @@ static int setup_easy(ev_mail_req_t *q, const ev_mail_opts_t *opts, const char *
     return bad ? -1 : 0;
 }
 
+/* A lane stuck in one of libcurl's blocking waits keeps its requests, so
+ * new ones go where the fewest are in flight. */
+static lane_t *least_busy(ev_mail_t *m)
+{
+    lane_t *best = &m->lanes[0];
+    for (int i = 1; i < EV_MAIL_LANES; i++)
+        if (m->lanes[i].inflight < best->inflight)
+            best = &m->lanes[i];
+    return best;
+}
+
 ev_mail_req_t *ev_mail_send(ev_mail_t *m, const ev_mail_opts_t *opts, const ev_mail_msg_t *msg,
                             ev_mail_cb cb, void *arg, char *err, size_t errlen)
 {
@@ -867,9 +878,10 @@ ev_mail_req_t *ev_mail_send(ev_mail_t *m, const ev_mail_opts_t *opts, const ev_m
         m->reqs->prev = q;
     m->reqs = q;
     m->pending++;
-    lane_t *l = &m->lanes[m->next_lane++ % EV_MAIL_LANES];
+    q->lane = least_busy(m);
+    q->lane->inflight++;
     ev_debug("mail %s: sending to %s", q->msgid, to_addr);
-    post(l->inbox[1], q); /* the lane owns q until it posts it back */
+    post(q->lane->inbox[1], q); /* the lane owns q until it posts it back */
     return q;
 fail:
     req_free(q);
