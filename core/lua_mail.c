@@ -2,13 +2,13 @@
  *
  *   core.send{url=, from=, to=, subject=, text=, headers=?, timeout=?, connect_timeout=?}
  *       -> true, message_id | nil, err, smtp_code                      [yields]
- *       One message to one recipient through the worker's libcurl multi
- *       handle (mail.c), created on first use. url is smtp:// or smtps://;
+ *       One message to one recipient through the worker's mail engine
+ *       (mail.c: libcurl multi handles on lane threads), created on first use. url is smtp:// or smtps://;
  *       timeout (seconds, default 30) bounds the whole send, connect_timeout
  *       (default 10) the connection. err starts with a word of mail.h's
  *       vocabulary: invalid, refused, deferred, unavailable, timeout, error;
  *       smtp_code is the server's last reply code (0 when none). A value that
- *       cannot go into a header (CR/LF, a malformed address) returns
+ *       cannot go into a header (CR/LF/NUL, a malformed address) returns
  *       nil, "invalid: ..." at once, without yielding.
  *   core.build{from=, to=, subject=, text=, headers=?} -> message | nil, err
  *       the RFC 5322 message send would transmit (for specs and debugging)
@@ -17,8 +17,9 @@
  * coroutine.
  *
  * The wait follows co.h: the engine's callback copies the outcome into the
- * wait_t and wakes the coroutine; a timeout or an abort cancels the send
- * (the easy handle is removed, nothing is called back) and release frees. */
+ * wait_t and wakes the coroutine (on the worker's loop); a timeout or an
+ * abort cancels the send (the lane drops it, nothing is called back) and
+ * release frees the wait. */
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,6 +132,8 @@ static int field_headers(lua_State *L, const char **out)
             luaL_error(L, "mail: at most %d extra headers", MAX_HEADERS);
         out[2 * n] = lua_tostring(L, -2);
         out[2 * n + 1] = lua_tostring(L, -1);
+        if (strlen(out[2 * n]) != lua_rawlen(L, -2) || strlen(out[2 * n + 1]) != lua_rawlen(L, -1))
+            out[2 * n + 1] = "\r"; /* a NUL byte: refused as a control character */
         n++;
         lua_pop(L, 1);
     }
@@ -138,7 +141,17 @@ static int field_headers(lua_State *L, const char **out)
     return n;
 }
 
-static void check_msg(lua_State *L, ev_mail_msg_t *msg, const char **headers)
+/* A header field with a NUL byte: C would see only the part before it. */
+static const char *has_nul(lua_State *L, const char *name)
+{
+    size_t n;
+    const char *s = field_string(L, name, 1, &n);
+    return strlen(s) == n ? NULL : name;
+}
+
+/* Fills msg from the table at 1 (raising on wrong types); returns the name
+ * of a field that holds a NUL byte, or NULL. */
+static const char *check_msg(lua_State *L, ev_mail_msg_t *msg, const char **headers)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     msg->from = field_string(L, "from", 1, NULL);
@@ -148,6 +161,17 @@ static void check_msg(lua_State *L, ev_mail_msg_t *msg, const char **headers)
     luaL_argcheck(L, msg->text_len <= 8u << 20, 1, "mail: 'text' is over 8 MiB");
     msg->headers = headers;
     msg->nheaders = field_headers(L, headers);
+    const char *bad = has_nul(L, "from");
+    bad = bad ? bad : has_nul(L, "to");
+    return bad ? bad : has_nul(L, "subject");
+}
+
+static int push_nul_refusal(lua_State *L, const char *field)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "invalid: %s contains CR, LF or another control character", field);
+    lua_pushinteger(L, 0);
+    return 3;
 }
 
 static ev_mail_t *engine(lua_State *L)
@@ -164,13 +188,15 @@ static int m_send(lua_State *L)
 {
     ev_mail_msg_t msg;
     const char *headers[2 * MAX_HEADERS];
-    check_msg(L, &msg, headers);
+    const char *nul = check_msg(L, &msg, headers);
     ev_mail_opts_t opts = {field_string(L, "url", 1, NULL),
                            (long)(field_seconds(L, "timeout", 30) * 1000),
                            (long)(field_seconds(L, "connect_timeout", 10) * 1000)};
     ev_co_t *co = ev_co_current(L);
     if (!co || !lua_isyieldable(L))
         return luaL_error(L, "mail.send: must be called from a request, timer or script coroutine");
+    if (nul)
+        return push_nul_refusal(L, nul);
     ev_mail_t *m = engine(L);
     wait_t *w = calloc(1, sizeof *w);
     if (!w)
@@ -194,7 +220,12 @@ static int m_build(lua_State *L)
 {
     ev_mail_msg_t msg;
     const char *headers[2 * MAX_HEADERS];
-    check_msg(L, &msg, headers);
+    const char *nul = check_msg(L, &msg, headers);
+    if (nul) {
+        push_nul_refusal(L, nul);
+        lua_pop(L, 1); /* nil, err: build has no smtp_code */
+        return 2;
+    }
     char *out = NULL, from[256], to[256], err[400];
     size_t len;
     if (ev_mail_build(&msg, &out, &len, from, to, sizeof from, err, sizeof err) != 0) {

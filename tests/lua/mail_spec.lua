@@ -106,6 +106,16 @@ describe("evently.mail.build", function()
     end
   end)
 
+  it("refuses a NUL byte in a header field (C would cut the value there)", function()
+    for _, over in ipairs { { to = "bob@example.com\0\r\nBcc: evil@example.com" }, { subject = "a\0b" },
+      { headers = { ["X-A"] = "v\0\r\nBcc: evil@example.com" } } } do
+      local ok, err = mail.build(msg(over))
+      assert.is_nil(ok)
+      assert.truthy(err:match("^invalid: .*control character"), err)
+    end
+    assert.truthy(mail.build(msg { text = "a\0b" })) -- the body carries it as =00
+  end)
+
   it("refuses what is not an address", function()
     for _, to in ipairs { "bob", "bob@", "@example.com", "a b@example.com", "Bob <bob@example.com", "a@b@c" } do
       local ok, err = mail.build(msg { to = to })
