@@ -829,7 +829,12 @@ static int setup_easy(ev_mail_req_t *q, const ev_mail_opts_t *opts, const char *
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, opts->connect_timeout_ms);
     /* the blocking waits (see the top) never outlast the send's own timeout */
     curl_easy_setopt(e, CURLOPT_SERVER_RESPONSE_TIMEOUT, (opts->timeout_ms + 999) / 1000);
-    curl_easy_setopt(e, CURLOPT_MAXAGE_CONN, 30L); /* idle SMTP sessions go stale */
+    /* A connection per message. After a transfer that failed or was
+     * abandoned mid-DATA, libcurl may keep the connection while the server's
+     * late reply is still on its way; the next message on it then reads that
+     * reply as the answer to its own MAIL FROM and everything after is off by
+     * one ("DATA failed: 250", seen in tests). */
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, q->errbuf);
     curl_easy_setopt(e, CURLOPT_VERBOSE, 1L); /* feeds on_debug only; nothing printed */
     curl_easy_setopt(e, CURLOPT_DEBUGFUNCTION, on_debug);

@@ -7,7 +7,8 @@
     m.mail_from, m.to, m.subject, m.header("From"), m.text, m.raw
 
 Behaviour knobs, changeable while it runs:
-    sink.delay = 3          seconds before answering the end of DATA (a slow server)
+    sink.delay = 3          seconds before answering the end of DATA (a slow server);
+                            or a function of the envelope giving them
     sink.reject = {"x@y"}   recipients answered "550 5.1.1 ... unknown" (or a predicate)
     sink.defer = {"x@y"}    recipients answered "451 4.3.0 ... try again later"
 sink.stop() closes the port (connections are refused); sink.start() opens
@@ -85,8 +86,9 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        if self.sink.delay:
-            await asyncio.sleep(self.sink.delay)  # slow, but the sink itself keeps serving
+        delay = self.sink.delay(envelope) if callable(self.sink.delay) else self.sink.delay
+        if delay:
+            await asyncio.sleep(delay)  # slow, but the sink itself keeps serving
         self.sink._record(Received(envelope.mail_from, envelope.rcpt_tos, envelope.original_content
                                    or envelope.content))
         return "250 2.0.0 Message accepted for delivery"

@@ -147,6 +147,27 @@ def test_a_slow_server_times_out_with_a_clear_error(tmp_path, smtp_sink):
     assert time.monotonic() - t0 < 2.8
 
 
+def test_a_message_after_a_timed_out_one_gets_its_own_answers(tmp_path, smtp_sink):
+    # the slow message's late "250" must not be read as the next one's reply
+    smtp_sink.delay = lambda env: 1.5 if env.rcpt_tos == ["slow@example.com"] else 0
+    source = """
+local mail = require "evently.mail"
+local json = require "evently.json"
+local out = {}
+for i = 1, 3 do
+  local _, slow = mail.send { to = "slow@example.com", subject = "slow", text = "x", timeout = 1 }
+  local ok, err = mail.send { to = "fast@example.com", subject = "fast " .. i, text = "x" }
+  out[#out + 1] = { slow = slow, fast = ok or err }
+end
+print(json.encode(out))
+"""
+    out = run_lua(tmp_path, source, lua_env(smtp_sink.url))
+    for r in out:
+        assert r["slow"].startswith("timeout: "), out
+        assert r["fast"] is True, out
+    smtp_sink.wait_for(lambda m: m.subject.startswith("fast"), count=3)
+
+
 def test_no_smtp_configured_says_so(tmp_path):
     out = send_one(tmp_path, lua_env(None), {"to": "a@example.com", "subject": "x", "text": "x"})
     assert out == {"ok": False, "res": "unavailable: no SMTP configured (EVENTLY_SMTP_URL)", "code": 0}
