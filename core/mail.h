@@ -1,9 +1,14 @@
-/* mail.h - email over SMTP through libcurl's multi interface, on the loop.
+/* mail.h - email over SMTP through libcurl's multi interface.
  *
- * One ev_mail_t per worker: a curl multi handle whose sockets and timer are
- * libevent events, so a send never blocks the loop. A send is one easy
- * handle carrying a message built here (RFC 5322, UTF-8, quoted-printable);
- * its callback runs once, from the loop, with the outcome. No Lua here. */
+ * One ev_mail_t per worker: libcurl multi handles driven by libevent (socket
+ * and timer callbacks) on a few lane threads of its own, because libcurl's
+ * SMTP still blocks inside the multi interface while it waits for some
+ * replies (see mail.c); the worker's loop never waits on SMTP. A send is one
+ * easy handle carrying a message built here (RFC 5322, UTF-8,
+ * quoted-printable); its callback runs once, on the worker's loop, with the
+ * outcome. ev_mail_free() joins the lanes, so it may wait for a lane to
+ * come out of such a blocking wait (bounded by that send's timeout). No Lua
+ * here. */
 #ifndef EV_MAIL_H
 #define EV_MAIL_H
 
