@@ -44,6 +44,7 @@ static const field_t fields[] = {
     F("redis_url", "EVENTLY_REDIS_URL", T_STR, redis_url, 0, 0),
     F("kafka_brokers", "EVENTLY_KAFKA_BROKERS", T_STR, kafka_brokers, 0, 0),
     F("smtp_url", "EVENTLY_SMTP_URL", T_STR, smtp_url, 0, 0),
+    F("mail_from", "EVENTLY_MAIL_FROM", T_STR, mail_from, 0, 0),
     F("log_level", "EVENTLY_LOG_LEVEL", T_STR, log_level, 0, 0),
     F("access_log", "EVENTLY_ACCESS_LOG", T_STR, access_log, 0, 0),
     F("max_body", "EVENTLY_MAX_BODY", T_SIZE, max_body, 0, 1L << 30),
@@ -81,6 +82,7 @@ void ev_config_defaults(ev_config_t *c)
     set_str(&c->migrations, "./migrations");
     set_str(&c->log_level, "info");
     set_str(&c->access_log, "stderr");
+    set_str(&c->mail_from, "Evently <no-reply@evently.local>");
     c->max_body = 1024 * 1024;
     c->max_header = 16 * 1024;
     c->max_connections = 4096;
@@ -284,6 +286,25 @@ done:
     return rc;
 }
 
+/* The URL scheme and the sender's shape only; evently.mail checks the rest
+ * of an address the same way for every message. */
+static int validate_mail(const ev_config_t *c, char *err, size_t errlen)
+{
+    if (c->smtp_url && *c->smtp_url && strncmp(c->smtp_url, "smtp://", 7) != 0 &&
+        strncmp(c->smtp_url, "smtps://", 8) != 0) {
+        snprintf(err, errlen, "smtp_url (EVENTLY_SMTP_URL): bad value '%s', expected smtp://host:port or smtps://host:port",
+                 c->smtp_url);
+        return -1;
+    }
+    const char *f = c->mail_from;
+    if (!f || !strchr(f, '@') || strpbrk(f, "\r\n")) {
+        snprintf(err, errlen, "mail_from (EVENTLY_MAIL_FROM): bad value '%s', expected an address or \"Name <address>\"",
+                 f ? f : "");
+        return -1;
+    }
+    return 0;
+}
+
 int ev_config_validate(const ev_config_t *c, char *err, size_t errlen)
 {
     if (!c->home || !*c->home) {
@@ -305,7 +326,7 @@ int ev_config_validate(const ev_config_t *c, char *err, size_t errlen)
                  c->redis_url);
         return -1;
     }
-    return 0;
+    return validate_mail(c, err, errlen);
 }
 
 void ev_config_free(ev_config_t *c)

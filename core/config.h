@@ -22,7 +22,8 @@ typedef struct {
     char *replica_url;   /* EVENTLY_REPLICA_URL; NULL: primary */
     char *redis_url;     /* EVENTLY_REDIS_URL; NULL: embedded */
     char *kafka_brokers; /* EVENTLY_KAFKA_BROKERS; NULL: in-process */
-    char *smtp_url;      /* EVENTLY_SMTP_URL */
+    char *smtp_url;      /* EVENTLY_SMTP_URL: smtp[s]://[user:pass@]host[:port]; NULL: no mail */
+    char *mail_from;     /* EVENTLY_MAIL_FROM: default sender, "Name <addr>" or "addr" */
     char *log_level;     /* EVENTLY_LOG_LEVEL: debug|info|warn|error */
     char *access_log;    /* EVENTLY_ACCESS_LOG: "stderr" (default), "off" or a file path */
     size_t max_body;     /* EVENTLY_MAX_BODY bytes, default 1 MiB */

@@ -21,6 +21,7 @@
 #include "redis.h"
 #include "ws.h"
 #include "log.h"
+#include "mail.h"
 
 static const char RT_KEY = 'r';
 
@@ -76,6 +77,7 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.crypto", luaopen_evently_crypto);
     preload(L, "evently.kafka.core", luaopen_evently_kafka_core);
     preload(L, "evently.ws.core", luaopen_evently_ws_core);
+    preload(L, "evently.mail.core", luaopen_evently_mail_core);
     return L;
 }
 
@@ -91,6 +93,8 @@ void ev_runtime_close(ev_runtime_t *rt)
     rt->kafka = NULL;
     ev_ws_hub_free(rt->ws); /* sockets still lingering after their close */
     rt->ws = NULL;
+    ev_mail_free(rt->mail);
+    rt->mail = NULL;
 }
 
 static int traceback(lua_State *L)
@@ -176,6 +180,7 @@ static int rt_config(lua_State *L)
     if (c->redis_url) { lua_pushstring(L, c->redis_url); lua_setfield(L, -2, "redis_url"); }
     if (c->kafka_brokers) { lua_pushstring(L, c->kafka_brokers); lua_setfield(L, -2, "kafka_brokers"); }
     if (c->smtp_url) { lua_pushstring(L, c->smtp_url); lua_setfield(L, -2, "smtp_url"); }
+    lua_pushstring(L, c->mail_from); lua_setfield(L, -2, "mail_from");
     lua_createtable(L, c->nplugins, 0);
     for (int i = 0; i < c->nplugins; i++) {
         lua_pushstring(L, c->plugins[i]);

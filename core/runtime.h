@@ -28,6 +28,7 @@ struct ev_runtime {
     struct ev_redis *redis;      /* created on first use by evently.redis */
     struct ev_pg_pool *listen;   /* dedicated LISTEN connections, outside the pool */
     struct ev_kafka *kafka;      /* the worker's producer, created on first use */
+    struct ev_mail *mail;        /* created on first use by evently.mail.core */
     struct ev_ws_hub *ws;        /* WebSocket connections, created on first upgrade */
     /* Set by a worker, NULL elsewhere. http_request: the HTTP request the
      * coroutine is handling while it is unanswered, else NULL. http_detach:
@@ -64,5 +65,6 @@ int luaopen_evently_json(lua_State *L);
 int luaopen_evently_crypto(lua_State *L);
 int luaopen_evently_kafka_core(lua_State *L);
 int luaopen_evently_ws_core(lua_State *L);
+int luaopen_evently_mail_core(lua_State *L);
 
 #endif

@@ -6,6 +6,7 @@
 -- message (e.g. event.cancelled to many holders) mails nobody twice.
 local db = require "evently.db"
 local log = require "evently.log"
+local runtime = require "evently.runtime"
 local stream = require "evently.stream"
 local recipients = require "flows.recipients"
 
@@ -18,8 +19,7 @@ local function message(msg)
 end
 
 local function push(msg)
-  local ok_ws, ws = pcall(require, "evently.ws")
-  if not ok_ws then return true end
+  local ws = require "evently.ws"
   for _, uid in ipairs(recipients.of(msg)) do
     local ok, err = ws.publish(uid, message(msg))
     if not ok then return nil, "websocket fan-out: " .. tostring(err) end
@@ -27,24 +27,26 @@ local function push(msg)
   return true
 end
 
-local function mail_one(msg, user, mail, render)
-  local done = db.one("SELECT 1 AS x FROM sent_emails WHERE message_id = $1 AND user_id = $2", msg.id, user.id)
+local function mail_one(msg, user, event, mail, templates)
+  local done, err = db.one("SELECT 1 AS x FROM sent_emails WHERE message_id = $1 AND user_id = $2", msg.id, user.id)
+  if err then return nil, err end
   if done then return true end
-  local subject, text = render(msg.type, msg.payload, user)
-  if not subject then return true end -- no template: nothing to mail for this type
-  local ok, err = mail.send { to = user.email, subject = subject, text = text }
-  if not ok then return nil, "mail to user " .. user.id .. ": " .. tostring(err) end
+  local subject, text = templates.render(msg.type, msg.payload, user, event)
+  if not subject then return true end -- no template for this type: nothing to mail
+  local ok, serr = mail.send { to = user.email, subject = subject, text = text }
+  if not ok then return nil, "mail to user " .. user.id .. ": " .. tostring(serr) end
   assert(db.query("INSERT INTO sent_emails (message_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     msg.id, user.id))
   return true
 end
 
 local function email(msg)
-  local ok_m, mail = pcall(require, "evently.mail")
-  local ok_t, templates = pcall(require, "domain.mail")
-  if not ok_m or not ok_t or not require("evently.runtime").config().smtp_url then return true end
+  if not runtime.config().smtp_url then return true end -- mail is off: nothing to send, nothing to retry
+  local mail, templates = require "evently.mail", require "domain.mail"
+  local event = msg.payload and msg.payload.event_id and
+    db.one("SELECT id, name, venue, starts_at FROM events WHERE id = $1", msg.payload.event_id)
   for _, user in ipairs(recipients.users(recipients.of(msg))) do
-    local ok, err = mail_one(msg, user, mail, templates.render)
+    local ok, err = mail_one(msg, user, event or nil, mail, templates)
     if not ok then return nil, err end
   end
   return true

@@ -584,3 +584,4 @@ class Load:
         for t in self.threads:
             t.join(30)
         return False
+from smtp_sink import smtp_sink  # noqa: F401  (the SMTP sink fixture, for any test)

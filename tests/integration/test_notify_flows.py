@@ -12,6 +12,7 @@ from api_support import BASE, start_api
 from conftest import Server
 from kafka_broker import kafka  # noqa: F401  (the session fixture)
 from api_support import SCRIPTS, register
+from smtp_sink import SmtpSink
 from ws_client import Client
 
 
@@ -43,13 +44,21 @@ def message_of_type(client, kind, deadline_s=30):
 
 
 @pytest.fixture(scope="module")
-def api(kafka):  # noqa: F811
-    srv = start_api("flows", users=4, prefix="flow", env={"EVENTLY_KAFKA_BROKERS": kafka.brokers})
+def sink():
+    s = SmtpSink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def api(kafka, sink):  # noqa: F811
+    srv = start_api("flows", users=4, prefix="flow",
+                    env={"EVENTLY_KAFKA_BROKERS": kafka.brokers, "EVENTLY_SMTP_URL": sink.url})
     yield srv
     srv.stop_and_check()
 
 
-def test_a_waitlisted_user_is_offered_freed_seats_in_app_and_by_websocket(api):
+def test_a_waitlisted_user_is_offered_freed_seats_in_app_by_websocket_and_email(api, sink):
     u = api.users
     ev = new_event(api, 2)
     b = api.post(BASE + "/bookings", headers=u[0], body={"event_id": ev, "quantity": 2}).json()
@@ -67,6 +76,9 @@ def test_a_waitlisted_user_is_offered_freed_seats_in_app_and_by_websocket(api):
     mine = api.get(BASE + "/notifications", headers=u[1]).json()
     items = mine["items"] if isinstance(mine, dict) else mine
     assert any(n["type"] == "waitlist.offered" and n["payload"]["waitlist_entry_id"] == entry for n in items)
+    mail = sink.wait_for(lambda m: "flow1@example.com" in m.to and "Seats are free" in m.subject,
+                         timeout=30)[0]
+    assert "Flows" in mail.subject and "held for you" in mail.text
     # the offer converts into a booking of the held seat
     r = api.post(BASE + "/bookings", headers=u[1], body={"event_id": ev, "quantity": 1, "waitlist_entry_id": entry})
     assert r.status == 201, r.text

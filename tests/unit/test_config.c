@@ -419,6 +419,22 @@ static void validate_refuses_a_bad_redis_url(void **state)
     assert_int_equal(ev_config_validate(c, err, sizeof err), 0);
 }
 
+static void validate_refuses_a_bad_smtp_url_and_mail_from(void **state)
+{
+    ev_config_t *c = *state;
+    assert_string_equal(c->mail_from, "Evently <no-reply@evently.local>");
+    assert_int_equal(ev_config_set(c, "smtp_url", "http://mail:25", err, sizeof err), 0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), -1);
+    assert_contains(err, "smtp_url (EVENTLY_SMTP_URL)");
+    assert_int_equal(ev_config_set(c, "smtp_url", "smtps://user:pw@mail:465", err, sizeof err), 0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), 0);
+    assert_int_equal(ev_config_set(c, "mail_from", "nobody", err, sizeof err), 0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), -1);
+    assert_contains(err, "mail_from (EVENTLY_MAIL_FROM)");
+    assert_int_equal(ev_config_set(c, "mail_from", "Shop <shop@example.com>", err, sizeof err), 0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), 0);
+}
+
 static void validate_refuses_an_empty_home(void **state)
 {
     ev_config_t *c = *state;
@@ -453,6 +469,7 @@ int main(void)
         T(file_whose_list_raises_in_a_metamethod_is_refused_without_a_panic),
         T(validate_refuses_a_bad_log_level),
         T(validate_refuses_a_bad_redis_url),
+        T(validate_refuses_a_bad_smtp_url_and_mail_from),
         T(validate_refuses_an_empty_home),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
