@@ -110,7 +110,7 @@ static int probe_kafka(const char *brokers, char *detail, size_t cap)
         int fd = connect_tcp(host, port);
         if (fd >= 0) {
             close(fd);
-            snprintf(detail, cap, "broker %s:%s reachable", host, port);
+            snprintf(detail, cap, "broker %.80s:%.15s reachable", host, port);
             return EV_STATE_UP;
         }
     }
