@@ -22,6 +22,7 @@ struct ev_kafka {
     void (*on_ready)(void *ud);
     void *ready_ud;
     char last_error[160];      /* logged once until it changes */
+    char *stats;               /* the latest statistics JSON (consumers) */
 };
 
 typedef struct {
@@ -54,6 +55,21 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         ev_warn("kafka: %s", msg);
         snprintf(k->last_error, sizeof k->last_error, "%s", msg);
     }
+}
+
+/* Served from rd_kafka_consumer_poll, i.e. on the loop. */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    (void)rk;
+    ev_kafka_t *k = opaque;
+    char *copy = malloc(len + 1);
+    if (copy) {
+        memcpy(copy, json, len);
+        copy[len] = '\0';
+        free(k->stats);
+        k->stats = copy;
+    }
+    return 0; /* librdkafka frees json */
 }
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -166,6 +182,7 @@ static void release_handle(ev_kafka_t *k)
         rd_kafka_destroy(k->rk);
     close(k->pipe_fd[0]);
     close(k->pipe_fd[1]);
+    free(k->stats);
     free(k);
 }
 
@@ -250,12 +267,14 @@ ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers, 
         set(conf, "allow.auto.create.topics", "true", err, errlen) ||
         set(conf, "session.timeout.ms", "10000", err, errlen) ||
         set(conf, "heartbeat.interval.ms", "1000", err, errlen) ||
-        set(conf, "topic.metadata.refresh.interval.ms", "5000", err, errlen)) {
+        set(conf, "topic.metadata.refresh.interval.ms", "5000", err, errlen) ||
+        set(conf, "statistics.interval.ms", "2000", err, errlen)) {
         if (conf)
             rd_kafka_conf_destroy(conf);
         release_handle(k);
         return NULL;
     }
+    rd_kafka_conf_set_stats_cb(conf, stats_cb);
     k->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
     if (!k->rk) {
         rd_kafka_conf_destroy(conf);
@@ -311,21 +330,7 @@ int ev_kafka_store(ev_kafka_t *k, const char *topic, int32_t partition, int64_t 
     return e == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : -1;
 }
 
-void ev_kafka_lag(ev_kafka_t *k, void (*fn)(void *ud, const char *topic, int64_t lag), void *ud)
-{
-    rd_kafka_topic_partition_list_t *list = NULL;
-    if (rd_kafka_assignment(k->rk, &list) || !list)
-        return;
-    rd_kafka_position(k->rk, list);
-    for (int i = 0; i < list->cnt; i++) {
-        rd_kafka_topic_partition_t *p = &list->elems[i];
-        int64_t lo, hi, lag = 0;
-        if (rd_kafka_get_watermark_offsets(k->rk, p->topic, p->partition, &lo, &hi) == 0 && hi >= 0)
-            lag = p->offset >= 0 ? hi - p->offset : hi - lo; /* no position yet: all of it */
-        fn(ud, p->topic, lag > 0 ? lag : 0);
-    }
-    rd_kafka_topic_partition_list_destroy(list);
-}
+const char *ev_kafka_stats(const ev_kafka_t *k) { return k->stats; }
 
 void ev_kafka_free(ev_kafka_t *k, int flush_ms)
 {

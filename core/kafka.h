@@ -52,9 +52,11 @@ rd_kafka_message_t *ev_kafka_next(ev_kafka_t *k);
 void ev_kafka_on_ready(ev_kafka_t *k, void (*fn)(void *ud), void *ud);
 /* Marks a message done: its offset + 1 is committed in the background. */
 int ev_kafka_store(ev_kafka_t *k, const char *topic, int32_t partition, int64_t offset);
-/* Messages behind the partition ends for each assigned partition, summed per
- * topic: fn(topic, lag) per topic with an assignment. */
-void ev_kafka_lag(ev_kafka_t *k, void (*fn)(void *ud, const char *topic, int64_t lag), void *ud);
+/* The client's latest statistics (JSON, refreshed every 2 s; NULL before
+ * the first): per partition its fetch state and consumer_lag, the distance
+ * from the committed offset to the partition's end, which librdkafka keeps
+ * even for a partition this member has not consumed from yet. */
+const char *ev_kafka_stats(const ev_kafka_t *k);
 
 /* Producer: waits up to flush_ms for deliveries, fails the rest; consumer:
  * leaves the group after committing what was stored. */

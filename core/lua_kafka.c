@@ -10,7 +10,7 @@
  *       {topic, partition, offset, key, value, headers, timestamp}, or
  *       nil, "timeout"
  *     c:store(msg)                      msg is done: commit past it
- *     c:lag()                           {topic = messages behind}
+ *     c:stats()                         librdkafka's latest statistics JSON, or nil
  *     c:close()                         commit what was stored, leave the group
  * The producer is one per worker, created on first use from
  * EVENTLY_KAFKA_BROKERS and flushed when the worker stops. */
@@ -308,21 +308,14 @@ static int c_store(lua_State *L)
     return 1;
 }
 
-static void add_lag(void *ud, const char *topic, int64_t lag)
-{
-    lua_State *L = ud;
-    lua_getfield(L, -1, topic);
-    lua_Integer sum = lua_tointeger(L, -1) + lag;
-    lua_pop(L, 1);
-    lua_pushinteger(L, sum);
-    lua_setfield(L, -2, topic);
-}
-
-static int c_lag(lua_State *L)
+static int c_stats(lua_State *L)
 {
     consumer_t *c = check_consumer(L);
-    lua_newtable(L);
-    ev_kafka_lag(c->k, add_lag, L);
+    const char *json = ev_kafka_stats(c->k);
+    if (json)
+        lua_pushstring(L, json);
+    else
+        lua_pushnil(L);
     return 1;
 }
 
@@ -388,7 +381,7 @@ static int l_enabled(lua_State *L)
 int luaopen_evently_kafka_core(lua_State *L)
 {
     static const luaL_Reg consumer_methods[] = {
-        {"poll", c_poll}, {"store", c_store}, {"lag", c_lag}, {"close", c_close}, {NULL, NULL}};
+        {"poll", c_poll}, {"store", c_store}, {"stats", c_stats}, {"close", c_close}, {NULL, NULL}};
     luaL_newmetatable(L, CONSUMER_MT);
     luaL_newlib(L, consumer_methods);
     lua_setfield(L, -2, "__index");

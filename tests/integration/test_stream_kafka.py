@@ -131,11 +131,16 @@ def test_consumer_lag_is_in_metrics(api):
     ev = new_event(api)
     book(api, api.users[0], ev)
 
+    seen = []
+
     def lag_zero():
         text = api.get("/metrics").text
-        v = metric_value(text, "evently_consumer_lag", group="ledger", topic="booking-confirmed")
-        return v is not None and v == 0
-    wait_for(lag_zero, what="ledger lag 0 in /metrics")
+        seen[:] = [line for line in text.splitlines() if "consumer_lag" in line]
+        return metric_value(text, "evently_consumer_lag", group="ledger", topic="booking-confirmed") == 0
+    try:
+        wait_for(lag_zero, what="ledger lag 0 in /metrics")
+    except AssertionError:
+        raise AssertionError("lag never 0: %r" % seen)
 
 
 def bookings_in_background(api, ev, n, pause=0.05):

@@ -23,6 +23,7 @@
 local core = require "evently.kafka.core"
 local time = require "evently.time"
 local log = require "evently.log"
+local json = require "evently.json"
 local runtime = require "evently.runtime"
 
 local M = {}
@@ -41,11 +42,31 @@ end
 
 local members = {}   -- this worker's consumers, for lag
 
+-- A consumer's lag per topic from librdkafka's statistics: for each
+-- partition assigned here (fetch_state "active"), consumer_lag is the end of
+-- the partition less the committed offset.
+local function consumer_lag(consumer)
+  local text = consumer:stats()
+  if not text then return {} end
+  local ok, stats = pcall(json.decode, text)
+  if not ok or type(stats) ~= "table" or type(stats.topics) ~= "table" then return {} end
+  local out = {}
+  for topic, t in pairs(stats.topics) do
+    for id, p in pairs(t.partitions or {}) do
+      if tonumber(id) >= 0 and p.fetch_state == "active" and (p.consumer_lag or -1) >= 0 then
+        out[topic] = (out[topic] or 0) + p.consumer_lag
+      end
+    end
+  end
+  return out
+end
+M.consumer_lag = consumer_lag
+
 function M.lag()
   local out = {}
   for _, m in ipairs(members) do
     if m.consumer then
-      for topic, n in pairs(m.consumer:lag()) do
+      for topic, n in pairs(consumer_lag(m.consumer)) do
         local k = m.group .. "/" .. topic
         out[k] = (out[k] or 0) + n
       end

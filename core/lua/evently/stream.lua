@@ -23,7 +23,9 @@
 -- their topic and to analytics-events, keyed by event id, in (txid, id)
 -- order, and marks them published only after every delivery report; one
 -- relay runs at a time across all instances (an advisory lock). Consumers are
--- Kafka consumer groups; dead letters go to <topic>.dlq.
+-- Kafka consumer groups (each worker one member per group, subscribed to all
+-- the group's topics; `retries` is the largest asked for in the group); dead
+-- letters go to <topic>.dlq.
 -- In-process mode: the outbox table is the log and stream_offsets holds each
 -- group's position. One worker of one instance holds a group's position row
 -- at a time (FOR UPDATE SKIP LOCKED), like a Kafka partition owned by one
@@ -198,19 +200,44 @@ end
 
 -- ---------------------------------------------------------------- Kafka mode
 
-local function kafka_handler(c)
+-- One Kafka consumer per group and worker, subscribed to every topic the
+-- group consumes here (one group member, not one per topic); messages are
+-- handed to the consumer registered for their topic.
+local kafka_groups = {}
+
+local function kafka_dispatch(g)
   return function(kmsg)
+    local c = g.by_topic[kmsg.topic]
+    if not c then return true end
     local ok, m = pcall(json.decode, kmsg.value)
     if not ok or type(m) ~= "table" or math.type(m.id) ~= "integer" then
       error("not an outbox message: " .. tostring(kmsg.value):sub(1, 200), 0)
     end
     if seen(c.group, m.id) then return true end
-    local msg = { id = m.id, topic = kmsg.topic, type = m.type, key = m.key, payload = m.payload,
-      created_at = m.created_at }
-    local ok, why = attempt(c, msg)
-    if not ok then error(why, 0) end
+    local done, why = attempt(c, { id = m.id, topic = kmsg.topic, type = m.type, key = m.key,
+      payload = m.payload, created_at = m.created_at })
+    if not done then error(why, 0) end
     return true
   end
+end
+
+local function kafka_member(c, now)
+  local g = kafka_groups[c.group]
+  if not g then
+    g = { topics = {}, by_topic = {}, retries = c.retries }
+    kafka_groups[c.group] = g
+    if runtime.worker().slot >= 0 or now then
+      -- on the loop's next turn: the boot has registered every topic of the group by then
+      time.after(0, function()
+        g.kafka = kafka.consume { topic = g.topics, group = c.group, handler = kafka_dispatch(g),
+          retries = g.retries, now = true }
+      end)
+    end
+  end
+  if g.by_topic[c.topic] then error("stream.consume: group " .. c.group .. " already consumes " .. c.topic, 3) end
+  g.topics[#g.topics + 1] = c.topic
+  g.by_topic[c.topic] = c
+  g.retries = math.max(g.retries, c.retries)
 end
 
 local function message_of(row)
@@ -280,10 +307,16 @@ end
 
 local consumers = {}
 
+-- This worker's share of each group's lag: every topic of the group is set,
+-- 0 when none of its partitions is assigned here (a rebalance moved them), so
+-- no stale share lingers in the sum.
 local function report_kafka_lag()
-  for key, n in pairs(kafka.lag()) do
-    local group, topic = key:match("^(.-)/(.*)$")
-    runtime.gauge(string.format('evently_consumer_lag{group="%s",topic="%s"}', group, topic), n)
+  for group, g in pairs(kafka_groups) do
+    local consumer = g.kafka and g.kafka.consumer
+    local lag = consumer and kafka.consumer_lag(consumer) or {}
+    for _, topic in ipairs(g.topics) do
+      runtime.gauge(string.format('evently_consumer_lag{group="%s",topic="%s"}', group, topic), lag[topic] or 0)
+    end
   end
 end
 
@@ -296,8 +329,7 @@ function M.consume(spec)
   consumers[#consumers + 1] = c
   if kafka.enabled() then
     if #consumers == 1 and runtime.worker().slot >= 0 then time.every(2, report_kafka_lag) end
-    c.kafka = kafka.consume { topic = c.topic, group = c.group, handler = kafka_handler(c),
-      retries = c.retries, now = spec.now }
+    kafka_member(c, spec.now)
   elseif runtime.worker().slot >= 0 or spec.now then
     -- consumers run in workers (and in `evently lua`/`test`), not while checking scripts
     time.after(0, loop, c)
