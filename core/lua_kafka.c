@@ -9,6 +9,7 @@
  *     c:poll(timeout)                   [yields] the next message
  *       {topic, partition, offset, key, value, headers, timestamp}, or
  *       nil, "timeout"
+ *     c:drain(max)                      the messages already queued (up to max), no wait
  *     c:store(msg)                      msg is done: commit past it
  *     c:stats()                         librdkafka's latest statistics JSON, or nil
  *     c:close()                         commit what was stored, leave the group
@@ -294,6 +295,23 @@ static int c_poll(lua_State *L)
     return ev_co_wait(L, timeout, &poll_ops, c);
 }
 
+/* c:drain(max): the messages already queued, up to max, without waiting. */
+static int c_drain(lua_State *L)
+{
+    consumer_t *c = check_consumer(L);
+    lua_Integer max = luaL_checkinteger(L, 2);
+    lua_newtable(L);
+    for (lua_Integer i = 1; i <= max; i++) {
+        rd_kafka_message_t *m = ev_kafka_next(c->k);
+        if (!m)
+            break;
+        push_message(L, m); /* a raise here leaks m: only on out of memory */
+        rd_kafka_message_destroy(m);
+        lua_rawseti(L, -2, i);
+    }
+    return 1;
+}
+
 static int c_store(lua_State *L)
 {
     consumer_t *c = check_consumer(L);
@@ -381,7 +399,7 @@ static int l_enabled(lua_State *L)
 int luaopen_evently_kafka_core(lua_State *L)
 {
     static const luaL_Reg consumer_methods[] = {
-        {"poll", c_poll}, {"store", c_store}, {"stats", c_stats}, {"close", c_close}, {NULL, NULL}};
+        {"poll", c_poll}, {"drain", c_drain}, {"store", c_store}, {"stats", c_stats}, {"close", c_close}, {NULL, NULL}};
     luaL_newmetatable(L, CONSUMER_MT);
     luaL_newlib(L, consumer_methods);
     lua_setfield(L, -2, "__index");

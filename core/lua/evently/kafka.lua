@@ -15,6 +15,10 @@
 --       retries with backoff; after `retries` failures the message goes to
 --       "<topic>.dlq" with headers error, attempts, source-topic,
 --       source-partition, source-offset, and the consumer goes on.
+--       batch = n: up to n messages already queued are taken at once;
+--       before_batch(msgs) runs first (setting msg.skip = true skips a
+--       message's handler) and after_batch(msgs) once all were handled, before
+--       their offsets are stored (e.g. to record them in one statement).
 --   kafka.lag()                            { ["group/topic"] = messages behind } of this worker
 -- Consumers run in serving workers only (not in `evently check`); each
 -- worker is one member of the group, so the topic's partitions are shared
@@ -123,10 +127,16 @@ local function run(c)
     end
   end
   while true do
-    local msg = c.consumer:poll(1)
-    if msg then
-      handle(c, msg)
-      c.consumer:store(msg)
+    local first = c.consumer:poll(1)
+    if first then
+      local batch = { first }
+      for _, m in ipairs(c.consumer:drain(c.batch - 1)) do batch[#batch + 1] = m end
+      if c.before_batch then c.before_batch(batch) end
+      for _, m in ipairs(batch) do
+        if not m.skip then handle(c, m) end
+      end
+      if c.after_batch then c.after_batch(batch) end
+      for _, m in ipairs(batch) do c.consumer:store(m) end
     end
   end
 end
@@ -139,7 +149,8 @@ function M.consume(spec)
   end
   if type(spec.group) ~= "string" or spec.group == "" then error("kafka.consume: group required", 2) end
   if type(spec.handler) ~= "function" then error("kafka.consume: handler must be a function", 2) end
-  local c = { topics = topics, group = spec.group, handler = spec.handler, retries = spec.retries or 5 }
+  local c = { topics = topics, group = spec.group, handler = spec.handler, retries = spec.retries or 5,
+    batch = spec.batch or 1, before_batch = spec.before_batch, after_batch = spec.after_batch }
   members[#members + 1] = c
   if runtime.worker().slot >= 0 or spec.now then time.after(0, run, c) end
   return c

@@ -7,8 +7,9 @@
 --     Returning normally acknowledges; raising (or returning nil, err) retries
 --     with backoff; after `retries` failures the message is dead-lettered with
 --     its error and the consumer goes on. Delivery is at least once, in outbox
---     order per event. Kafka mode records each handled msg.id per group
---     (stream_processed) and skips it when the relay published it twice; in
+--     order per event. Kafka mode records handled msg.ids per group
+--     (stream_processed, one statement per batch of up to 200) and skips a
+--     message the relay published twice; in
 --     process the group's position moves with each batch, so only a crash
 --     mid-batch hands messages over again.
 --     With transactional = true the handler is handler(msg, tx): it runs in
@@ -74,7 +75,7 @@ local function nap(timeout)
   ev:wait(timeout)
 end
 
--- ---------------------------------------------------------------- dedup
+-- ---------------------------------------------------------------- handlers
 
 -- Retries until the database answers: an outage is not the handler's fault
 -- and must not push messages towards the dead letters.
@@ -86,22 +87,6 @@ local function persist(what, fn)
     log.warn("stream: %s: %s; again in %.1f s", what, tostring(v), backoff)
     time.sleep(backoff); backoff = math.min(backoff * 2, 5)
   end
-end
-
-local function seen(group, id)
-  return persist("dedup check", function()
-    local row, err = db.one("SELECT 1 AS x FROM stream_processed WHERE consumer_group = $1 AND message_id = $2",
-      group, id)
-    if err then error(err, 0) end
-    return row ~= nil
-  end)
-end
-
-local function mark(group, id)
-  persist("dedup record", function()
-    assert(db.query([[INSERT INTO stream_processed (consumer_group, message_id) VALUES ($1, $2)
-      ON CONFLICT DO NOTHING]], group, id))
-  end)
 end
 
 local function deliver(c, msg)
@@ -125,19 +110,8 @@ local function deliver_tx(c, msg)
   return false, tostring(err)
 end
 
--- Runs the handler once more for msg; true when it is done (and recorded).
-local function attempt(c, msg)
-  if c.transactional then return deliver_tx(c, msg) end
-  local ok, why = deliver(c, msg)
-  if ok then mark(c.group, msg.id) end
-  return ok, why
-end
-
 -- ---------------------------------------------------------------- in-process mode
 
--- One pass: lock the group's position, hand the next messages over in order,
--- move the position. Returns how many were handled (0: nothing new, or another
--- worker holds the group).
 -- Here the position row is the record of what the group handled: it moves
 -- in the pass's transaction, so only a crash mid-pass replays messages
 -- (at least once); transactional handlers record each message themselves.
@@ -205,18 +179,57 @@ end
 -- handed to the consumer registered for their topic.
 local kafka_groups = {}
 
-local function kafka_dispatch(g)
-  return function(kmsg)
-    local c = g.by_topic[kmsg.topic]
-    if not c then return true end
-    local ok, m = pcall(json.decode, kmsg.value)
-    if not ok or type(m) ~= "table" or math.type(m.id) ~= "integer" then
-      error("not an outbox message: " .. tostring(kmsg.value):sub(1, 200), 0)
+-- A batch: decode, drop what the group already handled (one query), and
+-- after the handlers record the rest as handled (one statement).
+local function kafka_before(g)
+  return function(batch)
+    local ids = {}
+    for _, k in ipairs(batch) do
+      local c = g.by_topic[k.topic]
+      local ok, m = pcall(json.decode, k.value)
+      if c and ok and type(m) == "table" and math.type(m.id) == "integer" then
+        k.stream = { id = m.id, topic = k.topic, type = m.type, key = m.key, payload = m.payload,
+          created_at = m.created_at }
+        ids[#ids + 1] = m.id
+      elseif not c then
+        k.skip = true
+      end -- else: not an outbox message; the handler raises and it is dead-lettered
     end
-    if seen(c.group, m.id) then return true end
-    local done, why = attempt(c, { id = m.id, topic = kmsg.topic, type = m.type, key = m.key,
-      payload = m.payload, created_at = m.created_at })
-    if not done then error(why, 0) end
+    local done = persist("dedup check", function()
+      if #ids == 0 then return {} end
+      local rows = assert(db.query([[SELECT message_id FROM stream_processed
+        WHERE consumer_group = $1 AND message_id = ANY($2::bigint[])]], g.group, "{" .. table.concat(ids, ",") .. "}"))
+      local set = {}
+      for _, r in ipairs(rows) do set[r.message_id] = true end
+      return set
+    end)
+    for _, k in ipairs(batch) do
+      if k.stream and done[k.stream.id] then k.skip = true end
+    end
+  end
+end
+
+local function kafka_after(g)
+  return function(batch)
+    local ids = {}
+    for _, k in ipairs(batch) do
+      if k.stream and not k.skip and not g.by_topic[k.topic].transactional then ids[#ids + 1] = k.stream.id end
+    end
+    if #ids == 0 then return end
+    persist("dedup record", function()
+      assert(db.query([[INSERT INTO stream_processed (consumer_group, message_id)
+        SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING]], g.group, "{" .. table.concat(ids, ",") .. "}"))
+    end)
+  end
+end
+
+local function kafka_dispatch(g)
+  return function(k)
+    if not k.stream then error("not an outbox message: " .. tostring(k.value):sub(1, 200), 0) end
+    local c = g.by_topic[k.topic]
+    local ok, why
+    if c.transactional then ok, why = deliver_tx(c, k.stream) else ok, why = deliver(c, k.stream) end
+    if not ok then error(why, 0) end
     return true
   end
 end
@@ -224,13 +237,14 @@ end
 local function kafka_member(c, now)
   local g = kafka_groups[c.group]
   if not g then
-    g = { topics = {}, by_topic = {}, retries = c.retries }
+    g = { group = c.group, topics = {}, by_topic = {}, retries = c.retries }
     kafka_groups[c.group] = g
     if runtime.worker().slot >= 0 or now then
       -- on the loop's next turn: the boot has registered every topic of the group by then
       time.after(0, function()
         g.kafka = kafka.consume { topic = g.topics, group = c.group, handler = kafka_dispatch(g),
-          retries = g.retries, now = true }
+          retries = g.retries, batch = 200, before_batch = kafka_before(g), after_batch = kafka_after(g),
+          now = true }
       end)
     end
   end
