@@ -5,9 +5,11 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -168,6 +170,67 @@ static int attach(ev_kafka_t *k, struct event_base *base, char *err, size_t errl
     return 0;
 }
 
+/* librdkafka's close and destroy wait for the brokers, and with the broker
+ * gone they can wait for good (seen: a stopping worker stuck in
+ * rd_kafka_destroy after the broker was stopped). They run on a thread of
+ * their own; the caller waits up to CLOSE_WAIT_S and goes on without it (only
+ * stopping workers free handles, and the process is ending). */
+#define CLOSE_WAIT_S 5
+
+typedef struct {
+    rd_kafka_t *rk;
+    int consumer;
+    int done, abandoned;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} closing_t;
+
+static void *closer(void *arg)
+{
+    closing_t *c = arg;
+    if (c->consumer)
+        rd_kafka_consumer_close(c->rk); /* commits what was stored, leaves the group */
+    rd_kafka_destroy(c->rk);
+    pthread_mutex_lock(&c->mu);
+    c->done = 1;
+    int abandoned = c->abandoned;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    if (abandoned)
+        free(c);
+    return NULL;
+}
+
+static void close_bounded(rd_kafka_t *rk, int consumer)
+{
+    closing_t *c = calloc(1, sizeof *c);
+    pthread_t t;
+    if (!c)
+        return; /* leak rk rather than risk a hang */
+    c->rk = rk;
+    c->consumer = consumer;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    if (pthread_create(&t, NULL, closer, c) != 0) {
+        free(c);
+        return;
+    }
+    pthread_detach(t);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += CLOSE_WAIT_S;
+    pthread_mutex_lock(&c->mu);
+    while (!c->done && pthread_cond_timedwait(&c->cv, &c->mu, &until) == 0)
+        ;
+    int done = c->done;
+    c->abandoned = !done;
+    pthread_mutex_unlock(&c->mu);
+    if (done)
+        free(c);
+    else
+        ev_warn("kafka: client did not close within %d s (brokers unreachable?); not waiting", CLOSE_WAIT_S);
+}
+
 static void release_handle(ev_kafka_t *k)
 {
     if (k->readable)
@@ -179,7 +242,7 @@ static void release_handle(ev_kafka_t *k)
         rd_kafka_queue_destroy(k->queue);
     }
     if (k->rk)
-        rd_kafka_destroy(k->rk);
+        close_bounded(k->rk, k->consumer);
     close(k->pipe_fd[0]);
     close(k->pipe_fd[1]);
     free(k->stats);
@@ -293,7 +356,6 @@ ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers, 
         return NULL;
     }
     if (attach(k, base, err, errlen) != 0) {
-        rd_kafka_consumer_close(k->rk);
         release_handle(k);
         return NULL;
     }
@@ -336,9 +398,7 @@ void ev_kafka_free(ev_kafka_t *k, int flush_ms)
 {
     if (!k)
         return;
-    if (k->consumer) {
-        rd_kafka_consumer_close(k->rk);
-    } else if (rd_kafka_flush(k->rk, flush_ms) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+    if (!k->consumer && rd_kafka_flush(k->rk, flush_ms) != RD_KAFKA_RESP_ERR_NO_ERROR) {
         ev_warn("kafka: %d messages not delivered at shutdown", rd_kafka_outq_len(k->rk));
         rd_kafka_purge(k->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         rd_kafka_poll(k->rk, 0); /* their delivery reports: failed, callers told */
