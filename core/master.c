@@ -55,7 +55,23 @@ typedef struct {
     struct event *respawn;
 } ev_master_t;
 
-static int open_listener(const ev_config_t *cfg)
+/* SO_REUSEPORT lets any process of ours bind a port that is in use, and the
+ * kernel would then spread connections over both: a second `evently serve`
+ * on a busy port (or a stale one still holding it) would answer a share of
+ * the traffic unseen. A plain bind first tells whether someone listens. */
+static int port_in_use(const struct addrinfo *ai)
+{
+    int fd = socket(ai->ai_family, SOCK_STREAM, 0);
+    int one = 1;
+    if (fd < 0)
+        return 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* TIME_WAIT is not "in use" */
+    int taken = bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno == EADDRINUSE;
+    close(fd);
+    return taken;
+}
+
+static int open_listener(const ev_config_t *cfg, int first)
 {
     char port[16];
     snprintf(port, sizeof port, "%d", cfg->port);
@@ -63,6 +79,11 @@ static int open_listener(const ev_config_t *cfg)
     int rc = getaddrinfo(cfg->host, port, &hints, &ai);
     if (rc != 0) {
         ev_error("host %s: %s", cfg->host, gai_strerror(rc));
+        return -1;
+    }
+    if (first && port_in_use(ai)) {
+        ev_error("cannot listen on %s:%d: the port is in use by another process", cfg->host, cfg->port);
+        freeaddrinfo(ai);
         return -1;
     }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -275,7 +296,7 @@ int ev_master_serve(const ev_config_t *cfg)
     if (!m.metrics || !m.base)
         goto done;
     for (; m.lanes < cfg->workers; m.lanes++) {
-        m.listen_fds[m.lanes] = open_listener(cfg);
+        m.listen_fds[m.lanes] = open_listener(cfg, m.lanes == 0);
         if (m.listen_fds[m.lanes] < 0)
             goto done;
     }

@@ -139,3 +139,18 @@ def test_sigterm_during_startup_leaves_no_services(start_server):
     left = srv.leftovers(timeout=5)
     srv.force_cleanup()  # whatever was left, so nothing outlives the test
     assert not left, "exit %r after SIGTERM at startup, left running: %r" % (rc, left)
+
+
+def test_a_second_server_on_a_busy_port_refuses_to_start(server):
+    """SO_REUSEPORT would let it share the port unseen; it must say so and exit."""
+    s = Server("sameport", workers=1)
+    s.port = server.port
+    try:
+        s.start(wait=False)
+        rc = s.wait(timeout=60)
+        assert rc != 0
+        with open(s.log_path) as f:
+            assert "port is in use by another process" in f.read()
+        assert server.get("/health").status == 200
+    finally:
+        s.force_cleanup()

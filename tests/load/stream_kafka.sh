@@ -35,7 +35,7 @@ for _ in $(seq 1 120); do (exec 3<>/dev/tcp/127.0.0.1/$kport) 2>/dev/null && bre
 
 EVENTLY_HOME=$work/home EVENTLY_ACCESS_LOG=off EVENTLY_DB_POOL_MAX=20 EVENTLY_KAFKA_BROKERS=$brokers \
   setsid "$bin" serve --port $port --workers 2 >"$work/ev.log" 2>&1 &
-for _ in $(seq 1 120); do curl -sf "$base/health/ready" >/dev/null 2>&1 && break; sleep 0.5; done
+for _ in $(seq 1 120); do curl -sf --max-time 2 "$base/health/ready" >/dev/null 2>&1 && break; sleep 0.5; done
 sql() { EVENTLY_HOME=$work/home "$bin" lua /dev/stdin 2>/dev/null <<LUA
 local db = require "evently.db"
 local v = assert(db.value([[$1]]))
