@@ -126,7 +126,13 @@ local paths = {
       requestBody = req({ type = "object", required = { "event_id", "quantity" }, properties = {
         event_id = { type = "integer", minimum = 1 }, quantity = { type = "integer", minimum = 1 },
         waitlist_entry_id = { type = "integer", minimum = 1 } } }),
-      responses = with({ "400", "401", "404", "409", "413", "422", "503" }, { ["201"] = body(ref("Booking"), "Created (or replayed)") }) } },
+      description = "Problem types answered with 409: `sold-out` (with `available`), `not-on-sale`, "
+        .. "`no-offer` (waitlist_entry_id), `idempotency-in-flight`, and `limit-exceeded` when the booking "
+        .. "would take the user's confirmed tickets for the event over the operator's per-user limit "
+        .. "(rules/booking.lua `max_per_user`; the body has `max_per_user` and `held`, the user's "
+        .. "confirmed tickets for the event; cancelling a booking frees its tickets again).",
+      responses = with({ "400", "401", "404", "413", "422", "503" }, { ["201"] = body(ref("Booking"), "Created (or replayed)"),
+        ["409"] = problem("sold-out, not-on-sale, no-offer, idempotency-in-flight or limit-exceeded (see description)") }) } },
   ["/api/v1/bookings/{id}"] = {
     get = { tags = { "bookings" }, summary = "One booking (owner or admin)", security = BEARER, parameters = { ID },
       responses = with({ "401", "404", "503" }, { ["200"] = body(ref("Booking")) }) },

@@ -8,9 +8,17 @@
 -- lock acquisition then carries a whole batch of bookings; every invariant of
 -- a single take holds (the event row is locked for the statement, and the
 -- CHECK on available is the last guard).
+--
+-- With a per-user limit (rules/booking.lua max_per_user) the walk also
+-- refuses a request that would take its user over it, counting the user's
+-- confirmed tickets read in a transaction that locked the event row first
+-- (see domain/ticket_limit.lua for why that read is exact). A user appears at
+-- most once per batch then: their further requests wait for the next batch,
+-- so each request is checked against everything granted before it.
 local db = require "evently.db"
 local sync = require "evently.sync"
 local rules = require "rules.booking"
+local limit = require "domain.ticket_limit"
 local bookings_columns = "id, event_id, user_id, quantity, status, total_cents, currency, created_at, cancelled_at"
 
 local M = {}
@@ -24,13 +32,23 @@ ev AS (
     AND (sales_start IS NULL OR sales_start <= now()) AND (sales_end IS NULL OR sales_end > now())
     AND ($5 OR starts_at > now())
   FOR UPDATE),
+held AS (
+  SELECT b.user_id, sum(b.quantity)::int AS held FROM bookings b
+  WHERE b.event_id = $1 AND b.status = 'confirmed' AND b.user_id = ANY($3::bigint[])
+  GROUP BY b.user_id),
 walk AS (
-  SELECT 0 AS seq, ev.available AS left_after, 0 AS took FROM ev
+  SELECT 0 AS seq, ev.available AS left_after, 0 AS took, false AS over_limit, 0 AS held FROM ev
   UNION ALL
   SELECT q.seq,
-    CASE WHEN q.quantity <= w.left_after AND q.quantity <= ev.max_per_booking THEN w.left_after - q.quantity ELSE w.left_after END,
-    CASE WHEN q.quantity <= w.left_after AND q.quantity <= ev.max_per_booking THEN q.quantity ELSE 0 END
-  FROM walk w JOIN req q ON q.seq = w.seq + 1 CROSS JOIN ev),
+    CASE WHEN f.fits THEN w.left_after - q.quantity ELSE w.left_after END,
+    CASE WHEN f.fits THEN q.quantity ELSE 0 END,
+    l.over_limit, l.held
+  FROM walk w JOIN req q ON q.seq = w.seq + 1 CROSS JOIN ev
+  CROSS JOIN LATERAL (SELECT CASE WHEN $6::int IS NULL THEN 0
+      ELSE coalesce((SELECT h.held FROM held h WHERE h.user_id = q.user_id), 0) END AS held) u
+  CROSS JOIN LATERAL (SELECT $6::int IS NOT NULL AND q.quantity + u.held > $6 AS over_limit, u.held) l
+  CROSS JOIN LATERAL (SELECT q.quantity <= w.left_after AND q.quantity <= ev.max_per_booking
+      AND NOT l.over_limit AS fits) f),
 win AS MATERIALIZED (
   SELECT q.seq, q.user_id, q.quantity, nextval('bookings_id_seq') AS id
   FROM walk w JOIN req q USING (seq) WHERE w.took > 0),
@@ -54,7 +72,11 @@ SELECT 1 AS kind, win.seq, NULL::int AS available, NULL::int AS max_per_booking,
 UNION ALL
 SELECT 2, 0, (SELECT min(left_after) FROM walk), ev.max_per_booking,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz, NULL::timestamptz
-  FROM ev]]
+  FROM ev
+UNION ALL
+SELECT 3, w.seq, w.held, NULL, -- over the per-user limit: available carries the user's held tickets
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz, NULL::timestamptz
+  FROM walk w WHERE w.over_limit]]
 
 local queues = {} -- event id -> { running = bool, waiting = {items} }
 
@@ -112,13 +134,30 @@ function M.sold_out(event_id, quantity)
   return false
 end
 
+-- One statement for the batch; with a per-user limit, after the lock
+-- statement in the same transaction (so the users' sums are current).
+local function batch_query(event_id, seqs, users, qtys)
+  if not limit.max then
+    return db.query(BATCH, event_id, seqs, users, qtys, rules.allow_after_start, nil)
+  end
+  local ok, rows, err = pcall(db.transaction, function(tx)
+    local locked, lerr = limit.lock(tx, event_id)
+    if not locked then error(lerr, 0) end
+    local res, qerr = tx.query(BATCH, event_id, seqs, users, qtys, rules.allow_after_start, limit.max)
+    if not res then error(qerr, 0) end
+    return res
+  end)
+  if not ok then return nil, rows end
+  return rows, err
+end
+
 local function run_batch(event_id, batch)
   local seqs, users, qtys = {}, {}, {}
   for i, item in ipairs(batch) do
     seqs[i], users[i], qtys[i] = i, item.user_id, item.quantity
   end
   local function pg_array(t) return "{" .. table.concat(t, ",") .. "}" end
-  local rows, err = db.query(BATCH, event_id, pg_array(seqs), pg_array(users), pg_array(qtys), rules.allow_after_start)
+  local rows, err = batch_query(event_id, pg_array(seqs), pg_array(users), pg_array(qtys))
   if not rows then
     for _, item in ipairs(batch) do item.err = err end
     return
@@ -129,6 +168,8 @@ local function run_batch(event_id, batch)
       local item = batch[r.seq]
       r.kind, r.seq, r.available, r.max_per_booking = nil, nil, nil, nil
       item.booking = r
+    elseif r.kind == 3 then -- over the per-user limit
+      batch[r.seq].held = r.available
     else
       summary = r
     end
@@ -145,6 +186,8 @@ local function run_batch(event_id, batch)
       elseif item.quantity > summary.max_per_booking then
         item.why = "too-many"
         item.ev = { max_per_booking = summary.max_per_booking }
+      elseif item.held then
+        item.why, item.ev = "limit-exceeded", limit.refusal(item.held)
       else
         item.why = "sold-out"
         item.ev = { available = summary.available }
@@ -153,17 +196,30 @@ local function run_batch(event_id, batch)
   end
 end
 
+-- The next batch out of the queue: every live item, except that with a
+-- per-user limit a user's second request waits for the next batch.
+local function next_batch(waiting)
+  local batch, later, seen = {}, {}, {}
+  for _, item in ipairs(waiting) do
+    if item.cancelled then -- dropped: its request has gone
+    elseif limit.max and seen[item.user_id] then
+      later[#later + 1] = item
+    else
+      seen[item.user_id] = true
+      batch[#batch + 1] = item
+    end
+  end
+  return batch, later
+end
+
 -- Batches run in a coroutine of their own (a timer), never in a request's:
 -- a request that is aborted (client gone, deadline) while it waits cannot
 -- stop the queue, and its item is skipped if its batch has not started.
 local function runner(event_id, q)
   local ok, err = pcall(function()
     while #q.waiting > 0 do
-      local batch = {}
-      for _, item in ipairs(q.waiting) do
-        if not item.cancelled then batch[#batch + 1] = item end
-      end
-      q.waiting = {}
+      local batch, later = next_batch(q.waiting)
+      q.waiting = later
       if #batch > 0 then
         local rok, rerr = pcall(run_batch, event_id, batch)
         if not rok then
@@ -182,7 +238,8 @@ end
 
 --- Takes quantity seats for user_id. Returns booking | nil, why, info where
 -- why is "sold-out" (info.available), "too-many" (info.max_per_booking),
--- "closed" (not on sale, or no such event) or a db error.
+-- "limit-exceeded" (info.max_per_user, info.held), "closed" (not on sale, or
+-- no such event) or a db error.
 function M.take(event_id, user_id, quantity)
   if gate_closed(event_id, quantity) then
     count("gate", 1)

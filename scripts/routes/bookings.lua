@@ -13,6 +13,15 @@ local idempotency = require "domain.idempotency"
 
 local function booking_id(req) return params.id(req, "booking") end
 
+-- 409, not 422: the request is valid, the user's tickets for the event
+-- (rules/booking.lua max_per_user) are what refuse it; cancelling one frees
+-- the allowance again.
+local function limit_exceeded(info)
+  return problem.response(409, "limit-exceeded",
+    "this booking would take you over the event's limit of " .. info.max_per_user .. " tickets per user",
+    { max_per_user = info.max_per_user, held = info.held })
+end
+
 local REFUSED = {
   ["not-found"] = { 404, "not-found", "no such event" },
   ["not-on-sale"] = { 409, "not-on-sale", "the event is not on sale (draft, cancelled, outside its sales window or past)" },
@@ -39,6 +48,7 @@ return function(app, base)
         return problem.response(422, "validation", "quantity must match the waitlist offer",
           { errors = { { field = "quantity", message = "must be " .. entry.quantity } } })
       end
+      if why == "limit-exceeded" then return limit_exceeded(entry) end
       if why == "no-offer" then
         return problem.response(409, "no-offer", "there is no open offer for this waitlist entry")
       end
@@ -52,6 +62,7 @@ return function(app, base)
     if why == "sold-out" then
       return problem.response(409, "sold-out", "not enough tickets left", { available = ev.available })
     end
+    if why == "limit-exceeded" then return limit_exceeded(ev) end
     local r = REFUSED[why]
     if r then
       local extra = why == "too-many" and { errors = { { field = "quantity",
