@@ -86,21 +86,30 @@ local queues = {} -- event id -> { running = bool, waiting = {items} }
 -- instance) reopens it at once through the cache's invalidation fan-out; the
 -- short expiry bounds a "sold out" that a lost message would leave behind.
 -- The gate only ever refuses: Postgres alone decides every sale.
+-- Its shared level is a mark in Redis (domain/soldout_mark.lua): a batch that
+-- sees the event sold out writes it, and a worker that does not know the
+-- event reads it before its next batch would go to Postgres.
 local GATE = 1.0
 local WAIT = 40 -- seconds a take waits for its batch (statement timeout + margin)
 local soldout = {}
+local changes = {} -- event id -> invalidations heard (a Redis read racing one is dropped)
 local time = require "evently.time"
 local runtime = require "evently.runtime"
+local mark = require "domain.soldout_mark"
 
 require("evently.cache").on_invalidate(function(key)
   local id = key:match("^event:(%d+)$")
-  if id then soldout[tonumber(id)] = nil end
+  if id then
+    id = tonumber(id)
+    soldout[id] = nil
+    changes[id] = (changes[id] or 0) + 1
+  end
 end)
 
 -- Counters add up here and reach the shared /metrics region once a second:
 -- a shared counter bumped per request would bounce one cache line between
 -- the workers at every sold-out answer.
-local counts = { gate = 0, batches = 0, batched = 0 }
+local counts = { gate = 0, batches = 0, batched = 0, shared = 0 }
 local flushing = false
 local function count(name, n)
   counts[name] = counts[name] + n
@@ -110,7 +119,8 @@ local function count(name, n)
       if counts.gate > 0 then runtime.count("evently_booking_gate_soldout_total", counts.gate) end
       if counts.batches > 0 then runtime.count("evently_booking_batches_total", counts.batches) end
       if counts.batched > 0 then runtime.count("evently_booking_batch_requests_total", counts.batched) end
-      counts.gate, counts.batches, counts.batched = 0, 0, 0
+      if counts.shared > 0 then runtime.count("evently_booking_gate_redis_total", counts.shared) end
+      counts.gate, counts.batches, counts.batched, counts.shared = 0, 0, 0, 0
     end)
   end
 end
@@ -151,7 +161,9 @@ local function batch_query(event_id, seqs, users, qtys)
   return rows, err
 end
 
+-- Runs one batch; returns the event's summary row (nil: not on sale).
 local function run_batch(event_id, batch)
+  local started = mark.clock()
   local seqs, users, qtys = {}, {}, {}
   for i, item in ipairs(batch) do
     seqs[i], users[i], qtys[i] = i, item.user_id, item.quantity
@@ -176,6 +188,7 @@ local function run_batch(event_id, batch)
   end
   if summary and summary.available == 0 then
     soldout[event_id] = { until_ = time.monotonic() + GATE, max = summary.max_per_booking }
+    time.after(0, mark.mark, event_id, started, summary.max_per_booking) -- the answers need not wait for it
   end
   count("batches", 1)
   count("batched", #batch)
@@ -194,6 +207,37 @@ local function run_batch(event_id, batch)
       end
     end
   end
+  return summary
+end
+
+-- Before a batch goes to Postgres, learn from Redis whether another worker
+-- saw the event sold out; skipped while this worker's own last batch found
+-- seats less than GATE seconds ago, so a selling event pays nothing for it.
+local function learn_shared(event_id, q)
+  if q.open_until and q.open_until > time.monotonic() then return end
+  local seen = changes[event_id]
+  local max = mark.read(event_id)
+  if max and changes[event_id] == seen then -- no give-back heard while Redis answered
+    soldout[event_id] = { until_ = time.monotonic() + GATE, max = max }
+    return true
+  end
+  return false
+end
+
+-- Answers the items the gate now refuses (counted as counter: "shared" when
+-- the gate was just learned from Redis); returns the rest.
+local function refuse_gated(event_id, batch, counter)
+  local rest = {}
+  for _, item in ipairs(batch) do
+    if gate_closed(event_id, item.quantity) then
+      item.why, item.ev = "sold-out", { available = 0 }
+      count(counter, 1)
+      item.done:set()
+    else
+      rest[#rest + 1] = item
+    end
+  end
+  return rest
 end
 
 -- The next batch out of the queue: every live item, except that with a
@@ -218,12 +262,16 @@ end
 local function runner(event_id, q)
   local ok, err = pcall(function()
     while #q.waiting > 0 do
+      local learned = learn_shared(event_id, q)
       local batch, later = next_batch(q.waiting)
       q.waiting = later
+      batch = refuse_gated(event_id, batch, learned and "shared" or "gate")
       if #batch > 0 then
-        local rok, rerr = pcall(run_batch, event_id, batch)
+        local rok, res = pcall(run_batch, event_id, batch)
         if not rok then
-          for _, item in ipairs(batch) do item.err = item.err or { kind = "error", message = tostring(rerr) } end
+          for _, item in ipairs(batch) do item.err = item.err or { kind = "error", message = tostring(res) } end
+        elseif res and res.available > 0 then
+          q.open_until = time.monotonic() + GATE
         end
         for _, item in ipairs(batch) do item.done:set() end
       end

@@ -168,7 +168,7 @@ return function(app, base)
     local ok, b, err, changed = pcall(bookings.cancel, booking_id(req), owner)
     if not ok or err then return problem.response(503, "unavailable", "cannot cancel now") end
     if not b then return problem.response(404, "not-found", "no such booking") end
-    if changed then events.changed(b.event_id) end
+    if changed then events.reopened(b.event_id) end
     return b
   end, "bookings.cancel")
 end

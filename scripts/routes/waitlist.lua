@@ -27,7 +27,7 @@ local function sweep()
       return
     end
     if not event_id then return end
-    events.changed(event_id)
+    events.reopened(event_id)
   end
 end
 
@@ -66,7 +66,7 @@ return function(app, base)
     local ok, done, event_id = pcall(waitlist.leave, path_id(req, "waitlist entry"), user.id)
     if not ok then return problem.response(503, "unavailable", "cannot leave the waitlist now") end
     if not done then return problem.response(404, "not-found", "no such waitlist entry") end
-    events.changed(event_id)
+    events.reopened(event_id)
     return 204
   end, "waitlist.leave")
 end
