@@ -49,14 +49,16 @@ end
 --- Takes quantity seats of event_id for user_id. Returns booking, or nil and
 -- a reason: "not-found" | "not-on-sale" | "too-many" | "limit-exceeded"
 -- (with max_per_user and held) | "sold-out" (with the event's available) |
--- a db error.
+-- "busy" (not booked: retry) | "unknown" (may have booked) | a db error.
 -- q: db, or a transaction (when an idempotency key is stored with the booking);
 -- after_take(row) runs in that transaction when seats were taken.
 function M.create(event_id, user_id, quantity, q, after_take)
   if not q and rules.coalesce then -- the common case: batched with concurrent takes
     local row, why, info = require("domain.seats").take(event_id, user_id, quantity)
     if row then return row end
-    if why == "sold-out" or why == "too-many" or why == "limit-exceeded" then return nil, why, info end
+    if why == "sold-out" or why == "too-many" or why == "limit-exceeded" or why == "busy" or why == "unknown" then
+      return nil, why, info
+    end
     if why ~= "closed" then return nil, why end
   elseif not q and limit.max then -- the limit needs a transaction
     return db.transaction(function(tx) return M.create(event_id, user_id, quantity, tx, after_take) end)

@@ -90,12 +90,25 @@ local queues = {} -- event id -> { running = bool, waiting = {items} }
 -- sees the event sold out writes it, and a worker that does not know the
 -- event reads it before its next batch would go to Postgres.
 local GATE = 1.0
-local WAIT = 40 -- seconds a take waits for its batch (statement timeout + margin)
 local soldout = {}
 local changes = {} -- event id -> invalidations heard (a Redis read racing one is dropped)
 local time = require "evently.time"
 local runtime = require "evently.runtime"
 local mark = require "domain.soldout_mark"
+
+-- How long a take waits. Queued (its batch not started): until a few seconds
+-- before the handler's deadline, then it is withdrawn and answered "busy",
+-- truthfully not booked. Once its batch has started the seats may be taken
+-- at any moment, so only the batch's own answer is true: the take waits for
+-- it. A batch ends by itself (every call in it has a timeout); BATCH_WAIT is
+-- the last resort, answered "unknown".
+local QUEUE_WAIT, BATCH_WAIT
+do
+  local c = runtime.config()
+  local handler = c.handler_timeout or 30
+  QUEUE_WAIT = math.min(40, math.max(handler * 0.5, handler - 5))
+  BATCH_WAIT = ((c.db_acquire_timeout_ms or 5000) + 2 * (c.db_statement_timeout_ms or 30000)) / 1000 + 5
+end
 
 require("evently.cache").on_invalidate(function(key)
   local id = key:match("^event:(%d+)$")
@@ -266,6 +279,7 @@ local function runner(event_id, q)
       local batch, later = next_batch(q.waiting)
       q.waiting = later
       batch = refuse_gated(event_id, batch, learned and "shared" or "gate")
+      for _, item in ipairs(batch) do item.started = true end
       if #batch > 0 then
         local rok, res = pcall(run_batch, event_id, batch)
         if not rok then
@@ -284,10 +298,13 @@ local function runner(event_id, q)
   end
 end
 
+local function answered(item) return item.booking or item.err or item.why end
+
 --- Takes quantity seats for user_id. Returns booking | nil, why, info where
 -- why is "sold-out" (info.available), "too-many" (info.max_per_booking),
 -- "limit-exceeded" (info.max_per_user, info.held), "closed" (not on sale, or
--- no such event) or a db error.
+-- no such event), "busy" (withdrawn before its batch started: not booked),
+-- "unknown" (its batch never answered: it may have booked) or a db error.
 function M.take(event_id, user_id, quantity)
   if gate_closed(event_id, quantity) then
     count("gate", 1)
@@ -306,11 +323,12 @@ function M.take(event_id, user_id, quantity)
     q.running = true
     time.after(0, runner, event_id, q)
   end
-  item.done:wait(WAIT)
+  item.done:wait(QUEUE_WAIT)
+  if item.started and not answered(item) then item.done:wait(BATCH_WAIT) end
   if item.booking then return item.booking end
   if item.err then return nil, item.err end
-  if not item.why then return nil, { kind = "timeout", message = "the batch did not answer in time" } end
-  return nil, item.why, item.ev
+  if item.why then return nil, item.why, item.ev end
+  return nil, item.started and "unknown" or "busy" -- withdrawn by the <close> above when not started
 end
 
 return M

@@ -63,6 +63,15 @@ return function(app, base)
       return problem.response(409, "sold-out", "not enough tickets left", { available = ev.available })
     end
     if why == "limit-exceeded" then return limit_exceeded(ev) end
+    if why == "busy" then
+      local st, doc, h = problem.response(503, "busy", "not booked: the event is too busy right now; try again")
+      h["Retry-After"] = "1"
+      return st, doc, h
+    end
+    if why == "unknown" then
+      return problem.response(504, "outcome-unknown",
+        "the booking may or may not have been made; GET /bookings shows it")
+    end
     local r = REFUSED[why]
     if r then
       local extra = why == "too-many" and { errors = { { field = "quantity",

@@ -1,11 +1,13 @@
 """The sold-out gate's shared level (Redis): once one worker learned an event is
 sold out, every other worker answers it without a Postgres round trip; seats
 given back (cancellation, capacity raise) reopen it everywhere at once."""
+import concurrent.futures
+import threading
 import time
 
 import pytest
 
-from api_support import BASE, problem, start_api
+from api_support import BASE, problem, sql, start_api
 from conftest import metric_value
 from test_api_bookings import book, new_event
 
@@ -69,3 +71,46 @@ def test_a_capacity_raise_reopens_the_gate_at_once(api):
     book_until_201(api, api.users[1], ev["id"])
     assert book(api, api.users[1], ev["id"], 1).status == 201
     problem(book(api, api.users[1], ev["id"], 1), 409, "sold-out")
+
+
+# --- a take whose batch is slow answers truthfully -----------------------------
+
+@pytest.fixture(scope="module")
+def slow_api():
+    srv = start_api("api-slow", users=8, prefix="slow", env={"EVENTLY_HANDLER_TIMEOUT": "4"})
+    yield srv
+    srv.stop_and_check()
+
+
+def test_a_take_that_times_out_says_truthfully_whether_it_booked(slow_api):
+    """The event row is locked for 8 s, so the first batch of each worker
+    blocks. Requests queued behind it are withdrawn before the 4 s handler
+    deadline: 503 busy with Retry-After, and they never book. A request whose
+    batch had started is not answered "not booked": it waits for its batch and
+    the deadline answers 504 (outcome unknown); its booking lands once the lock
+    goes."""
+    api = slow_api
+    ev = new_event(api, capacity=100)["id"]
+    holder = threading.Thread(target=sql, args=(api, """WITH l AS (SELECT id FROM events WHERE id = $1 FOR UPDATE)
+        SELECT pg_sleep(8) FROM l""", ev))
+    holder.start()
+    time.sleep(1.5)  # the lock is held
+
+    def attempt(i):
+        r = book(api, api.users[i], ev, 1)
+        return i, r.status, r.header("Retry-After"), (r.json() if r.text else None)
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(attempt, range(8)))
+    holder.join()
+    time.sleep(1.0)  # the blocked batches commit
+    statuses = sorted(s for _, s, _, _ in results)
+    assert set(statuses) <= {503, 504, 201}, results
+    assert 503 in statuses and 504 in statuses, results
+    for i, status, retry_after, doc in results:
+        uid = api.get(BASE + "/users/me", headers=api.users[i]).json()["id"]
+        n = sql(api, "SELECT count(*) AS n FROM bookings WHERE event_id = $1 AND user_id = $2", ev, uid)[0]["n"]
+        if status == 503:
+            assert doc["type"].endswith("/busy") and retry_after == "1", doc
+            assert n == 0, "answered 'not booked' but booked"
+        else:
+            assert n == 1, (status, doc)
