@@ -130,9 +130,17 @@ local paths = {
         .. "`no-offer` (waitlist_entry_id), `idempotency-in-flight`, and `limit-exceeded` when the booking "
         .. "would take the user's confirmed tickets for the event over the operator's per-user limit "
         .. "(rules/booking.lua `max_per_user`; the body has `max_per_user` and `held`, the user's "
-        .. "confirmed tickets for the event; cancelling a booking frees its tickets again).",
-      responses = with({ "400", "401", "404", "413", "422", "503" }, { ["201"] = body(ref("Booking"), "Created (or replayed)"),
-        ["409"] = problem("sold-out, not-on-sale, no-offer, idempotency-in-flight or limit-exceeded (see description)") }) } },
+        .. "confirmed tickets for the event; cancelling a booking frees its tickets again). "
+        .. "503 `busy` (with `Retry-After`): the request waited too long behind others for the event "
+        .. "and was withdrawn; nothing was booked. 504 (`outcome-unknown`, or `timeout` at the handler "
+        .. "deadline): the booking may or may not have been made; `GET /bookings` shows it, and a "
+        .. "request with an `Idempotency-Key` is resolved by sending it again.",
+      responses = with({ "400", "401", "404", "413", "422" }, { ["201"] = body(ref("Booking"), "Created (or replayed)"),
+        ["409"] = problem("sold-out, not-on-sale, no-offer, idempotency-in-flight or limit-exceeded (see description)"),
+        ["503"] = { description = "busy (not booked; retry after Retry-After seconds) or a dependency cannot answer now",
+          headers = { ["Retry-After"] = { schema = INT } },
+          content = { ["application/problem+json"] = { schema = ref("Problem") } } },
+        ["504"] = problem("outcome unknown: the booking may have been made (see description)") }) } },
   ["/api/v1/bookings/{id}"] = {
     get = { tags = { "bookings" }, summary = "One booking (owner or admin)", security = BEARER, parameters = { ID },
       responses = with({ "401", "404", "503" }, { ["200"] = body(ref("Booking")) }) },

@@ -23,7 +23,10 @@ local bookings_columns = "id, event_id, user_id, quantity, status, total_cents, 
 
 local M = {}
 
-local BATCH = [[
+-- The batch statement, in two shapes: without a per-user limit (the walk
+-- only counts seats) and with one ($6; the walk also refuses a request that
+-- would take its user's confirmed tickets, HELD, over it). Composed once.
+local HEAD = [[
 WITH RECURSIVE
 req AS (SELECT * FROM unnest($2::int[], $3::bigint[], $4::int[]) AS t(seq, user_id, quantity)),
 ev AS (
@@ -32,6 +35,19 @@ ev AS (
     AND (sales_start IS NULL OR sales_start <= now()) AND (sales_end IS NULL OR sales_end > now())
     AND ($5 OR starts_at > now())
   FOR UPDATE),
+]]
+
+local WALK = [[
+walk AS (
+  SELECT 0 AS seq, ev.available AS left_after, 0 AS took FROM ev
+  UNION ALL
+  SELECT q.seq,
+    CASE WHEN q.quantity <= w.left_after AND q.quantity <= ev.max_per_booking THEN w.left_after - q.quantity ELSE w.left_after END,
+    CASE WHEN q.quantity <= w.left_after AND q.quantity <= ev.max_per_booking THEN q.quantity ELSE 0 END
+  FROM walk w JOIN req q ON q.seq = w.seq + 1 CROSS JOIN ev),
+]]
+
+local WALK_LIMITED = [[
 held AS (
   SELECT b.user_id, sum(b.quantity)::int AS held FROM bookings b
   WHERE b.event_id = $1 AND b.status = 'confirmed' AND b.user_id = ANY($3::bigint[])
@@ -44,11 +60,13 @@ walk AS (
     CASE WHEN f.fits THEN q.quantity ELSE 0 END,
     l.over_limit, l.held
   FROM walk w JOIN req q ON q.seq = w.seq + 1 CROSS JOIN ev
-  CROSS JOIN LATERAL (SELECT CASE WHEN $6::int IS NULL THEN 0
-      ELSE coalesce((SELECT h.held FROM held h WHERE h.user_id = q.user_id), 0) END AS held) u
-  CROSS JOIN LATERAL (SELECT $6::int IS NOT NULL AND q.quantity + u.held > $6 AS over_limit, u.held) l
+  CROSS JOIN LATERAL (SELECT coalesce((SELECT h.held FROM held h WHERE h.user_id = q.user_id), 0) AS held) u
+  CROSS JOIN LATERAL (SELECT q.quantity + u.held > $6::int AS over_limit, u.held) l
   CROSS JOIN LATERAL (SELECT q.quantity <= w.left_after AND q.quantity <= ev.max_per_booking
       AND NOT l.over_limit AS fits) f),
+]]
+
+local TAIL = [[
 win AS MATERIALIZED (
   SELECT q.seq, q.user_id, q.quantity, nextval('bookings_id_seq') AS id
   FROM walk w JOIN req q USING (seq) WHERE w.took > 0),
@@ -72,11 +90,16 @@ SELECT 1 AS kind, win.seq, NULL::int AS available, NULL::int AS max_per_booking,
 UNION ALL
 SELECT 2, 0, (SELECT min(left_after) FROM walk), ev.max_per_booking,
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz, NULL::timestamptz
-  FROM ev
+  FROM ev]]
+
+local OVER_LIMIT = "\n" .. [[
 UNION ALL
 SELECT 3, w.seq, w.held, NULL, -- over the per-user limit: available carries the user's held tickets
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL::timestamptz, NULL::timestamptz
   FROM walk w WHERE w.over_limit]]
+
+local BATCH = HEAD .. WALK .. TAIL
+local BATCH_LIMITED = HEAD .. WALK_LIMITED .. TAIL .. OVER_LIMIT
 
 local queues = {} -- event id -> { running = bool, waiting = {items} }
 
@@ -161,12 +184,12 @@ end
 -- statement in the same transaction (so the users' sums are current).
 local function batch_query(event_id, seqs, users, qtys)
   if not limit.max then
-    return db.query(BATCH, event_id, seqs, users, qtys, rules.allow_after_start, nil)
+    return db.query(BATCH, event_id, seqs, users, qtys, rules.allow_after_start)
   end
   local ok, rows, err = pcall(db.transaction, function(tx)
     local locked, lerr = limit.lock(tx, event_id)
     if not locked then error(lerr, 0) end
-    local res, qerr = tx.query(BATCH, event_id, seqs, users, qtys, rules.allow_after_start, limit.max)
+    local res, qerr = tx.query(BATCH_LIMITED, event_id, seqs, users, qtys, rules.allow_after_start, limit.max)
     if not res then error(qerr, 0) end
     return res
   end)
