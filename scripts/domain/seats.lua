@@ -192,7 +192,7 @@ local function batch_query(event_id, seqs, users, qtys)
     local res, qerr = tx.query(BATCH_LIMITED, event_id, seqs, users, qtys, rules.allow_after_start, limit.max)
     if not res then error(qerr, 0) end
     return res
-  end)
+  end, { retries = 2 }) -- a deadlock (say, with an event's cancellation) is retried, not answered 503
   if not ok then return nil, rows end
   return rows, err
 end

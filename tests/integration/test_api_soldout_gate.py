@@ -83,7 +83,7 @@ def slow_api():
 
 
 def test_a_take_that_times_out_says_truthfully_whether_it_booked(slow_api):
-    """The event row is locked for 8 s, so the first batch of each worker
+    """The event row is locked for 10 s, so the first batch of each worker
     blocks. Requests queued behind it are withdrawn before the 4 s handler
     deadline: 503 busy with Retry-After, and they never book. A request whose
     batch had started is not answered "not booked": it waits for its batch and
@@ -92,9 +92,12 @@ def test_a_take_that_times_out_says_truthfully_whether_it_booked(slow_api):
     api = slow_api
     ev = new_event(api, capacity=100)["id"]
     holder = threading.Thread(target=sql, args=(api, """WITH l AS (SELECT id FROM events WHERE id = $1 FOR UPDATE)
-        SELECT pg_sleep(8) FROM l""", ev))
+        SELECT pg_sleep(10) FROM l""", ev))
     holder.start()
-    time.sleep(1.5)  # the lock is held
+    deadline = time.time() + 5
+    while not sql(api, """SELECT 1 AS held FROM pg_stat_activity
+                          WHERE state = 'active' AND query LIKE '%pg_sleep(10)%' AND pid <> pg_backend_pid()"""):
+        assert time.time() < deadline, "the lock holder never started"
 
     def attempt(i):
         r = book(api, api.users[i], ev, 1)
