@@ -130,3 +130,15 @@ def test_changing_the_limit_and_reloading_takes_effect_without_restart(api):
     for _ in range(4):
         assert book(api, api.users[7], ev, 2).status == 201
     assert held(api, ev, 7) >= 11
+
+
+def test_a_limit_that_is_not_a_positive_integer_is_refused_at_reload(api):
+    set_limit(api.scripts, 0)
+    try:
+        since = os.path.getsize(api.log_path)
+        api.signal(signal.SIGHUP)
+        api.wait_log(r"reload refused[^\n]*max_per_user must be nil or an integer >= 1", timeout=30, since=since)
+    finally:
+        set_limit(api.scripts, "nil")
+    ev = new_event(api, capacity=10)["id"]  # the serving generation (no limit) goes on
+    assert book(api, api.users[3], ev, 10).status == 201
