@@ -109,6 +109,9 @@ local paths = {
       parameters = { ID }, responses = with({ "401", "403", "404", "503" }, { ["200"] = body(ref("Event")) }) } },
   ["/api/v1/events/{id}/waitlist"] = { post = { tags = { "waitlist" }, summary = "Join the waitlist (only when sold out)",
     security = BEARER, parameters = { ID },
+    description = "409 `tickets-available` when the event can serve the quantity now, `not-on-sale`, or "
+      .. "`limit-exceeded` (with `max_per_user` and `held`) when the user's confirmed tickets for the event "
+      .. "plus the quantity would pass the operator's per-user limit.",
     requestBody = req({ type = "object", required = { "quantity" }, properties = { quantity = { type = "integer", minimum = 1 } } }),
     responses = with({ "400", "401", "404", "409", "422", "503" }, { ["201"] = body(ref("WaitlistEntry"), "Created") }) } },
   ["/api/v1/waitlist"] = { get = { tags = { "waitlist" }, summary = "The caller's entries", security = BEARER,

@@ -44,4 +44,13 @@ function M.refusal(held)
   return { max_per_user = max, held = held }
 end
 
+--- The answer to a refusal (routes): 409, not 422, since the request is
+-- valid; the user's tickets for the event refuse it, and cancelling one
+-- frees the allowance again.
+function M.problem(info)
+  return require("evently.problem").response(409, "limit-exceeded",
+    "this would take you over the event's limit of " .. info.max_per_user .. " tickets per user",
+    { max_per_user = info.max_per_user, held = info.held })
+end
+
 return M

@@ -12,15 +12,7 @@ local db = require "evently.db"
 local idempotency = require "domain.idempotency"
 
 local function booking_id(req) return params.id(req, "booking") end
-
--- 409, not 422: the request is valid, the user's tickets for the event
--- (rules/booking.lua max_per_user) are what refuse it; cancelling one frees
--- the allowance again.
-local function limit_exceeded(info)
-  return problem.response(409, "limit-exceeded",
-    "this booking would take you over the event's limit of " .. info.max_per_user .. " tickets per user",
-    { max_per_user = info.max_per_user, held = info.held })
-end
+local limit_exceeded = require("domain.ticket_limit").problem
 
 local REFUSED = {
   ["not-found"] = { 404, "not-found", "no such event" },

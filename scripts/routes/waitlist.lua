@@ -45,6 +45,7 @@ return function(app, base)
     local ok, entry, why, ev = pcall(waitlist.join, event_id, user.id, quantity)
     if not ok then return problem.response(503, "unavailable", "cannot join the waitlist now") end
     if entry then return 201, entry end
+    if why == "limit-exceeded" then return require("domain.ticket_limit").problem(ev) end
     if why == "too-many" then
       return problem.response(422, "validation", "quantity is above the event's max_per_booking",
         { errors = { { field = "quantity", message = "must be <= " .. ev.max_per_booking } } })

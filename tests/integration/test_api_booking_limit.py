@@ -90,18 +90,23 @@ def test_a_waitlist_conversion_counts_toward_the_limit(api):
     u = api.users
     ev = new_event(api, capacity=5)["id"]
     other = book(api, u[5], ev, 3).json()
-    mine = book(api, u[6], ev, 2).json()
-    entry = join(api, u[6], ev, 3)
+    assert book(api, u[6], ev, 2).status == 201
+    doc = problem(join(api, u[6], ev, 3), 409, "limit-exceeded")  # 2 held + 3 > 4
+    assert doc["held"] == 2 and doc["max_per_user"] == LIMIT
+    entry = join(api, u[6], ev, 2)
     assert entry.status == 201, entry.text
+    # 3 seats come back: 2 are offered to user 6, who books the third meanwhile
     assert api.request("DELETE", BASE + "/bookings/%d" % other["id"], headers=u[5]).status == 200
     offer = entries(api, u[6])[0]
     assert offer["status"] == "offered"
-    convert = {"event_id": ev, "quantity": 3, "waitlist_entry_id": offer["id"]}
+    third = book(api, u[6], ev, 1).json()
+    convert = {"event_id": ev, "quantity": 2, "waitlist_entry_id": offer["id"]}
     doc = problem(api.post(BASE + "/bookings", headers=u[6], body=convert), 409, "limit-exceeded")
-    assert doc["held"] == 2
-    assert api.request("DELETE", BASE + "/bookings/%d" % mine["id"], headers=u[6]).status == 200
+    assert doc["held"] == 3
+    assert api.request("DELETE", BASE + "/bookings/%d" % third["id"], headers=u[6]).status == 200
     r = api.post(BASE + "/bookings", headers=u[6], body=convert)
     assert r.status == 201, r.text
+    assert held(api, ev, 6) == LIMIT
 
 
 def reload_rules(api, value):
