@@ -109,6 +109,9 @@ local paths = {
       parameters = { ID }, responses = with({ "401", "403", "404", "503" }, { ["200"] = body(ref("Event")) }) } },
   ["/api/v1/events/{id}/waitlist"] = { post = { tags = { "waitlist" }, summary = "Join the waitlist (only when sold out)",
     security = BEARER, parameters = { ID },
+    description = "409 `tickets-available` when the event can serve the quantity now, `not-on-sale`, or "
+      .. "`limit-exceeded` (with `max_per_user` and `held`) when the user's confirmed tickets for the event "
+      .. "plus the quantity would pass the operator's per-user limit.",
     requestBody = req({ type = "object", required = { "quantity" }, properties = { quantity = { type = "integer", minimum = 1 } } }),
     responses = with({ "400", "401", "404", "409", "422", "503" }, { ["201"] = body(ref("WaitlistEntry"), "Created") }) } },
   ["/api/v1/waitlist"] = { get = { tags = { "waitlist" }, summary = "The caller's entries", security = BEARER,
@@ -126,7 +129,21 @@ local paths = {
       requestBody = req({ type = "object", required = { "event_id", "quantity" }, properties = {
         event_id = { type = "integer", minimum = 1 }, quantity = { type = "integer", minimum = 1 },
         waitlist_entry_id = { type = "integer", minimum = 1 } } }),
-      responses = with({ "400", "401", "404", "409", "413", "422", "503" }, { ["201"] = body(ref("Booking"), "Created (or replayed)") }) } },
+      description = "Problem types answered with 409: `sold-out` (with `available`), `not-on-sale`, "
+        .. "`no-offer` (waitlist_entry_id), `idempotency-in-flight`, and `limit-exceeded` when the booking "
+        .. "would take the user's confirmed tickets for the event over the operator's per-user limit "
+        .. "(rules/booking.lua `max_per_user`; the body has `max_per_user` and `held`, the user's "
+        .. "confirmed tickets for the event; cancelling a booking frees its tickets again). "
+        .. "503 `busy` (with `Retry-After`): the request waited too long behind others for the event "
+        .. "and was withdrawn; nothing was booked. 504 (`outcome-unknown`, or `timeout` at the handler "
+        .. "deadline): the booking may or may not have been made; `GET /bookings` shows it, and a "
+        .. "request with an `Idempotency-Key` is resolved by sending it again.",
+      responses = with({ "400", "401", "404", "413", "422" }, { ["201"] = body(ref("Booking"), "Created (or replayed)"),
+        ["409"] = problem("sold-out, not-on-sale, no-offer, idempotency-in-flight or limit-exceeded (see description)"),
+        ["503"] = { description = "busy (not booked; retry after Retry-After seconds) or a dependency cannot answer now",
+          headers = { ["Retry-After"] = { schema = INT } },
+          content = { ["application/problem+json"] = { schema = ref("Problem") } } },
+        ["504"] = problem("outcome unknown: the booking may have been made (see description)") }) } },
   ["/api/v1/bookings/{id}"] = {
     get = { tags = { "bookings" }, summary = "One booking (owner or admin)", security = BEARER, parameters = { ID },
       responses = with({ "401", "404", "503" }, { ["200"] = body(ref("Booking")) }) },

@@ -6,6 +6,7 @@
 -- concurrent cancels restore seats once.
 local db = require "evently.db"
 local rules = require "rules.booking"
+local limit = require "domain.ticket_limit"
 
 local M = {}
 
@@ -20,6 +21,8 @@ WITH ev AS (
     AND (sales_start IS NULL OR sales_start <= now())
     AND (sales_end IS NULL OR sales_end > now())
     AND ($4 OR starts_at > now())
+    AND ($5::int IS NULL OR $2 + (SELECT coalesce(sum(quantity), 0) FROM bookings
+                                  WHERE event_id = $1 AND user_id = $3 AND status = 'confirmed') <= $5)
   RETURNING id, price_cents, currency, available),
 b AS (
   INSERT INTO bookings (event_id, user_id, quantity, status, total_cents, currency)
@@ -33,19 +36,34 @@ o AS (
   FROM b, ev)
 SELECT b.*, ev.available AS event_available FROM b, ev]]
 
+-- A single take (q: db, or a transaction when a per-user limit is set: see
+-- domain/ticket_limit.lua for why the row is locked first).
+local function take_one(q, event_id, user_id, quantity)
+  if limit.max then
+    local ok, err = limit.lock(q, event_id)
+    if not ok then return nil, err end
+  end
+  return q.one(TAKE, event_id, quantity, user_id, rules.allow_after_start, limit.max)
+end
+
 --- Takes quantity seats of event_id for user_id. Returns booking, or nil and
--- a reason: "not-found" | "not-on-sale" | "too-many" | "sold-out" (with the
--- event's available) | a db error.
+-- a reason: "not-found" | "not-on-sale" | "too-many" | "limit-exceeded"
+-- (with max_per_user and held) | "sold-out" (with the event's available) |
+-- "busy" (not booked: retry) | "unknown" (may have booked) | a db error.
 -- q: db, or a transaction (when an idempotency key is stored with the booking);
 -- after_take(row) runs in that transaction when seats were taken.
 function M.create(event_id, user_id, quantity, q, after_take)
   if not q and rules.coalesce then -- the common case: batched with concurrent takes
     local row, why, info = require("domain.seats").take(event_id, user_id, quantity)
     if row then return row end
-    if why == "sold-out" or why == "too-many" then return nil, why, info end
+    if why == "sold-out" or why == "too-many" or why == "limit-exceeded" or why == "busy" or why == "unknown" then
+      return nil, why, info
+    end
     if why ~= "closed" then return nil, why end
+  elseif not q and limit.max then -- the limit needs a transaction
+    return db.transaction(function(tx) return M.create(event_id, user_id, quantity, tx, after_take) end)
   else
-    local row, err = (q or db).one(TAKE, event_id, quantity, user_id, rules.allow_after_start)
+    local row, err = take_one(q or db, event_id, user_id, quantity)
     if err then return nil, err end
     if row then
       row.event_available = nil
@@ -57,12 +75,15 @@ function M.create(event_id, user_id, quantity, q, after_take)
   -- refused: say why (this read is not part of the decision, only of the answer)
   local ev, eerr = q.one([[SELECT status, available, max_per_booking,
       (sales_start IS NULL OR sales_start <= now()) AND (sales_end IS NULL OR sales_end > now())
-        AND ($2 OR starts_at > now()) AS on_sale
-    FROM events WHERE id = $1]], event_id, rules.allow_after_start)
+        AND ($2 OR starts_at > now()) AS on_sale,
+      (SELECT coalesce(sum(quantity), 0)::int FROM bookings
+        WHERE event_id = $1 AND user_id = $3 AND status = 'confirmed') AS held
+    FROM events WHERE id = $1]], event_id, rules.allow_after_start, user_id)
   if eerr then return nil, eerr end
   if not ev then return nil, "not-found" end
   if ev.status ~= "published" or not ev.on_sale then return nil, "not-on-sale", ev end
   if quantity > ev.max_per_booking then return nil, "too-many", ev end
+  if limit.max and quantity + ev.held > limit.max then return nil, "limit-exceeded", limit.refusal(ev.held) end
   return nil, "sold-out", ev
 end
 
@@ -108,6 +129,8 @@ w AS (
   UPDATE waitlist SET status = 'converted', updated_at = now()
   WHERE id = $1 AND user_id = $2 AND event_id = $3 AND status = 'offered' AND offer_expires_at > now()
     AND EXISTS (SELECT 1 FROM ev)
+    AND ($4::int IS NULL OR quantity + (SELECT coalesce(sum(quantity), 0) FROM bookings
+                                        WHERE event_id = $3 AND user_id = $2 AND status = 'confirmed') <= $4)
   RETURNING id, event_id, quantity),
 b AS (
   INSERT INTO bookings (event_id, user_id, quantity, status, total_cents, currency, waitlist_entry_id)
@@ -123,17 +146,29 @@ o AS (
 SELECT b.* FROM b]]
 
 --- Turns a waitlist offer into a booking: the seats are already held, so
--- nothing is taken from the event. Returns booking | nil, "no-offer" (not
--- theirs, not offered, expired or another event) | nil, "wrong-quantity", entry.
+-- nothing is taken from the event, but the tickets count toward the user's
+-- limit. Returns booking | nil, "no-offer" (not theirs, not offered, expired
+-- or another event) | nil, "wrong-quantity", entry | nil, "limit-exceeded", info.
 function M.convert(entry_id, user_id, event_id, quantity, q, after_take)
+  if not q and limit.max then -- the limit needs a transaction (domain/ticket_limit.lua)
+    return db.transaction(function(tx) return M.convert(entry_id, user_id, event_id, quantity, tx, after_take) end)
+  end
   q = q or db
+  if limit.max then
+    local ok, lerr = limit.lock(q, event_id)
+    if not ok then return nil, lerr end
+  end
   local entry, err = q.one("SELECT quantity FROM waitlist WHERE id = $1 AND user_id = $2", entry_id, user_id)
   if err then return nil, err end
   if entry and entry.quantity ~= quantity then return nil, "wrong-quantity", entry end
   local row
-  row, err = q.one(CONVERT, entry_id, user_id, event_id)
+  row, err = q.one(CONVERT, entry_id, user_id, event_id, limit.max)
   if err then return nil, err end
-  if not row then return nil, "no-offer" end
+  if not row then
+    local held = entry and limit.max and limit.held(q, event_id, user_id)
+    if held and held + entry.quantity > limit.max then return nil, "limit-exceeded", limit.refusal(held) end
+    return nil, "no-offer"
+  end
   if after_take then after_take(row) end
   return row
 end

@@ -21,6 +21,14 @@ local function changed(id)
 end
 M.changed = changed
 
+--- After a commit that may give seats back (a cancellation, an offer expired
+-- or withdrawn, a capacity change): the shared sold-out mark is reopened
+-- first, then every worker hears the change (domain/soldout_mark.lua).
+function M.reopened(id)
+  require("domain.soldout_mark").reopen(id)
+  changed(id)
+end
+
 function M.create(f)
   local row, err = db.one([[INSERT INTO events (name, description, venue, starts_at, ends_at, capacity,
       available, price_cents, currency, max_per_booking, status, sales_start, sales_end)
@@ -89,7 +97,7 @@ function M.update(id, f)
     if exists then return nil, "capacity-below-sold", exists end
     return nil
   end
-  changed(id)
+  M.reopened(id)
   return row
 end
 
@@ -97,7 +105,7 @@ end
 function M.cancel(id)
   local res, err = require("domain.bookings").cancel_event(id)
   if not res then return nil, err end
-  changed(id)
+  M.reopened(id) -- the gate must not answer "sold out" for a cancelled event
   return M.get(id)
 end
 

@@ -5,6 +5,7 @@
 local db = require "evently.db"
 local notify = require "domain.notify"
 local rules = require "rules.waitlist"
+local limit = require "domain.ticket_limit"
 
 local M = {}
 
@@ -45,14 +46,21 @@ local function position(tx_or_db, entry)
     entry.event_id, entry.id)
 end
 
---- Joins the waitlist: only when the event cannot serve quantity now.
--- Returns entry | nil, "not-found" | "not-on-sale" | "too-many" | "tickets-available" | err.
+--- Joins the waitlist: only when the event cannot serve quantity now, and
+-- not for more than the user may still hold (rules/booking.lua max_per_user;
+-- a hint only: the conversion is where the limit is exact).
+-- Returns entry | nil, "not-found" | "not-on-sale" | "too-many" | "limit-exceeded"
+-- (with max_per_user, held) | "tickets-available" | err.
 function M.join(event_id, user_id, quantity)
   return db.transaction(function(tx)
     local ev = must(tx.one("SELECT status, available, max_per_booking FROM events WHERE id = $1 FOR SHARE", event_id))
     if not ev then return nil, "not-found" end
     if ev.status ~= "published" then return nil, "not-on-sale" end
     if quantity > ev.max_per_booking then return nil, "too-many", ev end
+    if limit.max then
+      local held = must(tx.value(limit.HELD, event_id, user_id))
+      if held + quantity > limit.max then return nil, "limit-exceeded", limit.refusal(held) end
+    end
     if ev.available >= quantity then return nil, "tickets-available", ev end
     local entry = must(tx.one("INSERT INTO waitlist (event_id, user_id, quantity) VALUES ($1, $2, $3) RETURNING " .. COLUMNS,
       event_id, user_id, quantity))

@@ -12,6 +12,7 @@ local db = require "evently.db"
 local idempotency = require "domain.idempotency"
 
 local function booking_id(req) return params.id(req, "booking") end
+local limit_exceeded = require("domain.ticket_limit").problem
 
 local REFUSED = {
   ["not-found"] = { 404, "not-found", "no such event" },
@@ -39,6 +40,7 @@ return function(app, base)
         return problem.response(422, "validation", "quantity must match the waitlist offer",
           { errors = { { field = "quantity", message = "must be " .. entry.quantity } } })
       end
+      if why == "limit-exceeded" then return limit_exceeded(entry) end
       if why == "no-offer" then
         return problem.response(409, "no-offer", "there is no open offer for this waitlist entry")
       end
@@ -51,6 +53,16 @@ return function(app, base)
     end
     if why == "sold-out" then
       return problem.response(409, "sold-out", "not enough tickets left", { available = ev.available })
+    end
+    if why == "limit-exceeded" then return limit_exceeded(ev) end
+    if why == "busy" then
+      local st, doc, h = problem.response(503, "busy", "not booked: the event is too busy right now; try again")
+      h["Retry-After"] = "1"
+      return st, doc, h
+    end
+    if why == "unknown" then
+      return problem.response(504, "outcome-unknown",
+        "the booking may or may not have been made; GET /bookings shows it")
     end
     local r = REFUSED[why]
     if r then
@@ -157,7 +169,7 @@ return function(app, base)
     local ok, b, err, changed = pcall(bookings.cancel, booking_id(req), owner)
     if not ok or err then return problem.response(503, "unavailable", "cannot cancel now") end
     if not b then return problem.response(404, "not-found", "no such booking") end
-    if changed then events.changed(b.event_id) end
+    if changed then events.reopened(b.event_id) end
     return b
   end, "bookings.cancel")
 end

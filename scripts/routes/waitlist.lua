@@ -27,7 +27,7 @@ local function sweep()
       return
     end
     if not event_id then return end
-    events.changed(event_id)
+    events.reopened(event_id)
   end
 end
 
@@ -45,6 +45,7 @@ return function(app, base)
     local ok, entry, why, ev = pcall(waitlist.join, event_id, user.id, quantity)
     if not ok then return problem.response(503, "unavailable", "cannot join the waitlist now") end
     if entry then return 201, entry end
+    if why == "limit-exceeded" then return require("domain.ticket_limit").problem(ev) end
     if why == "too-many" then
       return problem.response(422, "validation", "quantity is above the event's max_per_booking",
         { errors = { { field = "quantity", message = "must be <= " .. ev.max_per_booking } } })
@@ -66,7 +67,7 @@ return function(app, base)
     local ok, done, event_id = pcall(waitlist.leave, path_id(req, "waitlist entry"), user.id)
     if not ok then return problem.response(503, "unavailable", "cannot leave the waitlist now") end
     if not done then return problem.response(404, "not-found", "no such waitlist entry") end
-    events.changed(event_id)
+    events.reopened(event_id)
     return 204
   end, "waitlist.leave")
 end

@@ -6,4 +6,8 @@ return {
   -- batch concurrent bookings of one event in a worker into one statement
   -- (see scripts/domain/seats.lua); false: one statement per booking
   coalesce = true,
+  -- most tickets one user may hold for one event (the sum of their confirmed
+  -- bookings, waitlist conversions included; cancelled ones give theirs
+  -- back); nil: no limit. Over it a booking is answered 409 limit-exceeded.
+  max_per_user = nil,
 }

@@ -21,12 +21,13 @@ def register(srv, email, password="buyerpassword", name="B"):
     return {"Authorization": "Bearer " + r.json()["token"]}
 
 
-def start_api(name, users=0, prefix="user", env=None, plugins_dir=None):
+def start_api(name, users=0, prefix="user", env=None, plugins_dir=None, scripts=SCRIPTS):
     """A started server with srv.admin (created by the CLI, as API.md says admins
-    are) and srv.users: bearer headers of `users` registered users."""
-    srv = Server(name, scripts=SCRIPTS, workers=2, env=env, plugins_dir=plugins_dir)
+    are) and srv.users: bearer headers of `users` registered users. scripts: a
+    copy of scripts/ when a test edits the rules."""
+    srv = Server(name, scripts=scripts, workers=2, env=env, plugins_dir=plugins_dir)
     srv.start()
-    env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": SCRIPTS})
+    env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": scripts})
     p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)
     assert p.returncode == 0, p.stderr
     srv.admin = login(srv, "admin@example.com", "adminpassword")

@@ -1,0 +1,77 @@
+--- soldout_mark: the shared (Redis) level of the sold-out gate. A worker
+-- whose batch found an event with no seats left marks it in Redis; any worker
+-- of any instance that has not seen the event itself reads the mark before
+-- going to Postgres and answers "sold out" from it (domain/seats.lua).
+--
+-- The mark only ever refuses; Postgres decides every sale. It can never
+-- outlive seats coming back for long:
+-- - every give-back (cancellation, offer expiry or withdrawal, capacity
+--   change) calls reopen() after its commit, which replaces the mark by an
+--   "open" stamp (wall-clock ms);
+-- - a mark is written by a script that refuses it when an "open" stamp newer
+--   than the start of the batch that saw the event sold out is there, so a
+--   slow batch cannot close the gate again on seats given back meanwhile;
+-- - marks and stamps expire after TTL seconds, the safety net for a reopen
+--   that did not reach Redis (Redis down for that one call).
+-- Redis down: read() answers "not marked" and Postgres answers as before.
+local time = require "evently.time"
+local log = require "evently.log"
+
+local M = {}
+
+local TTL_MS = 5000
+local PREFIX = "evently:soldout:"
+
+-- KEYS[1] the event's key; ARGV: batch start (ms), max_per_booking, ttl (ms).
+local MARK = [[
+local cur = redis.call('GET', KEYS[1])
+local opened = cur and string.match(cur, '^open:(%d+)$')
+if opened and tonumber(opened) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], 'soldout:' .. ARGV[2], 'PX', ARGV[3])
+return 1]]
+
+local registered = false
+local function client()
+  local ok, redis = pcall(require, "evently.redis")
+  if not ok then return nil end
+  if not registered then
+    redis.register_script("evently_soldout_mark", MARK)
+    registered = true
+  end
+  return redis
+end
+
+--- Now in wall-clock milliseconds: the stamp a batch takes before it starts.
+function M.clock() return math.floor(time.now() * 1000) end
+
+--- Marks event_id sold out as seen by a batch that started at started_ms;
+-- max_per_booking is kept with it (a larger quantity is a 422, answered by
+-- the full path). Never raises; a failure only costs later round trips.
+function M.mark(event_id, started_ms, max_per_booking)
+  local redis = client()
+  if not redis then return end
+  local ok, err = redis.eval("evently_soldout_mark", { PREFIX .. event_id }, { started_ms, max_per_booking, TTL_MS })
+  if ok == nil then log.debug("sold-out mark for event %d not written: %s", event_id, tostring(err)) end
+end
+
+--- max_per_booking when event_id is marked sold out, else nil (also when
+-- Redis cannot answer). Yields for one Redis round trip.
+function M.read(event_id)
+  local redis = client()
+  if not redis then return nil end
+  local v = redis.call("GET", PREFIX .. event_id)
+  if type(v) ~= "string" then return nil end
+  return math.tointeger(tonumber(v:match("^soldout:(%d+)$")))
+end
+
+--- Seats of event_id came back (called after the commit): no worker may
+-- learn "sold out" from Redis any more until Postgres says so again.
+function M.reopen(event_id)
+  local redis = client()
+  if not redis then return end
+  local ok, err = redis.call("SET", PREFIX .. event_id, "open:" .. M.clock(), "PX", TTL_MS)
+  -- the mark's expiry bounds what this failure leaves behind
+  if not ok then log.debug("sold-out mark for event %d not reopened: %s", event_id, tostring(err)) end
+end
+
+return M

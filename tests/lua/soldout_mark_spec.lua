@@ -1,0 +1,45 @@
+-- #redis: the shared level of the sold-out gate (scripts/domain/soldout_mark.lua)
+-- against the Redis `evently test` provides.
+local mark = require "domain.soldout_mark"
+local redis = require "evently.redis"
+
+local n = 0
+local function event_id() n = n + 1; return 900000000 + (os.time() % 100000) * 100 + n end
+
+describe("domain.soldout_mark #redis", function()
+  it("reads back a mark with the event's max_per_booking", function()
+    local id = event_id()
+    assert.is_nil(mark.read(id))
+    mark.mark(id, mark.clock(), 6)
+    assert.are.equal(6, mark.read(id))
+  end)
+
+  it("expires a mark by itself (the safety net)", function()
+    local id = event_id()
+    mark.mark(id, mark.clock(), 10)
+    local ttl = redis.call("PTTL", "evently:soldout:" .. id)
+    assert.is_true(ttl > 0 and ttl <= 5000)
+  end)
+
+  it("reopen removes the mark at once", function()
+    local id = event_id()
+    mark.mark(id, mark.clock(), 10)
+    mark.reopen(id)
+    assert.is_nil(mark.read(id))
+  end)
+
+  it("refuses a mark from a batch that started before the seats came back", function()
+    local id = event_id()
+    local started = mark.clock() - 50 -- the batch began, then a cancel committed and reopened
+    mark.reopen(id)
+    mark.mark(id, started, 10)
+    assert.is_nil(mark.read(id))
+  end)
+
+  it("accepts a mark from a batch that started after the reopen", function()
+    local id = event_id()
+    mark.reopen(id)
+    mark.mark(id, mark.clock() + 50, 10)
+    assert.are.equal(10, mark.read(id))
+  end)
+end)
