@@ -43,7 +43,7 @@ local kafka = require "evently.kafka"
 
 local M = {}
 local POLL = 1.0
-local RELAY_BATCH = 500
+local RELAY_BATCH = 1000
 local RELAY_LOCK = 72010   -- pg advisory lock key of the one relay
 
 local TOPIC_OF = { ["booking.confirmed"] = "booking-confirmed", ["booking.cancelled"] = "booking-cancelled",
@@ -254,29 +254,26 @@ local function kafka_member(c, now)
   g.retries = math.max(g.retries, c.retries)
 end
 
-local function message_of(row)
-  local value = json.encode({ id = row.id, type = row.event_type, key = row.aggregate_id,
-    payload = row.payload, created_at = row.created_at })
-  return { key = tostring(row.aggregate_id), value = value,
-    headers = { ["event-id"] = tostring(row.id), type = row.event_type } }
-end
-
 local function relay_pass()
   local published = 0
   local ok, err = pcall(db.transaction, function(tx)
     if not tx.one("SELECT 1 AS x WHERE pg_try_advisory_xact_lock($1)", RELAY_LOCK) then return end
-    local rows = assert(tx.query([[SELECT id, event_type, aggregate_id, payload, created_at FROM outbox
+    -- the message text is built by Postgres: the payload is never decoded and encoded again here
+    local rows = assert(tx.query([[SELECT id, event_type, aggregate_id::text AS key,
+        json_build_object('id', id, 'type', event_type, 'key', aggregate_id, 'payload', payload,
+                          'created_at', created_at)::text AS value
+      FROM outbox
       WHERE published_at IS NULL AND txid < txid_snapshot_xmin(txid_current_snapshot())
       ORDER BY txid, id LIMIT $1]], RELAY_BATCH))
     if #rows == 0 then return end
     local msgs, ids = {}, {}
     for _, row in ipairs(rows) do
-      local m = message_of(row)
+      local headers = { ["event-id"] = tostring(row.id), type = row.event_type }
       local topic = TOPIC_OF[row.event_type]
       if topic then
-        msgs[#msgs + 1] = { topic = topic, key = m.key, value = m.value, headers = m.headers }
+        msgs[#msgs + 1] = { topic = topic, key = row.key, value = row.value, headers = headers }
       end
-      msgs[#msgs + 1] = { topic = "analytics-events", key = m.key, value = m.value, headers = m.headers }
+      msgs[#msgs + 1] = { topic = "analytics-events", key = row.key, value = row.value, headers = headers }
       ids[#ids + 1] = row.id
     end
     local sent, perr = kafka.produce_batch(msgs, 40)
