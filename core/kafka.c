@@ -249,6 +249,21 @@ static void release_handle(ev_kafka_t *k)
     free(k);
 }
 
+/* The error path of both constructors: conf is still ours until rd_kafka_new took it. */
+static ev_kafka_t *fail(ev_kafka_t *k, rd_kafka_conf_t *conf)
+{
+    if (conf)
+        rd_kafka_conf_destroy(conf);
+    release_handle(k);
+    return NULL;
+}
+
+static int create(ev_kafka_t *k, rd_kafka_type_t type, rd_kafka_conf_t *conf, char *err, size_t errlen)
+{
+    k->rk = rd_kafka_new(type, conf, err, errlen); /* owns conf on success */
+    return k->rk ? 0 : -1;
+}
+
 ev_kafka_t *ev_kafka_producer_new(struct event_base *base, const char *brokers, char *err,
                                   size_t errlen)
 {
@@ -258,23 +273,13 @@ ev_kafka_t *ev_kafka_producer_new(struct event_base *base, const char *brokers, 
     rd_kafka_conf_t *conf = base_conf(k, brokers, err, errlen);
     if (!conf || set(conf, "enable.idempotence", "true", err, errlen) ||
         set(conf, "acks", "all", err, errlen) || set(conf, "linger.ms", "2", err, errlen) ||
-        set(conf, "message.timeout.ms", "30000", err, errlen)) {
-        if (conf)
-            rd_kafka_conf_destroy(conf);
-        release_handle(k);
-        return NULL;
-    }
+        set(conf, "message.timeout.ms", "30000", err, errlen))
+        return fail(k, conf);
     rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-    k->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, errlen); /* owns conf on success */
-    if (!k->rk) {
-        rd_kafka_conf_destroy(conf);
-        release_handle(k);
-        return NULL;
-    }
-    if (attach(k, base, err, errlen) != 0) {
-        release_handle(k);
-        return NULL;
-    }
+    if (create(k, RD_KAFKA_PRODUCER, conf, err, errlen) != 0)
+        return fail(k, conf);
+    if (attach(k, base, err, errlen) != 0)
+        return fail(k, NULL);
     return k;
 }
 
@@ -331,19 +336,11 @@ ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers, 
         set(conf, "session.timeout.ms", "10000", err, errlen) ||
         set(conf, "heartbeat.interval.ms", "1000", err, errlen) ||
         set(conf, "topic.metadata.refresh.interval.ms", "5000", err, errlen) ||
-        set(conf, "statistics.interval.ms", "2000", err, errlen)) {
-        if (conf)
-            rd_kafka_conf_destroy(conf);
-        release_handle(k);
-        return NULL;
-    }
+        set(conf, "statistics.interval.ms", "2000", err, errlen))
+        return fail(k, conf);
     rd_kafka_conf_set_stats_cb(conf, stats_cb);
-    k->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
-    if (!k->rk) {
-        rd_kafka_conf_destroy(conf);
-        release_handle(k);
-        return NULL;
-    }
+    if (create(k, RD_KAFKA_CONSUMER, conf, err, errlen) != 0)
+        return fail(k, conf);
     rd_kafka_poll_set_consumer(k->rk);
     rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(ntopics);
     for (int i = 0; i < ntopics; i++)
@@ -352,13 +349,10 @@ ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers, 
     rd_kafka_topic_partition_list_destroy(list);
     if (e) {
         snprintf(err, errlen, "subscribe: %s", rd_kafka_err2str(e));
-        release_handle(k);
-        return NULL;
+        return fail(k, NULL);
     }
-    if (attach(k, base, err, errlen) != 0) {
-        release_handle(k);
-        return NULL;
-    }
+    if (attach(k, base, err, errlen) != 0)
+        return fail(k, NULL);
     return k;
 }
 
