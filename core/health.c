@@ -39,21 +39,26 @@ static int probe_postgres(const char *url, char *detail, size_t cap)
     return p == PQPING_OK ? EV_STATE_UP : EV_STATE_DOWN;
 }
 
+/* Tries every address the name has (localhost may be ::1 first while the
+ * server listens on 127.0.0.1 only). */
 static int connect_tcp(const char *host, const char *port)
 {
     struct timeval tv = {2, 0};
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-    if (getaddrinfo(host, port, &hints, &ai) != 0)
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *list = NULL;
+    if (getaddrinfo(host, port, &hints, &list) != 0)
         return -1;
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0) {
+    int fd = -1;
+    for (struct addrinfo *ai = list; ai && fd < 0; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv); /* bounds connect() too */
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
             close(fd);
             fd = -1;
         }
     }
-    freeaddrinfo(ai);
+    freeaddrinfo(list);
     return fd;
 }
 
@@ -105,7 +110,12 @@ static int probe_kafka(const char *brokers, char *detail, size_t cap)
     char *save = NULL;
     for (char *b = strtok_r(list, ",", &save); b; b = strtok_r(NULL, ",", &save)) {
         char host[256] = "", port[16] = "9092";
-        if (sscanf(b, " %255[^:, ]:%15[0-9]", host, port) < 1)
+        char *scheme = strstr(b, "://"); /* PLAINTEXT://host:port, as librdkafka takes it */
+        if (scheme)
+            b = scheme + 3;
+        int parsed = *b == '[' ? sscanf(b, "[%255[^]]]:%15[0-9]", host, port)  /* [::1]:9092 */
+                               : sscanf(b, " %255[^:, ]:%15[0-9]", host, port);
+        if (parsed < 1)
             continue;
         int fd = connect_tcp(host, port);
         if (fd >= 0) {

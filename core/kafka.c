@@ -201,19 +201,21 @@ static void *closer(void *arg)
     return NULL;
 }
 
-static void close_bounded(rd_kafka_t *rk, int consumer)
+/* 0 when closed, -1 when the close goes on without us: then the client's
+ * callbacks may still run on the closing thread with our handle as opaque. */
+static int close_bounded(rd_kafka_t *rk, int consumer)
 {
     closing_t *c = calloc(1, sizeof *c);
     pthread_t t;
     if (!c)
-        return; /* leak rk rather than risk a hang */
+        return -1; /* leak rk rather than risk a hang */
     c->rk = rk;
     c->consumer = consumer;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     if (pthread_create(&t, NULL, closer, c) != 0) {
         free(c);
-        return;
+        return -1;
     }
     pthread_detach(t);
     struct timespec until;
@@ -225,10 +227,12 @@ static void close_bounded(rd_kafka_t *rk, int consumer)
     int done = c->done;
     c->abandoned = !done;
     pthread_mutex_unlock(&c->mu);
-    if (done)
+    if (done) {
         free(c);
-    else
-        ev_warn("kafka: client did not close within %d s (brokers unreachable?); not waiting", CLOSE_WAIT_S);
+        return 0;
+    }
+    ev_warn("kafka: client did not close within %d s (brokers unreachable?); not waiting", CLOSE_WAIT_S);
+    return -1;
 }
 
 static void release_handle(ev_kafka_t *k)
@@ -241,10 +245,11 @@ static void release_handle(ev_kafka_t *k)
         rd_kafka_queue_io_event_enable(k->queue, -1, NULL, 0);
         rd_kafka_queue_destroy(k->queue);
     }
-    if (k->rk)
-        close_bounded(k->rk, k->consumer);
+    int still_closing = k->rk && close_bounded(k->rk, k->consumer) != 0;
     close(k->pipe_fd[0]);
     close(k->pipe_fd[1]);
+    if (still_closing)
+        return; /* its error and stats callbacks may still get k: leave it (the process is ending) */
     free(k->stats);
     free(k);
 }
@@ -336,7 +341,10 @@ ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers, 
         set(conf, "session.timeout.ms", "10000", err, errlen) ||
         set(conf, "heartbeat.interval.ms", "1000", err, errlen) ||
         set(conf, "topic.metadata.refresh.interval.ms", "5000", err, errlen) ||
-        set(conf, "statistics.interval.ms", "2000", err, errlen))
+        set(conf, "statistics.interval.ms", "2000", err, errlen) ||
+        /* a batch's handlers may retry for minutes (mail, a broker outage
+         * while dead-lettering): stay in the group meanwhile */
+        set(conf, "max.poll.interval.ms", "1800000", err, errlen))
         return fail(k, conf);
     rd_kafka_conf_set_stats_cb(conf, stats_cb);
     if (create(k, RD_KAFKA_CONSUMER, conf, err, errlen) != 0)
@@ -387,6 +395,11 @@ int ev_kafka_store(ev_kafka_t *k, const char *topic, int32_t partition, int64_t 
 }
 
 const char *ev_kafka_stats(const ev_kafka_t *k) { return k->stats; }
+
+int ev_kafka_fatal(ev_kafka_t *k, char *err, size_t errlen)
+{
+    return rd_kafka_fatal_error(k->rk, err, errlen) != RD_KAFKA_RESP_ERR_NO_ERROR;
+}
 
 void ev_kafka_free(ev_kafka_t *k, int flush_ms)
 {

@@ -58,6 +58,10 @@ int ev_kafka_store(ev_kafka_t *k, const char *topic, int32_t partition, int64_t 
  * even for a partition this member has not consumed from yet. */
 const char *ev_kafka_stats(const ev_kafka_t *k);
 
+/* A producer that hit a fatal error (idempotence broken: fenced, not
+ * authorized) fails every message until replaced; 1 and the reason then. */
+int ev_kafka_fatal(ev_kafka_t *k, char *err, size_t errlen);
+
 /* Producer: waits up to flush_ms for deliveries, fails the rest; consumer:
  * leaves the group after committing what was stored. */
 void ev_kafka_free(ev_kafka_t *k, int flush_ms);

@@ -21,6 +21,7 @@
 
 #include "co.h"
 #include "kafka.h"
+#include "log.h"
 #include "runtime.h"
 
 #define CONSUMER_MT "evently.kafka.consumer"
@@ -88,11 +89,16 @@ static const ev_wait_ops_t batch_ops = {"kafka.produce", batch_push, batch_cance
 static ev_kafka_t *producer(lua_State *L)
 {
     ev_runtime_t *rt = ev_runtime_get(L);
+    char err[256];
+    if (rt->kafka && ev_kafka_fatal(rt->kafka, err, sizeof err)) {
+        ev_warn("kafka: producer failed for good (%s); starting a new one", err);
+        ev_kafka_free(rt->kafka, 0); /* its undelivered messages are reported failed */
+        rt->kafka = NULL;
+    }
     if (rt->kafka)
         return rt->kafka;
     if (!rt->cfg->kafka_brokers)
         luaL_error(L, "kafka: no brokers configured (EVENTLY_KAFKA_BROKERS)");
-    char err[256];
     rt->kafka = ev_kafka_producer_new(rt->base, rt->cfg->kafka_brokers, err, sizeof err);
     if (!rt->kafka)
         luaL_error(L, "kafka: %s", err);
@@ -166,7 +172,8 @@ static int l_produce(lua_State *L)
     for (lua_Integer i = 1; i <= n; i++)
         check_message(L, i);
     ev_co_t *co = ev_co_current(L);
-    if (!co)
+    /* checked before anything is queued: ev_co_wait would raise after it */
+    if (!co || !lua_isyieldable(L))
         return luaL_error(L, "kafka.produce must be called from a request, timer or script coroutine");
     ev_kafka_t *k = producer(L);
     batch_t *b = calloc(1, sizeof *b);
@@ -288,7 +295,7 @@ static int c_poll(lua_State *L)
         return 1;
     }
     ev_co_t *co = ev_co_current(L);
-    if (!co)
+    if (!co || !lua_isyieldable(L))
         return luaL_error(L, "kafka poll must be called from a request, timer or script coroutine");
     c->waiter = co;
     lua_settop(L, 1); /* the consumer stays alive while we wait on it */

@@ -78,7 +78,8 @@ describe("evently.stream #pg", function()
     -- a message the group already handled (as after a redelivery) is not run again
     local second = assert(db.value([[INSERT INTO outbox (event_type, aggregate_id, payload)
       VALUES ('booking.confirmed', 3, $1) RETURNING id]], { tag = ttag, n = 2 }))
-    assert(db.query("INSERT INTO stream_processed (consumer_group, message_id) VALUES ($1, $2)", group, second))
+    assert(db.query("INSERT INTO stream_processed (consumer_group, topic, message_id) VALUES ($1, $2, $3)",
+      group, "booking-confirmed", second))
     emit("booking.confirmed", 3, { tag = ttag, n = 3 })
     local fails = 1
     stream.consume{ topic = "booking-confirmed", group = group, transactional = true, now = true,

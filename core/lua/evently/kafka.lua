@@ -88,8 +88,10 @@ end
 -- Parks a message that keeps failing on <topic>.dlq; tries until the
 -- broker takes it, since committing past it before would lose it.
 local function dead_letter(c, msg, attempts, why)
-  local headers = {}
-  for k, v in pairs(msg.headers or {}) do headers[k] = v end
+  local headers, kept = {}, 0
+  for k, v in pairs(msg.headers or {}) do -- at most 16 in all: 5 of ours and up to 11 of its own
+    if kept < 11 then headers[k] = v; kept = kept + 1 end
+  end
   headers.error = why:sub(1, 1000)
   headers.attempts = tostring(attempts)
   headers["source-topic"], headers["source-partition"], headers["source-offset"] =
@@ -126,17 +128,33 @@ local function run(c)
       time.sleep(backoff); backoff = math.min(backoff * 2, 10)
     end
   end
+  -- A raise in here must neither end the member silently nor move past the
+  -- batch (storing later offsets would commit past it): log it and go on
+  -- with the same batch, its handled messages not handled again.
+  local batch
   while true do
-    local first = c.consumer:poll(1)
-    if first then
-      local batch = { first }
-      for _, m in ipairs(c.consumer:drain(c.batch - 1)) do batch[#batch + 1] = m end
-      if c.before_batch then c.before_batch(batch) end
+    local ok, err = pcall(function()
+      if not batch then
+        local first = c.consumer:poll(1)
+        if not first then return end
+        batch = { first }
+        for _, m in ipairs(c.consumer:drain(c.batch - 1)) do batch[#batch + 1] = m end
+        if c.before_batch then c.before_batch(batch) end
+      end
       for _, m in ipairs(batch) do
-        if not m.skip then handle(c, m) end
+        if not m.skip and not m.handled then handle(c, m); m.handled = true end
       end
       if c.after_batch then c.after_batch(batch) end
-      for _, m in ipairs(batch) do c.consumer:store(m) end
+      for _, m in ipairs(batch) do
+        if not c.consumer:store(m) then -- the partition moved: its new owner redelivers
+          log.info("kafka %s: %s[%d]@%d handled after its partition moved", c.group, m.topic, m.partition, m.offset)
+        end
+      end
+      batch = nil
+    end)
+    if not ok then
+      log.error("kafka %s: consumer loop: %s; again in 1 s", c.group, tostring(err))
+      time.sleep(1)
     end
   end
 end

@@ -55,13 +55,15 @@ M.TOPICS = TOPICS
 
 -- ---------------------------------------------------------------- wake-ups
 
-local sleepers = {}
+-- One event per generation: every napping consumer waits on the current one,
+-- a NOTIFY sets it and the next nap starts a new one.
+local current
 local listening = false
 
 local function wake_all()
-  local list = sleepers
-  sleepers = {}
-  for _, ev in ipairs(list) do ev:set() end
+  local ev = current
+  current = nil
+  if ev then ev:set() end
 end
 
 -- Waits for the next NOTIFY evently_outbox or `timeout` seconds.
@@ -70,9 +72,8 @@ local function nap(timeout)
     listening = true
     db.listen("evently_outbox", wake_all)
   end
-  local ev = sync.event()
-  sleepers[#sleepers + 1] = ev
-  ev:wait(timeout)
+  current = current or sync.event()
+  current:wait(timeout)
 end
 
 -- ---------------------------------------------------------------- handlers
@@ -99,8 +100,8 @@ end
 -- the message as handled: its effects happen exactly once.
 local function deliver_tx(c, msg)
   local ok, err = pcall(db.transaction, function(tx)
-    local fresh, ierr = tx.one([[INSERT INTO stream_processed (consumer_group, message_id) VALUES ($1, $2)
-      ON CONFLICT DO NOTHING RETURNING 1 AS x]], c.group, msg.id)
+    local fresh, ierr = tx.one([[INSERT INTO stream_processed (consumer_group, topic, message_id)
+      VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1 AS x]], c.group, c.topic, msg.id)
     if ierr then error(ierr, 0) end
     if not fresh then return end
     local v, herr = c.handler(msg, tx)
@@ -183,42 +184,52 @@ local kafka_groups = {}
 -- after the handlers record the rest as handled (one statement).
 local function kafka_before(g)
   return function(batch)
-    local ids = {}
+    local ids, in_batch = {}, {}
     for _, k in ipairs(batch) do
       local c = g.by_topic[k.topic]
       local ok, m = pcall(json.decode, k.value)
       if c and ok and type(m) == "table" and math.type(m.id) == "integer" then
-        k.stream = { id = m.id, topic = k.topic, type = m.type, key = m.key, payload = m.payload,
-          created_at = m.created_at }
-        ids[#ids + 1] = m.id
+        local once = k.topic .. "/" .. m.id
+        if in_batch[once] then
+          k.skip = true -- published twice and both copies came in this batch
+        else
+          in_batch[once] = true
+          k.stream = { id = m.id, topic = k.topic, type = m.type, key = m.key, payload = m.payload,
+            created_at = m.created_at }
+          ids[#ids + 1] = m.id
+        end
       elseif not c then
         k.skip = true
       end -- else: not an outbox message; the handler raises and it is dead-lettered
     end
     local done = persist("dedup check", function()
       if #ids == 0 then return {} end
-      local rows = assert(db.query([[SELECT message_id FROM stream_processed
+      local rows = assert(db.query([[SELECT topic || '/' || message_id AS once FROM stream_processed
         WHERE consumer_group = $1 AND message_id = ANY($2::bigint[])]], g.group, "{" .. table.concat(ids, ",") .. "}"))
       local set = {}
-      for _, r in ipairs(rows) do set[r.message_id] = true end
+      for _, r in ipairs(rows) do set[r.once] = true end
       return set
     end)
     for _, k in ipairs(batch) do
-      if k.stream and done[k.stream.id] then k.skip = true end
+      if k.stream and done[k.topic .. "/" .. k.stream.id] then k.skip = true end
     end
   end
 end
 
 local function kafka_after(g)
   return function(batch)
-    local ids = {}
+    local topics, ids = {}, {}
     for _, k in ipairs(batch) do
-      if k.stream and not k.skip and not g.by_topic[k.topic].transactional then ids[#ids + 1] = k.stream.id end
+      if k.stream and not k.skip and not g.by_topic[k.topic].transactional then
+        topics[#topics + 1] = '"' .. k.topic .. '"'
+        ids[#ids + 1] = k.stream.id
+      end
     end
     if #ids == 0 then return end
     persist("dedup record", function()
-      assert(db.query([[INSERT INTO stream_processed (consumer_group, message_id)
-        SELECT $1, unnest($2::bigint[]) ON CONFLICT DO NOTHING]], g.group, "{" .. table.concat(ids, ",") .. "}"))
+      assert(db.query([[INSERT INTO stream_processed (consumer_group, topic, message_id)
+        SELECT $1, t, id FROM unnest($2::text[], $3::bigint[]) AS u(t, id) ON CONFLICT DO NOTHING]],
+        g.group, "{" .. table.concat(topics, ",") .. "}", "{" .. table.concat(ids, ",") .. "}"))
     end)
   end
 end
@@ -308,7 +319,13 @@ function M.relay()
   if relaying or not kafka.enabled() or runtime.worker().slot < 0 then return end
   relaying = true
   time.after(0, relay_loop)
-  -- handled-message records only matter for redeliveries, which come soon
+end
+
+-- Handled-message records only matter for redeliveries, which come soon.
+local cleaning = false
+local function clean_records_hourly()
+  if cleaning or runtime.worker().slot < 0 then return end
+  cleaning = true
   time.every(3600, function()
     pcall(db.query, "DELETE FROM stream_processed WHERE processed_at < now() - interval '7 days'")
   end)
@@ -338,6 +355,7 @@ function M.consume(spec)
   local c = { topic = spec.topic, group = spec.group, handler = spec.handler,
     retries = spec.retries or 5, batch = spec.batch or 50, transactional = spec.transactional == true }
   consumers[#consumers + 1] = c
+  clean_records_hourly()
   if kafka.enabled() then
     if #consumers == 1 and runtime.worker().slot >= 0 then time.every(2, report_kafka_lag) end
     kafka_member(c, spec.now)
