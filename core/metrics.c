@@ -323,9 +323,24 @@ static void render_pools(ev_metrics_t *m, out_t *o)
     }
 }
 
+/* "# TYPE name gauge" before the first series of each name. */
+static void gauge_type(out_t *o, const char *series, char typed[][64], int *ntyped)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(series, "{ "), series);
+    for (int i = 0; i < *ntyped; i++)
+        if (strcmp(typed[i], name) == 0)
+            return;
+    if (*ntyped < GAUGES)
+        snprintf(typed[(*ntyped)++], 64, "%s", name);
+    out(o, "# TYPE %s gauge\n", name);
+}
+
 /* Each series once, summed over the workers that set it. */
 static void render_gauges(ev_metrics_t *m, out_t *o)
 {
+    char typed[GAUGES][64];
+    int ntyped = 0;
     for (int w = 0; w < EV_METRICS_MAX_WORKERS; w++) {
         for (int i = 0; i < GAUGES; i++) {
             gauge_t *g = &m->gauges[w][i];
@@ -344,8 +359,10 @@ static void render_gauges(ev_metrics_t *m, out_t *o)
                         sum += __atomic_load_n(&h->value, __ATOMIC_RELAXED);
                 }
             }
-            if (!seen)
+            if (!seen) {
+                gauge_type(o, g->series, typed, &ntyped);
                 out(o, "%s %lld\n", g->series, (long long)sum);
+            }
         }
     }
 }

@@ -356,6 +356,34 @@ static void a_component_written_by_another_process_is_read_whole(void **state)
     assert_int_equal(torn, 0);
 }
 
+/* ---- gauges: each worker's share, rendered as one sum ---- */
+
+#define LAG "evently_consumer_lag{group=\"g\",topic=\"t\"}"
+
+static void gauges_are_summed_over_workers_and_typed_once(void **state)
+{
+    ev_metrics_t *m = *state;
+    ev_metrics_gauge_set(m, 0, LAG, 5);
+    ev_metrics_gauge_set(m, 1, LAG, 7);
+    ev_metrics_gauge_set(m, 1, "evently_consumer_lag{group=\"g\",topic=\"u\"}", 1);
+    ev_metrics_gauge_set(m, 0, LAG, 2); /* a worker's share is replaced, not added */
+    const char *text = render(m);
+    assert_sample(text, LAG, 9);
+    assert_sample(text, "evently_consumer_lag{group=\"g\",topic=\"u\"}", 1);
+    assert_int_equal(occurrences(text, LAG " "), 1);
+    assert_int_equal(occurrences(text, "# TYPE evently_consumer_lag gauge\n"), 1);
+}
+
+static void a_dead_workers_share_is_dropped(void **state)
+{
+    ev_metrics_t *m = *state;
+    ev_metrics_worker_set(m, 1, 4242);
+    ev_metrics_gauge_set(m, 0, LAG, 3);
+    ev_metrics_gauge_set(m, 1, LAG, 10);
+    ev_metrics_worker_set(m, 1, 0);
+    assert_sample(render(m), LAG, 3);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -375,6 +403,8 @@ int main(void)
         T(component_state_and_detail_round_trip),
         T(components_out_of_range_are_ignored),
         T(a_component_written_by_another_process_is_read_whole),
+        T(gauges_are_summed_over_workers_and_typed_once),
+        T(a_dead_workers_share_is_dropped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
