@@ -19,7 +19,8 @@
 --       before_batch(msgs) runs first (setting msg.skip = true skips a
 --       message's handler) and after_batch(msgs) once all were handled, before
 --       their offsets are stored (e.g. to record them in one statement).
---   kafka.lag()                            { ["group/topic"] = messages behind } of this worker
+--   kafka.lag()                            { ["group/topic"] = messages behind } of this worker,
+--                                          also in /metrics as evently_consumer_lag{group, topic}
 -- Consumers run in serving workers only (not in `evently check`); each
 -- worker is one member of the group, so the topic's partitions are shared
 -- between workers and instances, and one event's messages (keyed by event id)
@@ -64,19 +65,27 @@ local function consumer_lag(consumer)
   end
   return out
 end
-M.consumer_lag = consumer_lag
 
+-- This worker's share of every consumer's lag, per topic it subscribes to:
+-- 0 for a topic none of whose partitions is assigned here (a rebalance moved
+-- them), so no stale share lingers in the sum over workers.
 function M.lag()
   local out = {}
   for _, m in ipairs(members) do
-    if m.consumer then
-      for topic, n in pairs(consumer_lag(m.consumer)) do
-        local k = m.group .. "/" .. topic
-        out[k] = (out[k] or 0) + n
-      end
+    local lag = m.consumer and consumer_lag(m.consumer) or {}
+    for _, topic in ipairs(m.topics) do
+      local k = m.group .. "/" .. topic
+      out[k] = (out[k] or 0) + (lag[topic] or 0)
     end
   end
   return out
+end
+
+local function report_lag()
+  for key, n in pairs(M.lag()) do
+    local group, topic = key:match("^(.-)/(.*)$")
+    runtime.gauge(string.format('evently_consumer_lag{group="%s",topic="%s"}', group, topic), n)
+  end
 end
 
 local function attempt(c, msg)
@@ -170,6 +179,7 @@ function M.consume(spec)
   local c = { topics = topics, group = spec.group, handler = spec.handler, retries = spec.retries or 5,
     batch = spec.batch or 1, before_batch = spec.before_batch, after_batch = spec.after_batch }
   members[#members + 1] = c
+  if #members == 1 and runtime.worker().slot >= 0 then time.every(2, report_lag) end
   if runtime.worker().slot >= 0 or spec.now then time.after(0, run, c) end
   return c
 end

@@ -253,7 +253,7 @@ local function kafka_member(c, now)
     if runtime.worker().slot >= 0 or now then
       -- on the loop's next turn: the boot has registered every topic of the group by then
       time.after(0, function()
-        g.kafka = kafka.consume { topic = g.topics, group = c.group, handler = kafka_dispatch(g),
+        kafka.consume { topic = g.topics, group = c.group, handler = kafka_dispatch(g),
           retries = g.retries, batch = 200, before_batch = kafka_before(g), after_batch = kafka_after(g),
           now = true }
       end)
@@ -335,19 +335,6 @@ end
 
 local consumers = {}
 
--- This worker's share of each group's lag: every topic of the group is set,
--- 0 when none of its partitions is assigned here (a rebalance moved them), so
--- no stale share lingers in the sum.
-local function report_kafka_lag()
-  for group, g in pairs(kafka_groups) do
-    local consumer = g.kafka and g.kafka.consumer
-    local lag = consumer and kafka.consumer_lag(consumer) or {}
-    for _, topic in ipairs(g.topics) do
-      runtime.gauge(string.format('evently_consumer_lag{group="%s",topic="%s"}', group, topic), lag[topic] or 0)
-    end
-  end
-end
-
 function M.consume(spec)
   if type(spec) ~= "table" or not TOPICS[spec.topic] then error("stream.consume: unknown topic", 2) end
   if type(spec.group) ~= "string" or spec.group == "" then error("stream.consume: group required", 2) end
@@ -357,7 +344,6 @@ function M.consume(spec)
   consumers[#consumers + 1] = c
   clean_records_hourly()
   if kafka.enabled() then
-    if #consumers == 1 and runtime.worker().slot >= 0 then time.every(2, report_kafka_lag) end
     kafka_member(c, spec.now)
   elseif runtime.worker().slot >= 0 or spec.now then
     -- consumers run in workers (and in `evently lua`/`test`), not while checking scripts
@@ -374,9 +360,9 @@ function M.lag(group, topic)
     group, topic)
 end
 
---- Consumer lag lines for /metrics. Kafka mode: each worker reports its
--- share through runtime.gauge (rendered with the process figures); here only
--- the in-process lag, read from the database.
+--- Consumer lag lines for /metrics. Kafka mode: evently.kafka reports each
+-- worker's share through runtime.gauge (rendered with the process figures);
+-- here only the in-process lag, read from the database.
 function M.metrics_text()
   if #consumers == 0 or kafka.enabled() then return "" end
   local out = { "# HELP evently_consumer_lag Messages a consumer group has not handled yet.",
