@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "co.h"
+#include "lua_db.h"
 #include "log.h"
 #include "pg.h"
 #include "runtime.h"
@@ -148,6 +149,22 @@ static void push_value(lua_State *L, const PGresult *r, int row, int col)
     }
 }
 
+void ev_db_push_row(lua_State *L, const PGresult *r, int row, const char *skip_prefix)
+{
+    int ncols = PQnfields(r);
+    size_t skip = skip_prefix ? strlen(skip_prefix) : 0;
+    lua_createtable(L, 0, ncols);
+    for (int j = 0; j < ncols; j++) {
+        const char *name = PQfname(r, j);
+        if (skip && strncmp(name, skip_prefix, skip) == 0)
+            continue;
+        push_value(L, r, row, j);
+        lua_setfield(L, -2, name);
+    }
+}
+
+int ev_db_push_fail(lua_State *L, const char *err) { return push_fail(L, err); }
+
 static int push_rows(lua_State *L, const PGresult *r)
 {
     int nrows = PQntuples(r), ncols = PQnfields(r);
@@ -167,6 +184,10 @@ static int push_rows(lua_State *L, const PGresult *r)
 }
 
 /* ---- pools ---- */
+
+static ev_pg_pool_t *pool_for(lua_State *L, const char *which);
+
+ev_pg_pool_t *ev_db_primary(lua_State *L) { return pool_for(L, "primary"); }
 
 static ev_pg_pool_t *pool_for(lua_State *L, const char *which)
 {

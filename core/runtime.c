@@ -16,6 +16,7 @@
 
 #include "co.h"
 #include "health.h"
+#include "inventory.h"
 #include "kafka.h"
 #include "pg.h"
 #include "redis.h"
@@ -78,11 +79,14 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.kafka.core", luaopen_evently_kafka_core);
     preload(L, "evently.ws.core", luaopen_evently_ws_core);
     preload(L, "evently.mail.core", luaopen_evently_mail_core);
+    preload(L, "evently.inventory.core", luaopen_evently_inventory_core);
     return L;
 }
 
 void ev_runtime_close(ev_runtime_t *rt)
 {
+    ev_inv_free(rt->inventory); /* before its pool */
+    rt->inventory = NULL;
     ev_pg_pool_free(rt->db);
     ev_pg_pool_free(rt->replica);
     ev_pg_pool_free(rt->listen);

@@ -30,6 +30,7 @@ struct ev_runtime {
     struct ev_kafka *kafka;      /* the worker's producer, created on first use */
     struct ev_mail *mail;        /* created on first use by evently.mail.core */
     struct ev_ws_hub *ws;        /* WebSocket connections, created on first upgrade */
+    struct ev_inv *inventory;    /* reservation engine, created on first use */
     /* Set by a worker, NULL elsewhere. http_request: the HTTP request the
      * coroutine is handling while it is unanswered, else NULL. http_detach:
      * that request's socket was taken over (WebSocket): its deadline stops
@@ -58,6 +59,7 @@ int ev_runtime_boot(lua_State *L, char *err, size_t errlen);
 int luaopen_evently_time(lua_State *L);
 int luaopen_evently_log(lua_State *L);
 int luaopen_evently_runtime(lua_State *L);
+int luaopen_evently_inventory_core(lua_State *L);
 int luaopen_evently_db_core(lua_State *L);
 int luaopen_evently_redis_core(lua_State *L);
 int luaopen_evently_sync(lua_State *L);
