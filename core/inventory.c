@@ -129,6 +129,9 @@ static char *compose_batch(const ev_inv_def_t *d, int limited)
               d->after ? d->after : "", d->after ? "),\n" : "")
         : strdup("recorded AS (SELECT granted.id FROM granted),\n");
     char *ids = d->record ? fmt("nextval('%s')", d->record_seq) : strdup("q.seq::bigint");
+    char touch[80] = "";
+    if (d->touch)
+        snprintf(touch, sizeof touch, ", %s = now()", d->touch);
     char *s = NULL;
     if (held && over && heldv && record && ids)
         s = fmt("WITH RECURSIVE\n"
@@ -150,7 +153,7 @@ static char *compose_batch(const ev_inv_def_t *d, int limited)
                 "  SELECT q.seq, q.owner, q.quantity, %s AS id%s%s\n"
                 "  FROM walk w JOIN req q USING (seq) CROSS JOIN pool WHERE w.took > 0),\n"
                 "taken AS (\n"
-                "  UPDATE %s t SET %s = t.%s - s.total FROM (SELECT sum(quantity) AS total FROM granted) s\n"
+                "  UPDATE %s t SET %s = t.%s - s.total%s FROM (SELECT sum(quantity) AS total FROM granted) s\n"
                 "  WHERE t.%s = $1 AND s.total > 0 RETURNING t.%s),\n"
                 "%s"
                 "last AS (SELECT min(left_after) AS left_after FROM walk)\n"
@@ -160,7 +163,7 @@ static char *compose_batch(const ev_inv_def_t *d, int limited)
                 "  LEFT JOIN granted g ON g.seq = w.seq LEFT JOIN recorded r ON r.id = g.id\n"
                 "WHERE w.seq > 0",
                 d->key, d->available, maxc, comma, cols, d->table, d->key, open, held, over,
-                heldv, ids, comma, cols, d->table, d->available, d->available, d->key,
+                heldv, ids, comma, cols, d->table, d->available, d->available, touch, d->key,
                 d->available, record);
     free(held);
     free(over);
@@ -174,17 +177,22 @@ static int compose(const ev_inv_def_t *d, pooldef_t *p)
 {
     const char *open = d->open ? d->open : "true";
     const char *maxc = d->max_claim ? d->max_claim : "2147483647";
+    char t[80] = "", tt[84] = ""; /* ", touch = now()" for plain and aliased updates */
+    if (d->touch) {
+        snprintf(t, sizeof t, ", %s = now()", d->touch);
+        snprintf(tt, sizeof tt, ", %s = now()", d->touch);
+    }
     p->sql[S_BATCH] = compose_batch(d, 0);
     p->sql[S_BATCH_LIMITED] = d->owner_held ? compose_batch(d, 1) : strdup("");
     p->sql[S_LOCK] = fmt("SELECT 1 FROM %s WHERE %s = $1 FOR UPDATE", d->table, d->key);
     /* hold: $1 key, $2 owner, $3 quantity, $4 seconds */
     p->sql[S_HOLD] = fmt(
-        "WITH p AS (UPDATE %s SET %s = %s - $3 WHERE %s = $1 AND %s >= $3 AND $3 >= 1\n"
+        "WITH p AS (UPDATE %s SET %s = %s - $3%s WHERE %s = $1 AND %s >= $3 AND $3 >= 1\n"
         "  AND $3 <= (%s) AND (%s) RETURNING %s AS key, %s AS available)\n"
         "INSERT INTO inventory_holds (pool, key, owner, quantity, expires_at)\n"
         "SELECT '%s', p.key, $2, $3, now() + make_interval(secs => $4) FROM p\n"
         "RETURNING id, pool, key, owner, quantity, state, expires_at, created_at",
-        d->table, d->available, d->available, d->key, d->available, maxc, open, d->key,
+        d->table, d->available, d->available, t, d->key, d->available, maxc, open, d->key,
         d->available, d->name);
     /* confirm: $1 hold id, $2 owner (NULL: any) */
     p->sql[S_CONFIRM] = fmt(
@@ -197,18 +205,18 @@ static int compose(const ev_inv_def_t *d, pooldef_t *p)
         "WITH h AS (UPDATE inventory_holds SET state = 'released', settled_at = now()\n"
         "  WHERE id = $1 AND pool = '%s' AND state = 'held' AND ($2::bigint IS NULL OR owner = $2)\n"
         "  RETURNING id, key, owner, quantity),\n"
-        "p AS (UPDATE %s t SET %s = t.%s + h.quantity FROM h WHERE t.%s = h.key RETURNING t.%s AS available)\n"
+        "p AS (UPDATE %s t SET %s = t.%s + h.quantity%s FROM h WHERE t.%s = h.key RETURNING t.%s AS available)\n"
         "SELECT h.id, h.key, h.owner, h.quantity, p.available FROM h, p",
-        d->name, d->table, d->available, d->available, d->key, d->available);
+        d->name, d->table, d->available, d->available, tt, d->key, d->available);
     /* give_back: $1 key, $2 quantity; never above capacity */
     p->sql[S_GIVE_BACK] = fmt(
-        "UPDATE %s SET %s = %s + $2 WHERE %s = $1 AND $2 >= 1 AND %s + $2 <= %s RETURNING %s AS available",
-        d->table, d->available, d->available, d->key, d->available, d->capacity, d->available);
+        "UPDATE %s SET %s = %s + $2%s WHERE %s = $1 AND $2 >= 1 AND %s + $2 <= %s RETURNING %s AS available",
+        d->table, d->available, d->available, t, d->key, d->available, d->capacity, d->available);
     /* resize: $1 key, $2 capacity; never below what is taken or held */
     p->sql[S_RESIZE] = fmt(
-        "UPDATE %s SET %s = %s + ($2 - %s), %s = $2 WHERE %s = $1 AND %s - %s <= $2\n"
+        "UPDATE %s SET %s = %s + ($2 - %s), %s = $2%s WHERE %s = $1 AND %s - %s <= $2\n"
         "RETURNING %s AS capacity, %s AS available",
-        d->table, d->available, d->available, d->capacity, d->capacity, d->key, d->capacity,
+        d->table, d->available, d->available, d->capacity, d->capacity, t, d->key, d->capacity,
         d->available, d->capacity, d->available);
     p->sql[S_AVAILABLE] = fmt("SELECT %s AS available, %s AS capacity FROM %s WHERE %s = $1",
                               d->available, d->capacity, d->table, d->key);
@@ -220,12 +228,12 @@ static int compose(const ev_inv_def_t *d, pooldef_t *p)
         "               AND expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)\n"
         "    AND state = 'held'\n"
         "  RETURNING id, key, owner, quantity),\n"
-        "back AS (UPDATE %s t SET %s = t.%s + s.total\n"
+        "back AS (UPDATE %s t SET %s = t.%s + s.total%s\n"
         "  FROM (SELECT key, sum(quantity) AS total FROM h GROUP BY key) s WHERE t.%s = s.key\n"
         "  RETURNING t.%s AS key, t.%s AS available)\n"
         "SELECT h.id, h.key, h.owner, h.quantity, back.available FROM h JOIN back ON back.key = h.key\n"
         "ORDER BY h.id",
-        d->name, d->table, d->available, d->available, d->key, d->key, d->available);
+        d->name, d->table, d->available, d->available, tt, d->key, d->key, d->available);
     for (int i = 0; i < S_COUNT; i++)
         if (!p->sql[i])
             return -1;
@@ -255,6 +263,7 @@ int ev_inv_define(ev_inv_t *inv, const ev_inv_def_t *d, char *err, size_t errlen
     const char *bad = !ident_ok(d->name, 0) ? "name" : !ident_ok(d->table, 1) ? "table"
                     : !ident_ok(d->key, 0) ? "key" : !ident_ok(d->available, 0) ? "available"
                     : !ident_ok(d->capacity, 0) ? "capacity"
+                    : d->touch && !ident_ok(d->touch, 0) ? "touch"
                     : d->record && !ident_ok(d->record_seq, 1) ? "record_seq"
                     : d->after && !d->record ? "after (needs record)" : NULL;
     if (bad) {
@@ -794,6 +803,9 @@ ev_inv_t *ev_inv_new(struct event_base *base, ev_pg_pool_t *db, const ev_inv_opt
         inv->o.max_batch = 500;
     return inv;
 }
+
+void ev_inv_set_db(ev_inv_t *inv, ev_pg_pool_t *db) { inv->db = db; }
+int ev_inv_has_db(const ev_inv_t *inv) { return inv->db != NULL; }
 
 /* By now the callers (the worker's coroutines) are gone: nobody is called. */
 void ev_inv_free(ev_inv_t *inv)

@@ -53,6 +53,7 @@ typedef struct {
     /* Owner limit: SQL giving (owner, held) for the row $1 and owners $3, or
      * NULL: no limit. The limit itself is passed with each batch ($5). */
     const char *owner_held;
+    const char *touch;      /* timestamp column set to now() by every change, or NULL */
 } ev_inv_def_t;
 
 typedef enum {
@@ -87,6 +88,9 @@ typedef struct {
 } ev_inv_opts_t;
 
 ev_inv_t *ev_inv_new(struct event_base *base, struct ev_pg_pool *db, const ev_inv_opts_t *o);
+/* db may be NULL at first (definitions need none); takes need it set. */
+void ev_inv_set_db(ev_inv_t *inv, struct ev_pg_pool *db);
+int ev_inv_has_db(const ev_inv_t *inv);
 /* Answers every queued claim BUSY (a started batch: UNKNOWN), then frees. */
 void ev_inv_free(ev_inv_t *inv);
 /* Defines (or redefines) a pool; -1 and a message when the definition is

@@ -1,7 +1,7 @@
 /* lua_inventory.c - evently.inventory.core: the reservation engine for Lua.
  *
  *   core.define{name, table, key, available, capacity, open?, max_claim?,
- *               columns?, record?, record_seq?, after?, owner_held?}
+ *               columns?, record?, record_seq?, after?, owner_held?, touch?}
  *                                     defines (or redefines) a pool; raises on a bad one
  *   core.sql(pool, op) -> string      a composed statement (inventory.h lists ops)
  *   core.take(pool, key, owner, quantity, limit, queue_seconds)   [yields]
@@ -40,18 +40,17 @@ typedef struct {
     char sqlstate[8];
 } take_t;
 
+/* The engine; pools may be defined with no database (`evently check`), the
+ * connection pool is attached at the first take. */
 static ev_inv_t *engine(lua_State *L)
 {
     ev_runtime_t *rt = ev_runtime_get(L);
     if (rt->inventory)
         return rt->inventory;
-    ev_pg_pool_t *db = ev_db_primary(L);
-    if (!db)
-        return NULL;
     const ev_config_t *c = rt->cfg;
     /* the last resort: a connection wait plus two statements' worth */
     ev_inv_opts_t o = {1.0, (c->db_acquire_timeout_ms + 2.0 * c->db_statement_timeout_ms) / 1000.0 + 5, 500};
-    rt->inventory = ev_inv_new(rt->base, db, &o);
+    rt->inventory = ev_inv_new(rt->base, NULL, &o);
     return rt->inventory;
 }
 
@@ -71,10 +70,11 @@ static int inv_define(lua_State *L)
         opt_field(L, "available"), opt_field(L, "capacity"), opt_field(L, "open"),
         opt_field(L, "max_claim"), opt_field(L, "columns"), opt_field(L, "record"),
         opt_field(L, "record_seq"), opt_field(L, "after"), opt_field(L, "owner_held"),
+        opt_field(L, "touch"),
     };
     ev_inv_t *inv = engine(L);
     if (!inv)
-        return luaL_error(L, "inventory: no database configured");
+        return luaL_error(L, "inventory: out of memory");
     char err[200];
     if (ev_inv_define(inv, &d, err, sizeof err) != 0)
         return luaL_error(L, "%s", err);
@@ -181,7 +181,13 @@ static int inv_take(lua_State *L)
         return luaL_error(L, "inventory: must be called from a request, timer or script coroutine");
     ev_inv_t *inv = engine(L);
     if (!inv)
-        return ev_db_push_fail(L, "unavailable: no database configured");
+        return luaL_error(L, "inventory: out of memory");
+    if (!ev_inv_has_db(inv)) {
+        ev_pg_pool_t *db = ev_db_primary(L);
+        if (!db)
+            return ev_db_push_fail(L, "unavailable: no database configured");
+        ev_inv_set_db(inv, db);
+    }
     take_t *t = calloc(1, sizeof *t);
     if (!t)
         return luaL_error(L, "out of memory");

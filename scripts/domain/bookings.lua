@@ -1,9 +1,10 @@
---- bookings: seats taken and given back atomically, each in one statement.
--- take: one conditional UPDATE of the event row (available >= quantity and the
--- event on sale) feeding the booking INSERT and the outbox row, in a single
--- round trip: never read-then-write. cancel: flips the booking only if it is
--- still confirmed and gives exactly its seats back in the same statement, so
--- concurrent cancels restore seats once.
+--- bookings: seats taken and given back atomically.
+-- take: the seats pool of evently.inventory (domain/seats.lua): one
+-- conditional UPDATE of the event row feeding the booking INSERT and the
+-- outbox row, in a single round trip, coalesced with concurrent takes; never
+-- read-then-write. cancel: flips the booking only if it is still confirmed
+-- and gives exactly its seats back in the same statement, so concurrent
+-- cancels restore seats once.
 local db = require "evently.db"
 local rules = require "rules.booking"
 local limit = require "domain.ticket_limit"
@@ -13,37 +14,13 @@ local M = {}
 local COLUMNS = "id, event_id, user_id, quantity, status, total_cents, currency, created_at, cancelled_at"
 M.COLUMNS = COLUMNS
 
-local TAKE = [[
-WITH ev AS (
-  UPDATE events SET available = available - $2, updated_at = now()
-  WHERE id = $1 AND available >= $2 AND status = 'published'
-    AND $2 <= max_per_booking
-    AND (sales_start IS NULL OR sales_start <= now())
-    AND (sales_end IS NULL OR sales_end > now())
-    AND ($4 OR starts_at > now())
-    AND ($5::int IS NULL OR $2 + (SELECT coalesce(sum(quantity), 0) FROM bookings
-                                  WHERE event_id = $1 AND user_id = $3 AND status = 'confirmed') <= $5)
-  RETURNING id, price_cents, currency, available),
-b AS (
-  INSERT INTO bookings (event_id, user_id, quantity, status, total_cents, currency)
-  SELECT ev.id, $3, $2, 'confirmed', ev.price_cents * $2, ev.currency FROM ev
-  RETURNING ]] .. COLUMNS .. [[),
-o AS (
-  INSERT INTO outbox (event_type, aggregate_id, payload)
-  SELECT 'booking.confirmed', b.event_id,
-         jsonb_build_object('booking_id', b.id, 'event_id', b.event_id, 'user_id', b.user_id,
-                            'quantity', b.quantity, 'available', ev.available)
-  FROM b, ev)
-SELECT b.*, ev.available AS event_available FROM b, ev]]
+local seats = require "domain.seats"
 
--- A single take (q: db, or a transaction when a per-user limit is set: see
--- domain/ticket_limit.lua for why the row is locked first).
+-- A single take in q (db, or the caller's transaction): the seats pool's own
+-- statement for one claim (with a per-user limit it locks the row first, so
+-- q must then be a transaction: see domain/ticket_limit.lua).
 local function take_one(q, event_id, user_id, quantity)
-  if limit.max then
-    local ok, err = limit.lock(q, event_id)
-    if not ok then return nil, err end
-  end
-  return q.one(TAKE, event_id, quantity, user_id, rules.allow_after_start, limit.max)
+  return seats.take_in(q, event_id, user_id, quantity)
 end
 
 --- Takes quantity seats of event_id for user_id. Returns booking, or nil and
@@ -54,7 +31,7 @@ end
 -- after_take(row) runs in that transaction when seats were taken.
 function M.create(event_id, user_id, quantity, q, after_take)
   if not q and rules.coalesce then -- the common case: batched with concurrent takes
-    local row, why, info = require("domain.seats").take(event_id, user_id, quantity)
+    local row, why, info = seats.take(event_id, user_id, quantity)
     if row then return row end
     if why == "sold-out" or why == "too-many" or why == "limit-exceeded" or why == "busy" or why == "unknown" then
       return nil, why, info
@@ -63,13 +40,13 @@ function M.create(event_id, user_id, quantity, q, after_take)
   elseif not q and limit.max then -- the limit needs a transaction
     return db.transaction(function(tx) return M.create(event_id, user_id, quantity, tx, after_take) end)
   else
-    local row, err = take_one(q or db, event_id, user_id, quantity)
-    if err then return nil, err end
+    local row, why, info = take_one(q or db, event_id, user_id, quantity)
     if row then
-      row.event_available = nil
       if after_take then after_take(row) end
       return row
     end
+    if why == "sold-out" or why == "too-many" or why == "limit-exceeded" then return nil, why, info end
+    if why ~= "closed" then return nil, why end
   end
   q = q or db
   -- refused: say why (this read is not part of the decision, only of the answer)

@@ -11,6 +11,7 @@
 --     record_seq = "bookings_id_seq",     -- numbers granted.id
 --     after = "INSERT INTO outbox ... SELECT ... FROM recorded r",   -- optional
 --     owner_held = "SELECT user_id AS owner, sum(quantity)::int AS held FROM ... $1 ... $3::bigint[] ...",
+--     touch = "updated_at",               -- set to now() by every change (optional)
 --     on_empty = function(key, started_ms, max) end,   -- a batch left nothing (optional)
 --   }
 --
