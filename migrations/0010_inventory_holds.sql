@@ -17,3 +17,20 @@ CREATE TABLE inventory_holds (
 -- the sweeper's scan: overdue holds of one pool
 CREATE INDEX inventory_holds_due_idx ON inventory_holds (pool, expires_at) WHERE state = 'held';
 CREATE INDEX inventory_holds_key_idx ON inventory_holds (pool, key) WHERE state = 'held';
+
+-- A waitlist offer is a hold of the "seats" pool (scripts/domain/seats.lua):
+-- the offer's seats, its expiry, its conversion (confirm) and its withdrawal
+-- (release) are the hold's. Offers already open become holds here.
+ALTER TABLE waitlist ADD COLUMN hold_id bigint REFERENCES inventory_holds (id);
+DO $$
+DECLARE
+    r record;
+    hid bigint;
+BEGIN
+    FOR r IN SELECT id, event_id, user_id, quantity, offer_expires_at FROM waitlist WHERE status = 'offered' LOOP
+        INSERT INTO inventory_holds (pool, key, owner, quantity, expires_at)
+        VALUES ('seats', r.event_id, r.user_id, r.quantity, r.offer_expires_at) RETURNING id INTO hid;
+        UPDATE waitlist SET hold_id = hid WHERE id = r.id;
+    END LOOP;
+END $$;
+CREATE UNIQUE INDEX waitlist_hold_idx ON waitlist (hold_id) WHERE hold_id IS NOT NULL;

@@ -127,15 +127,14 @@ SELECT b.* FROM b]]
 -- limit. Returns booking | nil, "no-offer" (not theirs, not offered, expired
 -- or another event) | nil, "wrong-quantity", entry | nil, "limit-exceeded", info.
 function M.convert(entry_id, user_id, event_id, quantity, q, after_take)
-  if not q and limit.max then -- the limit needs a transaction (domain/ticket_limit.lua)
+  if not q then -- the offer's hold is confirmed with the booking, atomically
     return db.transaction(function(tx) return M.convert(entry_id, user_id, event_id, quantity, tx, after_take) end)
   end
-  q = q or db
   if limit.max then
     local ok, lerr = limit.lock(q, event_id)
     if not ok then return nil, lerr end
   end
-  local entry, err = q.one("SELECT quantity FROM waitlist WHERE id = $1 AND user_id = $2", entry_id, user_id)
+  local entry, err = q.one("SELECT quantity, hold_id FROM waitlist WHERE id = $1 AND user_id = $2", entry_id, user_id)
   if err then return nil, err end
   if entry and entry.quantity ~= quantity then return nil, "wrong-quantity", entry end
   local row
@@ -146,6 +145,11 @@ function M.convert(entry_id, user_id, event_id, quantity, q, after_take)
     if held and held + entry.quantity > limit.max then return nil, "limit-exceeded", limit.refusal(held) end
     return nil, "no-offer"
   end
+  -- the entry was offered and unexpired under its row lock, and the sweeper
+  -- settles hold and entry together: the hold is still held
+  local hold
+  hold, err = require("domain.seats").pool:confirm(q, entry.hold_id, user_id)
+  if not hold then error(err or "waitlist entry " .. entry_id .. ": its hold is not held", 0) end
   if after_take then after_take(row) end
   return row
 end
@@ -165,7 +169,10 @@ WITH b AS (
 w AS (
   UPDATE waitlist SET status = 'cancelled', offer_expires_at = NULL, updated_at = now()
   WHERE event_id = $1 AND status IN ('waiting', 'offered')
-  RETURNING id, user_id),
+  RETURNING id, user_id, hold_id),
+h AS ( -- offers' holds end with the event (its seats are not for sale any more)
+  UPDATE inventory_holds SET state = 'released', settled_at = now()
+  WHERE id IN (SELECT hold_id FROM w) AND state = 'held'),
 o AS (
   INSERT INTO outbox (event_type, aggregate_id, payload)
   SELECT 'event.cancelled', $1, jsonb_build_object('event_id', $1::bigint)

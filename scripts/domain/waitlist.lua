@@ -1,8 +1,11 @@
 --- waitlist: ordered entries; freed seats are offered (held) to the oldest
 -- waiting entry whose quantity fits, inside the transaction that freed them,
 -- under the event row's lock, so a seat is never offered twice and never
--- sold to someone else first.
+-- sold to someone else first. An offer is a hold of the seats pool
+-- (evently.inventory): converting it confirms the hold, leaving releases it,
+-- and the pool's sweeper expires it (any worker, any instance, once).
 local db = require "evently.db"
+local seats = require("domain.seats").pool
 local notify = require "domain.notify"
 local rules = require "rules.waitlist"
 local limit = require "domain.ticket_limit"
@@ -28,10 +31,12 @@ function M.offer(tx, event_id)
         WHERE event_id = $1 AND status = 'waiting' AND quantity <= $2
         ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED]], event_id, left))
     if not e then break end
+    -- nil: the event stopped selling (sales window), or the entry is above max_per_booking
+    local hold = must(seats:hold(tx, event_id, e.user_id, e.quantity, rules.offer_minutes * 60))
+    if not hold then break end
     local row = must(tx.one([[UPDATE waitlist SET status = 'offered', updated_at = now(),
-        offer_expires_at = now() + make_interval(mins => $2) WHERE id = $1 RETURNING ]] .. COLUMNS,
-      e.id, rules.offer_minutes))
-    must(tx.query("UPDATE events SET available = available - $2, updated_at = now() WHERE id = $1", event_id, e.quantity))
+        hold_id = $2, offer_expires_at = $3 WHERE id = $1 RETURNING ]] .. COLUMNS,
+      e.id, hold.id, hold.expires_at))
     notify.emit(tx, "waitlist.offered", event_id, { waitlist_entry_id = e.id, event_id = event_id,
       user_id = e.user_id, quantity = e.quantity, offer_expires_at = row.offer_expires_at }, e.user_id)
     offered[#offered + 1] = row
@@ -80,13 +85,13 @@ end
 -- are offered on). Returns true | nil (not theirs) | nil, err.
 function M.leave(id, user_id)
   return db.transaction(function(tx)
-    local e = must(tx.one("SELECT id, event_id, quantity, status FROM waitlist WHERE id = $1 AND user_id = $2 FOR UPDATE",
+    local e = must(tx.one("SELECT id, event_id, quantity, status, hold_id FROM waitlist WHERE id = $1 AND user_id = $2 FOR UPDATE",
       id, user_id))
     if not e then return nil end
     if e.status == "waiting" or e.status == "offered" then
       must(tx.query("UPDATE waitlist SET status = 'cancelled', offer_expires_at = NULL, updated_at = now() WHERE id = $1", id))
       if e.status == "offered" then
-        must(tx.query("UPDATE events SET available = available + $2, updated_at = now() WHERE id = $1", e.event_id, e.quantity))
+        must(seats:release(tx, e.hold_id)) -- nil when the sweeper got there first: nothing to give back
         M.offer(tx, e.event_id)
       end
     end
@@ -94,21 +99,26 @@ function M.leave(id, user_id)
   end, { retries = 3 })
 end
 
---- Expires one overdue offer (any worker, any instance: SKIP LOCKED makes
--- each expiry happen once), gives its seats back and offers them on.
--- Returns the event id it touched, or nil when nothing was due.
-function M.expire_one()
+--- Expires overdue offers: the seats pool's sweeper gives each expired
+-- hold's seats back exactly once (any worker, any instance: SKIP LOCKED),
+-- and in the same transaction its entry becomes "expired", its owner is told
+-- and the seats are offered on. Returns the event ids it touched (empty when
+-- nothing was due).
+function M.expire_due(max)
   return db.transaction(function(tx)
-    local e = must(tx.one([[SELECT id, event_id, user_id, quantity FROM waitlist
-        WHERE status = 'offered' AND offer_expires_at <= now()
-        ORDER BY offer_expires_at LIMIT 1 FOR UPDATE SKIP LOCKED]]))
-    if not e then return nil end
-    must(tx.query("UPDATE waitlist SET status = 'expired', updated_at = now() WHERE id = $1", e.id))
-    must(tx.query("UPDATE events SET available = available + $2, updated_at = now() WHERE id = $1", e.event_id, e.quantity))
-    notify.emit(tx, "waitlist.expired", e.event_id, { waitlist_entry_id = e.id, event_id = e.event_id,
-      user_id = e.user_id, quantity = e.quantity }, e.user_id)
-    M.offer(tx, e.event_id)
-    return e.event_id
+    local holds = must(seats:sweep(tx, max or 100))
+    local touched, order = {}, {}
+    for _, h in ipairs(holds) do
+      local e = must(tx.one([[UPDATE waitlist SET status = 'expired', updated_at = now()
+          WHERE hold_id = $1 AND status = 'offered' RETURNING id, event_id, user_id, quantity]], h.id))
+      if e then
+        notify.emit(tx, "waitlist.expired", e.event_id, { waitlist_entry_id = e.id, event_id = e.event_id,
+          user_id = e.user_id, quantity = e.quantity }, e.user_id)
+      end
+      if not touched[h.key] then touched[h.key], order[#order + 1] = true, h.key end
+    end
+    for _, event_id in ipairs(order) do M.offer(tx, event_id) end
+    return order
   end, { retries = 3 })
 end
 

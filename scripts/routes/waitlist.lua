@@ -20,14 +20,14 @@ local REFUSED = {
 
 -- Expired offers are swept by every worker; SKIP LOCKED gives each to one.
 local function sweep()
-  for _ = 1, 100 do
-    local ok, event_id = pcall(waitlist.expire_one)
+  for _ = 1, 20 do
+    local ok, touched = pcall(waitlist.expire_due, 100)
     if not ok then
-      log.warn("waitlist sweep: %s", tostring(event_id))
+      log.warn("waitlist sweep: %s", tostring(touched))
       return
     end
-    if not event_id then return end
-    events.reopened(event_id)
+    if #touched == 0 then return end
+    for _, event_id in ipairs(touched) do events.reopened(event_id) end
   end
 end
 
