@@ -110,13 +110,17 @@ local function learn_shared(event_id, quantity)
   else
     r = sync.event()
     reading[event_id] = r
+    -- the reader's request may be aborted mid-read (client gone): its waiters
+    -- and the next reader must not wait on it
+    local _ <close> = setmetatable({}, { __close = function()
+      if reading[event_id] == r then reading[event_id] = nil end
+      r:set()
+    end })
     local seen = core.changes("seats", event_id)
     local ok, max = pcall(mark.read, event_id)
     if ok and max and core.changes("seats", event_id) == seen then -- no give-back heard meanwhile
       core.close("seats", event_id, max, GATE)
     end
-    reading[event_id] = nil
-    r:set()
   end
   if pool:sold_out(event_id, quantity) then
     shared_learned = shared_learned + 1
