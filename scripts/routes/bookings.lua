@@ -10,6 +10,8 @@ local events = require "domain.events"
 local json = require "evently.json"
 local db = require "evently.db"
 local idempotency = require "domain.idempotency"
+local early = require "evently.early"
+local cache = require "evently.cache"
 
 local function booking_id(req) return params.id(req, "booking") end
 local limit_exceeded = require("domain.ticket_limit").problem
@@ -19,6 +21,21 @@ local REFUSED = {
   ["not-on-sale"] = { 409, "not-on-sale", "the event is not on sale (draft, cancelled, outside its sales window or past)" },
   ["too-many"] = { 422, "validation", "quantity is above the event's max_per_booking" },
 }
+
+-- Bridge until domain/seats.lua drives the C gate (core/gate.c) itself: what
+-- this route learns from the Lua gate or a batch (the event is sold out for
+-- this quantity) closes the C gate for a short while, and any change to the
+-- event (the invalidation fan-out seats.lua listens to as well) reopens it at
+-- once. The C gate only ever refuses, like the Lua one; BRIDGE bounds how
+-- long a sold-out it holds can outlive the Lua gate's (1 s) without news.
+local BRIDGE = 0.5
+local function sold_out_seen(event_id, quantity)
+  early.gate_close("seats", event_id, quantity, BRIDGE)
+end
+cache.on_invalidate(function(key)
+  local id = key:match("^event:(%d+)$")
+  if id then early.gate_open("seats", tonumber(id)) end
+end)
 
 return function(app, base)
   -- The answer to a booking request, as status, body, headers. tx (optional)
@@ -52,6 +69,7 @@ return function(app, base)
       return 201, booking, { Location = base .. "/bookings/" .. booking.id }
     end
     if why == "sold-out" then
+      if ev.available == 0 then sold_out_seen(event_id, quantity) end
       return problem.response(409, "sold-out", "not enough tickets left", { available = ev.available })
     end
     if why == "limit-exceeded" then return limit_exceeded(ev) end
@@ -118,6 +136,18 @@ return function(app, base)
   local SOLD_OUT_HEADERS = { ["Content-Type"] = "application/problem+json" }
   local seats = require "domain.seats"
 
+  -- Hotter still: the worker answers the same in C before any Lua runs, when
+  -- the caller's token was resolved here lately (web/auth.lua feeds the C
+  -- token cache) and the C gate is closed (core/early.h has every condition).
+  -- Whatever it leaves (unknown tokens, Idempotency-Key, waitlist
+  -- conversions, odd bodies) comes here, where the check below still holds.
+  early.refuse_when_closed{
+    method = "POST", path = base .. "/bookings", route = "bookings.create",
+    pool = "seats", key_field = "event_id", quantity_field = "quantity",
+    unless_fields = { "waitlist_entry_id" }, unless_headers = { "idempotency-key" },
+    status = 409, content_type = SOLD_OUT_HEADERS["Content-Type"], body = SOLD_OUT,
+  }
+
   app.post(base .. "/bookings", function(req)
     local user = auth.user(req)
     local key = req.headers["idempotency-key"]
@@ -125,6 +155,7 @@ return function(app, base)
     if key == nil and type(body) == "table" and math.type(body.event_id) == "integer"
         and math.type(body.quantity) == "integer" and body.quantity >= 1 and body.waitlist_entry_id == nil
         and seats.sold_out(body.event_id, body.quantity) then
+      sold_out_seen(body.event_id, body.quantity)
       return 409, SOLD_OUT, SOLD_OUT_HEADERS
     end
     if key == nil then return book(req, user) end
