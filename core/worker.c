@@ -297,6 +297,7 @@ static int answer_early(ev_worker_t *w, ev_http_req_t *req)
     if (!a)
         return 0;
     ev_http_header_t h = {"Content-Type", 12, a->content_type, strlen(a->content_type)};
+    ev_debug("[%s] answered early: %d (%s)", req->request_id, a->status, a->route);
     w->early_answers++;
     ev_gate_count_refusal();
     ev_http_respond(req, a->status, &h, 1, a->body, a->body_len, a->route);
