@@ -13,8 +13,10 @@
  * same bytes differently, the body goes to Lua:
  *   - control bytes other than \t \n \r (cJSON skips any byte <= 32 as
  *     whitespace, lua-cjson only those four), a UTF-8 byte order mark (cJSON
- *     skips it, lua-cjson refuses it), and "\u0000" (cJSON's C strings would
- *     cut a key short there, Lua keeps it whole);
+ *     skips it, lua-cjson refuses it), and any backslash: escapes are where
+ *     the two differ most ("\u0000" cuts a cJSON key short, Lua keeps it
+ *     whole; cJSON takes "\u006`" that lua-cjson refuses, found by
+ *     tests/fuzz/fuzz_early.c), and a booking body never needs one;
  *   - a key that appears twice (cJSON finds the first, Lua keeps the last);
  *   - anything after the value but whitespace;
  *   - bodies over EV_EARLY_MAX_BODY (far below either parser's depth limit).
@@ -226,9 +228,7 @@ static int plain_bytes(const char *b, size_t n)
         return 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)b[i];
-        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
-            return 0;
-        if (c == '\\' && i + 5 < n && memcmp(b + i + 1, "u0000", 5) == 0)
+        if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == '\\')
             return 0;
     }
     return 1;

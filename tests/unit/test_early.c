@@ -175,8 +175,6 @@ static void reads_the_body_fields_as_lua_would(void **state)
     assert_true(fields(" {\"quantity\":1.0,\"other\":[1,{\"a\":null}],\"event_id\":9e0}\r\n", &k, &q));
     assert_int_equal(k, 9);
     assert_int_equal(q, 1);
-    assert_true(fields("{\"event_\\u0069d\":7,\"quantity\":3}", &k, &q)); /* escapes decode alike */
-    assert_int_equal(k, 7);
     assert_true(fields("{\"event_id\":-9007199254740992,\"quantity\":3}", &k, &q));
     assert_int_equal(k, -9007199254740992LL);
 }
@@ -199,6 +197,8 @@ static void leaves_to_lua_bodies_it_might_read_differently(void **state)
         "\xEF\xBB\xBF{\"event_id\":42,\"quantity\":1}",
         "{\"event_id\":42,\x0b\"quantity\":1}",
         "{\"event_id\\u0000x\":42,\"event_id\":1,\"quantity\":1}",
+        "{\"event_\\u0069d\":42,\"quantity\":1}",   /* any escape: left to Lua */
+        "{\"event_\\u006`9d\":42,\"quantity\":1,\"event_id\":42}", /* lua-cjson refuses it */
         "{\"Event_ID\":42,\"quantity\":1}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
