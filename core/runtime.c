@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "co.h"
+#include "early.h"
 #include "health.h"
 #include "inventory.h"
 #include "kafka.h"
@@ -23,6 +24,7 @@
 #include "ws.h"
 #include "log.h"
 #include "mail.h"
+#include "token_cache.h"
 
 static const char RT_KEY = 'r';
 
@@ -80,6 +82,7 @@ lua_State *ev_runtime_new(ev_runtime_t *rt)
     preload(L, "evently.ws.core", luaopen_evently_ws_core);
     preload(L, "evently.mail.core", luaopen_evently_mail_core);
     preload(L, "evently.inventory.core", luaopen_evently_inventory_core);
+    preload(L, "evently.early", luaopen_evently_early);
     return L;
 }
 
@@ -99,6 +102,10 @@ void ev_runtime_close(ev_runtime_t *rt)
     rt->ws = NULL;
     ev_mail_free(rt->mail);
     rt->mail = NULL;
+    ev_early_free(rt->early);
+    rt->early = NULL;
+    ev_token_cache_free(rt->tokens);
+    rt->tokens = NULL;
 }
 
 static int traceback(lua_State *L)

@@ -31,6 +31,8 @@ struct ev_runtime {
     struct ev_mail *mail;        /* created on first use by evently.mail.core */
     struct ev_ws_hub *ws;        /* WebSocket connections, created on first upgrade */
     struct ev_inv *inventory;    /* reservation engine, created on first use */
+    struct ev_early *early;      /* early-answer rules (evently.early), first use */
+    struct ev_token_cache *tokens; /* tokens Lua validated lately (evently.early) */
     /* Set by a worker, NULL elsewhere. http_request: the HTTP request the
      * coroutine is handling while it is unanswered, else NULL. http_detach:
      * that request's socket was taken over (WebSocket): its deadline stops
@@ -68,5 +70,6 @@ int luaopen_evently_crypto(lua_State *L);
 int luaopen_evently_kafka_core(lua_State *L);
 int luaopen_evently_ws_core(lua_State *L);
 int luaopen_evently_mail_core(lua_State *L);
+int luaopen_evently_early(lua_State *L);
 
 #endif

@@ -6,7 +6,11 @@
  * Lua and is answered 500 like any other. Three things may end a request
  * early: the client goes away (coroutine aborted, nothing written), the
  * handler deadline passes (aborted, 504) or the worker drains (requests in
- * flight finish; new connections go to the next generation). */
+ * flight finish; new connections go to the next generation).
+ *
+ * Before a coroutine is made, the request is offered to the early-answer
+ * rules Lua registered (core/early.c): a sold-out booking with a known token
+ * is answered from C there, logged and counted like any other answer. */
 #include "worker.h"
 
 #include <errno.h>
@@ -22,11 +26,14 @@
 #include <unistd.h>
 
 #include "co.h"
+#include "early.h"
+#include "gate.h"
 #include "http.h"
 #include "log.h"
 #include "pg.h"
 #include "redis.h"
 #include "runtime.h"
+#include "token_cache.h"
 #include "ws.h"
 
 typedef struct {
@@ -39,6 +46,8 @@ typedef struct {
     struct timeval drain_start;
     struct ev_request *spare; /* finished request contexts, reused */
     int nspare;
+    unsigned long long early_answers, early_flushed; /* answered in C; flushed to /metrics */
+    unsigned long long refusals_flushed;             /* ev_gate_refusals() flushed so far */
 } ev_worker_t;
 
 typedef struct ev_request {
@@ -279,9 +288,27 @@ static void push_request(lua_State *T, const ev_http_req_t *req)
     lua_setfield(T, -2, "peer");
 }
 
+/* A request an early-answer rule answers (core/early.c): 1 when answered.
+ * Every rule kind today is a sold-out gate refusal, counted as such. */
+static int answer_early(ev_worker_t *w, ev_http_req_t *req)
+{
+    const ev_early_answer_t *a =
+        ev_early_match(w->rt.early, w->rt.tokens, req, ev_token_cache_now());
+    if (!a)
+        return 0;
+    ev_http_header_t h = {"Content-Type", 12, a->content_type, strlen(a->content_type)};
+    ev_debug("[%s] answered early: %d (%s)", req->request_id, a->status, a->route);
+    w->early_answers++;
+    ev_gate_count_refusal();
+    ev_http_respond(req, a->status, &h, 1, a->body, a->body_len, a->route);
+    return 1;
+}
+
 static void on_request(ev_http_req_t *req, void *arg)
 {
     ev_worker_t *w = arg;
+    if (w->rt.early && answer_early(w, req))
+        return;
     ev_request_t *r = request_new(w);
     if (!r) {
         respond_problem(req, 503, "unavailable", "Service Unavailable", NULL);
@@ -350,7 +377,24 @@ static void publish_pool(ev_worker_t *w, ev_pool_kind_t kind, const ev_pg_pool_t
     ev_metrics_pool_set(w->rt.metrics, w->rt.worker_slot, kind, &m);
 }
 
-/* Once a second: this worker's Lua heap and pool figures for /metrics. */
+/* Counts kept per worker, added to the shared region once a second (a
+ * shared counter bumped per request would bounce a cache line between the
+ * workers; domain/seats.lua flushes its own the same way, into the same
+ * evently_booking_gate_soldout_total). */
+static void flush_counts(ev_worker_t *w)
+{
+    unsigned long long refusals = ev_gate_refusals();
+    if (refusals > w->refusals_flushed)
+        ev_metrics_count(w->rt.metrics, "evently_booking_gate_soldout_total",
+                         refusals - w->refusals_flushed);
+    w->refusals_flushed = refusals;
+    if (w->early_answers > w->early_flushed)
+        ev_metrics_count(w->rt.metrics, "evently_early_answers_total",
+                         w->early_answers - w->early_flushed);
+    w->early_flushed = w->early_answers;
+}
+
+/* Once a second: this worker's Lua heap, pool figures and counts for /metrics. */
 static void on_mem_tick(evutil_socket_t fd, short what, void *arg)
 {
     ev_worker_t *w = arg;
@@ -358,6 +402,7 @@ static void on_mem_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (!w->rt.metrics)
         return;
+    flush_counts(w);
     ev_metrics_worker_memory(w->rt.metrics, w->rt.worker_slot,
                              (uint64_t)lua_gc(w->L, LUA_GCCOUNT, 0) * 1024);
     publish_pool(w, EV_POOL_DB, w->rt.db);

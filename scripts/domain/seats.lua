@@ -84,7 +84,7 @@ local function start_flushing()
   time.every(1, function()
     local now = core.stats()
     local function add(name, a, b) if a > b then runtime.count(name, a - b) end end
-    add("evently_booking_gate_soldout_total", now.refusals, last.refusals)
+    -- gate refusals (C and Lua) reach evently_booking_gate_soldout_total from the worker (worker.c)
     add("evently_booking_batches_total", now.batches, last.batches)
     add("evently_booking_batch_requests_total", now.claims, last.claims)
     if shared_learned > 0 then runtime.count("evently_booking_gate_redis_total", shared_learned) end

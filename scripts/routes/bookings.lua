@@ -10,6 +10,7 @@ local events = require "domain.events"
 local json = require "evently.json"
 local db = require "evently.db"
 local idempotency = require "domain.idempotency"
+local early = require "evently.early"
 
 local function booking_id(req) return params.id(req, "booking") end
 local limit_exceeded = require("domain.ticket_limit").problem
@@ -117,6 +118,18 @@ return function(app, base)
   local SOLD_OUT = json.encode(problem.document(409, "sold-out", "not enough tickets left", { available = 0 }))
   local SOLD_OUT_HEADERS = { ["Content-Type"] = "application/problem+json" }
   local seats = require "domain.seats"
+
+  -- Hotter still: the worker answers the same in C before any Lua runs, when
+  -- the caller's token was resolved here lately (web/auth.lua feeds the C
+  -- token cache) and the C gate is closed (core/early.h has every condition).
+  -- Whatever it leaves (unknown tokens, Idempotency-Key, waitlist
+  -- conversions, odd bodies) comes here, where the check below still holds.
+  early.refuse_when_closed{
+    method = "POST", path = base .. "/bookings", route = "bookings.create",
+    pool = "seats", key_field = "event_id", quantity_field = "quantity",
+    unless_fields = { "waitlist_entry_id" }, unless_headers = { "idempotency-key" },
+    status = 409, content_type = SOLD_OUT_HEADERS["Content-Type"], body = SOLD_OUT,
+  }
 
   app.post(base .. "/bookings", function(req)
     local user = auth.user(req)

@@ -9,15 +9,22 @@ local cache = require "evently.cache"
 
 local M = {}
 
+local early = require "evently.early"
+
 -- A token seen in the last second is answered from this table: no hash, no
 -- cache lookup. Revocation (logout) reaches it through the cache's
 -- invalidation fan-out, so it still stops working at once.
+-- The worker's C token cache (evently.early) is told the same, for the same
+-- time, so early answers (a sold-out booking) know the caller without Lua.
 local RECENT = 1.0
 local recent, by_hash = {}, {}
 cache.on_invalidate(function(key)
   local hash = key:match("^token:(.+)$")
   local token = hash and by_hash[hash]
-  if token then recent[token], by_hash[hash] = nil, nil end
+  if token then
+    recent[token], by_hash[hash] = nil, nil
+    early.forget_token(token)
+  end
 end)
 
 local function remembered(token)
@@ -45,6 +52,7 @@ function M.user(req)
     if not user then problem.raise(401, "unauthorized", "the token is unknown, expired or revoked") end
     recent[token] = { user = user, hash = hash, until_ = time.monotonic() + RECENT }
     by_hash[hash] = token
+    early.remember_token(token, user.id, RECENT) -- a full C cache only means no early answer
   end
   req.user, req.token = user, token
   return user

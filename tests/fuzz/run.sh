@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")/../.."
 
 seconds=${FUZZ_SECONDS:-30}
-targets=(http ws json)
+targets=(http ws json early)
 
 if ! command -v clang >/dev/null 2>&1; then
   echo "run.sh: clang not found; installing it from Debian" >&2

@@ -7,9 +7,18 @@
 --                                  body, headers)
 --   hooks.clear()                  drops every hook (reload, tests)
 -- Hooks may yield (they run in the caller's coroutine).
+-- Early answers (evently.early) skip Lua, so they would skip "request" and
+-- "response" hooks too: while any are registered, the worker answers nothing
+-- early.
+local early = require "evently.early"
+
 local M = {}
 local registry = {}
 local seq = 0
+
+local function tell_early()
+  early.hooked(M.count("request") + M.count("response") > 0)
+end
 
 function M.on(name, fn, priority)
   if type(name) ~= "string" then error("hooks.on: name must be a string", 2) end
@@ -23,6 +32,7 @@ function M.on(name, fn, priority)
     return a.seq < b.seq
   end)
   registry[name] = list
+  if name == "request" or name == "response" then tell_early() end
 end
 
 function M.run(name, ctx)
@@ -41,6 +51,7 @@ end
 
 function M.clear()
   registry = {}
+  tell_early()
 end
 
 return M
