@@ -58,33 +58,30 @@ function M.get_public(id)
   return ev
 end
 
---- Applies the given fields. Capacity moves available by the same amount and
--- may not go below what is sold: that answers nil, "capacity-below-sold".
+--- Applies the given fields. Capacity is the seats pool's resize (available
+-- moves by the same amount, never below what is sold or held): refused, it
+-- answers nil, "capacity-below-sold".
 function M.update(id, f)
   local sets, args = {}, { id }
   for _, name in ipairs(M.WRITABLE) do
-    if f[name] ~= nil then
+    if f[name] ~= nil and name ~= "capacity" then
       args[#args + 1] = f[name]
-      if name == "capacity" then
-        sets[#sets + 1] = ("capacity = $%d, available = available + ($%d - capacity)"):format(#args, #args)
-      else
-        sets[#sets + 1] = ("%s = $%d"):format(name, #args)
-      end
+      sets[#sets + 1] = ("%s = $%d"):format(name, #args)
     end
   end
-  if #sets == 0 then return M.get(id) end
-  local guard = ""
-  if f.capacity ~= nil then
-    guard = (" AND $%d >= capacity - available"):format(#args + 1)
-    args[#args + 1] = f.capacity
-  end
-  local sql = "UPDATE events SET " .. table.concat(sets, ", ") .. ", updated_at = now() WHERE id = $1"
-    .. guard .. " RETURNING " .. COLUMNS
-  -- seats that come back with a larger capacity go to the waitlist first
+  if #sets == 0 and f.capacity == nil then return M.get(id) end
+  local sql = #sets > 0
+    and "UPDATE events SET " .. table.concat(sets, ", ") .. ", updated_at = now() WHERE id = $1 RETURNING " .. COLUMNS
+    or "SELECT " .. COLUMNS .. " FROM events WHERE id = $1"
   local ok, row, err = pcall(db.transaction, function(tx)
+    if f.capacity ~= nil then
+      local resized, e = require("domain.seats").pool:resize(tx, id, f.capacity)
+      if e then error(e, 0) end
+      if not resized then return nil end -- below what is sold (or no such event): nothing changed
+    end
     local r, e = tx.one(sql, table.unpack(args))
-    if e then return nil, e end
-    if r and f.capacity ~= nil then
+    if e then error(e, 0) end
+    if r and f.capacity ~= nil then -- seats that come back with a larger capacity go to the waitlist first
       require("domain.waitlist").offer(tx, id)
       r = tx.one("SELECT " .. COLUMNS .. " FROM events WHERE id = $1", id)
     end

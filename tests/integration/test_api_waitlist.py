@@ -42,6 +42,12 @@ def invariant(api, event_id):
         (SELECT coalesce(sum(quantity), 0) FROM waitlist WHERE event_id = e.id AND status = 'offered') AS held
         FROM events e WHERE e.id = $1""", event_id)[0]
     assert row["sold"] + row["held"] + row["available"] == row["capacity"], row
+    # every open offer is exactly one held hold of the seats pool, and no other hold is open
+    holds = sql(api, """SELECT coalesce(sum(quantity), 0) AS n, count(*) AS c FROM inventory_holds
+        WHERE pool = 'seats' AND key = $1 AND state = 'held'""", event_id)[0]
+    offers = sql(api, """SELECT count(*) AS c FROM waitlist w JOIN inventory_holds h ON h.id = w.hold_id
+        WHERE w.event_id = $1 AND w.status = 'offered' AND h.state = 'held'""", event_id)[0]
+    assert holds["n"] == row["held"] and holds["c"] == offers["c"], (holds, offers, row)
     return row
 
 
@@ -150,3 +156,41 @@ def test_notifications_are_private_and_can_be_marked_read(api):
     r = api.post(BASE + "/notifications/%d/read" % n["id"], headers=u[7])
     assert r.status == 200 and r.json()["read_at"]
     problem(api.get(BASE + "/notifications"), 401, "unauthorized")
+
+
+def test_offers_are_holds_of_the_seats_pool(api):
+    """A capacity raise offers seats as a hold; capacity cannot drop below the
+    held seats; converting confirms the hold, leaving releases it (seats back
+    and offered on), each hold settled once."""
+    u = api.users
+    ev = new_event(api, 1)
+    assert book(api, u[20], ev, 1).status == 201
+    a = join(api, u[21], ev, 2).json()
+    b = join(api, u[22], ev, 1).json()
+    r = api.request("PATCH", BASE + "/events/%d" % ev, body={"capacity": 3}, headers=api.admin)
+    assert r.status == 200 and r.json()["available"] == 0, r.text
+    offered = entries(api, u[21])[0]
+    assert offered["status"] == "offered"
+    hold = sql(api, "SELECT h.state, h.quantity, h.owner FROM waitlist w JOIN inventory_holds h ON h.id = w.hold_id "
+                    "WHERE w.id = $1", a["id"])[0]
+    assert hold == {"state": "held", "quantity": 2, "owner": hold["owner"]} and hold["owner"] > 0
+    invariant(api, ev)
+    # 1 sold + 2 held: capacity 2 would take held seats away
+    problem(api.request("PATCH", BASE + "/events/%d" % ev, body={"capacity": 2}, headers=api.admin),
+            409, "capacity-below-sold")
+    # leaving the offer releases the hold: its seats go to the next entry (1 of them) and 1 back on sale
+    assert api.request("DELETE", BASE + "/waitlist/%d" % a["id"], headers=u[21]).status == 204
+    assert sql(api, "SELECT h.state FROM waitlist w JOIN inventory_holds h ON h.id = w.hold_id WHERE w.id = $1",
+               a["id"])[0]["state"] == "released"
+    assert entries(api, u[22])[0]["status"] == "offered"
+    row = invariant(api, ev)
+    assert row["available"] == 1 and row["held"] == 1
+    # converting confirms the hold together with the booking
+    r = api.post(BASE + "/bookings", body={"event_id": ev, "quantity": 1, "waitlist_entry_id": b["id"]}, headers=u[22])
+    assert r.status == 201, r.text
+    assert sql(api, "SELECT h.state FROM waitlist w JOIN inventory_holds h ON h.id = w.hold_id WHERE w.id = $1",
+               b["id"])[0]["state"] == "confirmed"
+    problem(api.post(BASE + "/bookings", body={"event_id": ev, "quantity": 1, "waitlist_entry_id": b["id"]},
+                     headers=u[22]), 409, "no-offer")
+    row = invariant(api, ev)
+    assert row["sold"] == 2 and row["held"] == 0 and row["available"] == 1
