@@ -18,10 +18,9 @@
  *       seconds. Returns true, or fail when the cache is full (harmless: the
  *       request just goes the Lua way).
  *   early.forget_token(token)   revoked: forget it now       [-0, +0, v]
- *   early.gate_close(pool, key, max_quantity, seconds)       [-0, +0, v]
- *   early.gate_open(pool, key)                               [-0, +0, v]
- *       the worker's sold-out gate (core/gate.c), for the code that learns
- *       a pool is empty or has seats again.
+ * The sold-out gate itself (core/gate.c) is closed by the inventory engine
+ * when a batch leaves a pool empty, and opened by evently.inventory's
+ * pool:reopen().
  * The engines hang off the worker's runtime (ev_runtime_t.early, .tokens),
  * created on first use and freed with the runtime. */
 #include <lauxlib.h>
@@ -165,25 +164,6 @@ static int l_forget_token(lua_State *L)
     return 0;
 }
 
-static int l_gate_close(lua_State *L)
-{
-    const char *pool = luaL_checkstring(L, 1);
-    lua_Integer key = luaL_checkinteger(L, 2);
-    lua_Integer max = luaL_checkinteger(L, 3);
-    lua_Number seconds = luaL_checknumber(L, 4);
-    luaL_argcheck(L, max >= 1 && max <= 1000000, 3, "max_quantity must be in 1..1000000");
-    luaL_argcheck(L, seconds > 0 && seconds <= 3600 && !isnan(seconds), 4,
-                  "seconds must be in (0, 3600]");
-    ev_gate_close(pool, key, (int)max, seconds);
-    return 0;
-}
-
-static int l_gate_open(lua_State *L)
-{
-    ev_gate_open(luaL_checkstring(L, 1), luaL_checkinteger(L, 2));
-    return 0;
-}
-
 static const luaL_Reg early_funcs[] = {
     {"refuse_when_closed", l_refuse_when_closed},
     {"clear", l_clear},
@@ -191,8 +171,6 @@ static const luaL_Reg early_funcs[] = {
     {"hooked", l_hooked},
     {"remember_token", l_remember_token},
     {"forget_token", l_forget_token},
-    {"gate_close", l_gate_close},
-    {"gate_open", l_gate_open},
     {NULL, NULL},
 };
 

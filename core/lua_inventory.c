@@ -213,8 +213,12 @@ static int inv_closed(lua_State *L)
 
 static int inv_close(lua_State *L)
 {
-    ev_gate_close(luaL_checkstring(L, 1), luaL_checkinteger(L, 2), (int)luaL_checkinteger(L, 3),
-                  luaL_checknumber(L, 4));
+    const char *pool = luaL_checkstring(L, 1);
+    lua_Integer key = luaL_checkinteger(L, 2), max = luaL_checkinteger(L, 3);
+    lua_Number seconds = luaL_checknumber(L, 4);
+    luaL_argcheck(L, max >= 1 && max <= 1000000, 3, "max_quantity must be in 1..1000000");
+    luaL_argcheck(L, seconds > 0 && seconds <= 3600, 4, "seconds must be in (0, 3600]");
+    ev_gate_close(pool, key, (int)max, seconds);
     return 0;
 }
 
