@@ -67,7 +67,8 @@ struct batch {
     keystate_t *ks;
     pooldef_t *def;
     ev_inv_claim_t **claims;
-    int n, limit, step, attempts, sent;
+    int n, limit, step, attempts;
+    int committing;            /* the statement that commits was sent: outcome open until answered */
     unsigned changes;          /* gate reopen count when the batch started */
     long long started_ms;
     ev_pg_conn_t *conn;
@@ -208,10 +209,15 @@ static int compose(const ev_inv_def_t *d, pooldef_t *p)
         "p AS (UPDATE %s t SET %s = t.%s + h.quantity%s FROM h WHERE t.%s = h.key RETURNING t.%s AS available)\n"
         "SELECT h.id, h.key, h.owner, h.quantity, p.available FROM h, p",
         d->name, d->table, d->available, d->available, tt, d->key, d->available);
-    /* give_back: $1 key, $2 quantity; never above capacity */
+    /* give_back: $1 key, $2 quantity; never more than is taken (capacity less
+     * available less what holds keep: those come back through their hold) */
     p->sql[S_GIVE_BACK] = fmt(
-        "UPDATE %s SET %s = %s + $2%s WHERE %s = $1 AND $2 >= 1 AND %s + $2 <= %s RETURNING %s AS available",
-        d->table, d->available, d->available, t, d->key, d->available, d->capacity, d->available);
+        "UPDATE %s SET %s = %s + $2%s WHERE %s = $1 AND $2 >= 1\n"
+        "  AND %s + $2 + (SELECT coalesce(sum(quantity), 0) FROM inventory_holds\n"
+        "                 WHERE pool = '%s' AND key = $1 AND state = 'held') <= %s\n"
+        "RETURNING %s AS available",
+        d->table, d->available, d->available, t, d->key, d->available, d->name, d->capacity,
+        d->available);
     /* resize: $1 key, $2 capacity; never below what is taken or held */
     p->sql[S_RESIZE] = fmt(
         "UPDATE %s SET %s = %s + ($2 - %s), %s = $2%s WHERE %s = $1 AND %s - %s <= $2\n"
@@ -470,7 +476,10 @@ static void fill(batch_t *b)
     while (c && b->n < b->inv->o.max_batch) {
         ev_inv_claim_t *next = c->next;
         int gated = ev_gate_closed(k->pool, k->key, c->quantity);
-        if (gated || !(b->limit > 0 && owner_in(b, c->owner))) {
+        /* a claim with another limit, or (limited) an owner already in the
+         * batch, waits for a later batch */
+        int later = c->limit != b->limit || (b->limit > 0 && owner_in(b, c->owner));
+        if (gated || !later) {
             if (prev)
                 prev->next = next;
             else
@@ -576,8 +585,11 @@ static void dispatch(batch_t *b)
     for (int i = 0; i < b->n; i++) {
         ev_inv_claim_t *c = b->claims[i];
         int row = row_of[i + 1] - 1;
+        /* "emptied" goes to one claim whose caller is still there */
         ev_inv_result_t r = {.outcome = EV_INV_CLOSED, .res = res, .row = row, .max = max,
-                             .started_ms = b->started_ms, .emptied = emptied && i == 0};
+                             .started_ms = b->started_ms, .emptied = emptied && !c->withdrawn};
+        if (r.emptied)
+            emptied = 0;
         if (row >= 0) {
             if (field(res, row, ctook) > 0)
                 r.outcome = EV_INV_GRANTED;
@@ -627,6 +639,7 @@ static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
                 return;
             }
             b->step = 9; /* ROLLBACK, then again from BEGIN */
+            b->committing = 0;
             if (ev_pg_query(b->conn, "ROLLBACK", 0, NULL, on_step, b) == 0)
                 return;
             ev_pg_abandon(b->conn);
@@ -637,7 +650,7 @@ static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
         }
         /* Only a connection lost after the committing statement was sent
          * leaves the outcome open; an SQL error means nothing was taken. */
-        int open = err && (b->step == 4 || (b->step == 0 && b->sent));
+        int open = err && b->committing;
         fail_all(b, open ? EV_INV_UNKNOWN : EV_INV_ERROR, msg, sqlstate);
         finish(b);
         return;
@@ -648,9 +661,11 @@ static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
         return;
     }
     if (b->step == 0 || b->step == 3) {
+        if (b->res) /* a retried transaction's earlier rows */
+            PQclear(b->res);
         b->res = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
-        if (!b->res) {
-            fail_all(b, EV_INV_UNKNOWN, "out of memory", NULL);
+        if (!b->res) { /* step 0 committed already; step 3's transaction dies with finish() */
+            fail_all(b, b->step == 0 ? EV_INV_UNKNOWN : EV_INV_ERROR, "out of memory", NULL);
             finish(b);
             return;
         }
@@ -682,16 +697,16 @@ static void batch_step(batch_t *b)
     default:
         rc = ev_pg_query(b->conn, b->def->sql[b->step == 3 ? S_BATCH_LIMITED : S_BATCH],
                          b->step == 3 ? 5 : 4, v, on_step, b);
-        b->sent = 1;
         break;
     }
-    if (rc != 0) {
+    if (rc != 0) { /* nothing was sent, so nothing of this batch committed */
         ev_pg_abandon(b->conn);
         b->conn = NULL;
-        fail_all(b, b->sent && b->step != 2 && b->step != 1 ? EV_INV_UNKNOWN : EV_INV_ERROR,
-                 "closed: could not send the statement", NULL);
+        fail_all(b, EV_INV_ERROR, "closed: could not send the statement", NULL);
         batch_free(b);
+        return;
     }
+    b->committing = b->step == 0 || b->step == 4;
 }
 
 static void on_conn(ev_pg_conn_t *c, const char *err, void *arg)
@@ -719,7 +734,9 @@ static void on_batch_deadline(evutil_socket_t fd, short what, void *arg)
     if (b->conn)
         ev_pg_abandon(b->conn);
     b->conn = NULL;
-    fail_all(b, b->sent ? EV_INV_UNKNOWN : EV_INV_BUSY, "timeout: the batch did not answer", NULL);
+    /* only a committing statement in flight may have taken anything; an open
+     * transaction dies with its connection (rolled back) */
+    fail_all(b, b->committing ? EV_INV_UNKNOWN : EV_INV_ERROR, "timeout: the batch did not answer", NULL);
     batch_free(b);
 }
 

@@ -177,7 +177,9 @@ static int inv_take(lua_State *L)
     double queue_s = luaL_optnumber(L, 6, 25);
     luaL_argcheck(L, qty >= 1 && qty <= 1000000, 4, "quantity out of range");
     ev_co_t *co = ev_co_current(L);
-    if (!co)
+    /* checked before queuing: a claim queued by a caller that then cannot
+     * wait would be taken with nobody to tell */
+    if (!co || !lua_isyieldable(L))
         return luaL_error(L, "inventory: must be called from a request, timer or script coroutine");
     ev_inv_t *inv = engine(L);
     if (!inv)

@@ -128,7 +128,9 @@ SELECT b.* FROM b]]
 -- or another event) | nil, "wrong-quantity", entry | nil, "limit-exceeded", info.
 function M.convert(entry_id, user_id, event_id, quantity, q, after_take)
   if not q then -- the offer's hold is confirmed with the booking, atomically
-    return db.transaction(function(tx) return M.convert(entry_id, user_id, event_id, quantity, tx, after_take) end)
+    -- (a deadlock with the sweeper, which locks hold, event, entry in that order, is retried)
+    return db.transaction(function(tx) return M.convert(entry_id, user_id, event_id, quantity, tx, after_take) end,
+      { retries = 3 })
   end
   if limit.max then
     local ok, lerr = limit.lock(q, event_id)
@@ -146,7 +148,8 @@ function M.convert(entry_id, user_id, event_id, quantity, q, after_take)
     return nil, "no-offer"
   end
   -- the entry was offered and unexpired under its row lock, and the sweeper
-  -- settles hold and entry together: the hold is still held
+  -- settles hold and entry in one transaction: the hold is still held (if
+  -- not, raising rolls the conversion back)
   local hold
   hold, err = require("domain.seats").pool:confirm(q, entry.hold_id, user_id)
   if not hold then error(err or "waitlist entry " .. entry_id .. ": its hold is not held", 0) end

@@ -22,16 +22,18 @@ end
 --- Offers the event's available seats to waiting entries, oldest first.
 -- Runs inside tx; returns the entries offered.
 function M.offer(tx, event_id)
-  local ev = must(tx.one("SELECT available, status FROM events WHERE id = $1 FOR UPDATE", event_id))
+  local ev = must(tx.one("SELECT available, status, max_per_booking FROM events WHERE id = $1 FOR UPDATE", event_id))
   local offered = {}
   if not ev or ev.status ~= "published" then return offered end
   local left = ev.available
   while left > 0 do
+    -- an entry above max_per_booking (lowered after it joined) cannot be
+    -- offered seats; it is passed over, never blocking the entries behind it
     local e = must(tx.one([[SELECT id, user_id, quantity FROM waitlist
-        WHERE event_id = $1 AND status = 'waiting' AND quantity <= $2
-        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED]], event_id, left))
+        WHERE event_id = $1 AND status = 'waiting' AND quantity <= $2 AND quantity <= $3
+        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED]], event_id, left, ev.max_per_booking))
     if not e then break end
-    -- nil: the event stopped selling (sales window), or the entry is above max_per_booking
+    -- nil: the event is not selling now (outside its sales window)
     local hold = must(seats:hold(tx, event_id, e.user_id, e.quantity, rules.offer_minutes * 60))
     if not hold then break end
     local row = must(tx.one([[UPDATE waitlist SET status = 'offered', updated_at = now(),
