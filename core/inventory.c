@@ -48,6 +48,8 @@ struct ev_inv_claim {
     ev_inv_claim_fn fn;
     void *arg;
     int started, withdrawn;
+    int alone;                 /* its batch failed: it goes again in a batch of its own */
+    double deadline;           /* monotonic: withdrawn (BUSY) if not started by then */
     struct event *timer;       /* the queue deadline */
     ev_inv_claim_t *next;      /* queue, then batch order */
 };
@@ -431,7 +433,10 @@ ev_inv_claim_t *ev_inv_take(ev_inv_t *inv, const char *pool, int64_t key, int64_
         free(c);
         return NULL;
     }
-    struct timeval tv = tv_of(queue_seconds > 0 ? queue_seconds : 0.001);
+    if (queue_seconds <= 0)
+        queue_seconds = 0.001;
+    c->deadline = mono() + queue_seconds;
+    struct timeval tv = tv_of(queue_seconds);
     evtimer_add(c->timer, &tv);
     if (k->tail)
         k->tail->next = c;
@@ -479,6 +484,8 @@ static void fill(batch_t *b)
         /* a claim with another limit, or (limited) an owner already in the
          * batch, waits for a later batch */
         int later = c->limit != b->limit || (b->limit > 0 && owner_in(b, c->owner));
+        if (!gated && c->alone && b->n > 0)
+            break; /* a claim going alone starts the next batch */
         if (gated || !later) {
             if (prev)
                 prev->next = next;
@@ -495,6 +502,8 @@ static void fill(batch_t *b)
             } else {
                 c->started = 1;
                 b->claims[b->n++] = c;
+                if (c->alone)
+                    break;
             }
         } else {
             prev = c;
@@ -619,6 +628,32 @@ static int retryable(const char *sqlstate)
     return sqlstate && (strcmp(sqlstate, "40P01") == 0 || strcmp(sqlstate, "40001") == 0);
 }
 
+/* The batch failed on an SQL error that one claim's record may have caused
+ * (a foreign key, a CHECK of the caller's table): nothing was taken, so each
+ * claim goes again in a batch of its own, at the head of the queue in its
+ * order, and only the claim at fault fails. */
+static void requeue_alone(batch_t *b)
+{
+    keystate_t *k = b->ks;
+    double now = mono();
+    for (int i = b->n - 1; i >= 0; i--) {
+        ev_inv_claim_t *c = b->claims[i];
+        if (c->withdrawn) {
+            claim_free(c);
+            continue;
+        }
+        c->started = 0;
+        c->alone = 1;
+        c->next = k->head;
+        k->head = c;
+        if (!k->tail)
+            k->tail = c;
+        struct timeval tv = tv_of(c->deadline > now ? c->deadline - now : 0.001);
+        evtimer_add(c->timer, &tv);
+    }
+    b->n = 0;
+}
+
 /* Steps: 0 batch alone; limited: 1 BEGIN, 2 lock, 3 batch, 4 COMMIT. */
 static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
 {
@@ -646,6 +681,13 @@ static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
             b->conn = NULL;
             fail_all(b, EV_INV_ERROR, msg, sqlstate); /* never committed */
             batch_free(b);
+            return;
+        }
+        /* data and integrity errors (classes 22, 23) may be one claim's doing */
+        if (!err && b->n > 1 && (b->step == 0 || b->step == 3) && sqlstate &&
+            (strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0)) {
+            requeue_alone(b);
+            finish(b);
             return;
         }
         /* Only a connection lost after the committing statement was sent

@@ -20,7 +20,7 @@ describe("evently.inventory #pg", function()
       free int NOT NULL CHECK (free >= 0 AND free <= units), on_sale bool NOT NULL DEFAULT true,
       per_order int NOT NULL DEFAULT 5, price int NOT NULL DEFAULT 3)]]))
     assert(db.query([[CREATE TABLE spec_orders (id bigserial PRIMARY KEY, sku bigint NOT NULL,
-      buyer bigint NOT NULL, n int NOT NULL, cost int NOT NULL)]]))
+      buyer bigint NOT NULL CHECK (buyer <> 666), n int NOT NULL, cost int NOT NULL)]]))
     local def = {
       name = "spec_stock", table = "spec_stock", key = "sku", available = "free", capacity = "units",
       open = "on_sale", max_claim = "per_order", columns = "price",
@@ -245,5 +245,22 @@ describe("evently.inventory #pg", function()
     time.sleep(0.2)
     assert.are.equal(10, stock:available(14).available)
     assert.are.equal(0, db.value("SELECT count(*) FROM spec_orders WHERE sku = 14"))
+  end)
+
+  it("fails only the claim whose record is refused: the others of its batch go again alone", function()
+    new_sku(15, 100)
+    local got, done = {}, 0
+    for _, buyer in ipairs { 1, 2, 666, 3, 4 } do
+      time.after(0, function()
+        got[buyer] = table.pack(stock:take(15, buyer, 1))
+        done = done + 1
+      end)
+    end
+    assert.are.equal(5, wait_all(5, function() return done end))
+    for _, buyer in ipairs { 1, 2, 3, 4 } do assert(got[buyer][1], "buyer " .. buyer) end
+    assert.is_nil(got[666][1])
+    assert.are.equal("23514", got[666][2].sqlstate)
+    assert.are.equal(4, db.value("SELECT count(*) FROM spec_orders WHERE sku = 15"))
+    assert.are.equal(96, stock:available(15).available)
   end)
 end)
