@@ -21,6 +21,7 @@
 #include "pg.h"
 
 #define KEY_BUCKETS 256
+#define KEYS_KEPT 1024 /* row states kept before idle ones are dropped */
 #define RETRIES 2 /* a deadlock or serialization failure is retried, not answered */
 
 /* ---- definitions and their statements ---- */
@@ -87,6 +88,7 @@ struct ev_inv {
     ev_inv_opts_t o;
     pooldef_t *defs;
     keystate_t *keys[KEY_BUCKETS];
+    int nkeys;
     ev_inv_stats_t stats;
 };
 
@@ -348,12 +350,41 @@ static unsigned key_bucket(const char *pool, int64_t key)
     return (unsigned)(h ^ (h >> 29)) % KEY_BUCKETS;
 }
 
+static void keystate_free(keystate_t *k)
+{
+    event_free(k->kick); /* also when a kick is still pending */
+    free(k->pool);
+    free(k);
+}
+
+/* Rows taken from once keep a small state (queue head, "found open" time);
+ * past KEYS_KEPT, the idle ones (nothing queued or running, not found open
+ * lately) go, so a worker that sees many rows over its life stays small. */
+static void reap_idle(ev_inv_t *inv)
+{
+    double now = mono();
+    for (int b = 0; b < KEY_BUCKETS; b++) {
+        for (keystate_t **kp = &inv->keys[b]; *kp;) {
+            keystate_t *k = *kp;
+            if (!k->head && !k->running && k->open_until < now) {
+                *kp = k->next;
+                keystate_free(k);
+                inv->nkeys--;
+            } else {
+                kp = &k->next;
+            }
+        }
+    }
+}
+
 static keystate_t *keystate(ev_inv_t *inv, const char *pool, int64_t key)
 {
     unsigned b = key_bucket(pool, key);
     for (keystate_t *k = inv->keys[b]; k; k = k->next)
         if (k->key == key && strcmp(k->pool, pool) == 0)
             return k;
+    if (inv->nkeys >= KEYS_KEPT)
+        reap_idle(inv);
     keystate_t *k = calloc(1, sizeof *k);
     if (!k || !(k->pool = strdup(pool)) ||
         !(k->kick = event_new(inv->base, -1, 0, start_batch, k))) {
@@ -365,6 +396,7 @@ static keystate_t *keystate(ev_inv_t *inv, const char *pool, int64_t key)
     k->key = key;
     k->next = inv->keys[b];
     inv->keys[b] = k;
+    inv->nkeys++;
     return k;
 }
 
@@ -891,9 +923,7 @@ void ev_inv_free(ev_inv_t *inv)
                 unlink_claim(c);
                 answer_simple(c, EV_INV_BUSY, 0, NULL);
             }
-            event_free(k->kick);
-            free(k->pool);
-            free(k);
+            keystate_free(k);
             k = next;
         }
     }
@@ -917,4 +947,5 @@ int ev_inv_recently_open(ev_inv_t *inv, const char *pool, int64_t key)
 void ev_inv_stats(const ev_inv_t *inv, ev_inv_stats_t *out)
 {
     *out = inv->stats;
+    out->rows = inv->nkeys;
 }

@@ -118,6 +118,7 @@ int ev_inv_recently_open(ev_inv_t *inv, const char *pool, int64_t key);
 
 typedef struct {
     unsigned long long batches, claims, gated, busy;
+    int rows;  /* row states kept now */
 } ev_inv_stats_t;
 void ev_inv_stats(const ev_inv_t *inv, ev_inv_stats_t *out);
 

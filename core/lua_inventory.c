@@ -15,7 +15,7 @@
  *   core.closed(pool, key, quantity) -> bool   the sold-out gate (counts a refusal)
  *   core.close(pool, key, max, seconds) / core.reopen(pool, key) / core.changes(pool, key)
  *   core.recently_open(pool, key) -> bool
- *   core.stats() -> {batches, claims, gated, busy, refusals}
+ *   core.stats() -> {batches, claims, gated, busy, rows, refusals}
  * A take whose coroutine is aborted (client gone) is withdrawn: before its
  * batch starts it is never taken. */
 #include <lauxlib.h>
@@ -259,6 +259,8 @@ static int inv_stats(lua_State *L)
     lua_setfield(L, -2, "gated");
     lua_pushinteger(L, (lua_Integer)s.busy);
     lua_setfield(L, -2, "busy");
+    lua_pushinteger(L, s.rows);
+    lua_setfield(L, -2, "rows");
     lua_pushinteger(L, (lua_Integer)ev_gate_refusals());
     lua_setfield(L, -2, "refusals");
     return 1;

@@ -263,4 +263,13 @@ describe("evently.inventory #pg", function()
     assert.are.equal(4, db.value("SELECT count(*) FROM spec_orders WHERE sku = 15"))
     assert.are.equal(96, stock:available(15).available)
   end)
+
+  it("keeps a bounded state per row: idle rows are dropped once many were seen", function()
+    assert(db.query("DELETE FROM spec_stock WHERE sku >= 100000"))
+    assert(db.query("INSERT INTO spec_stock (sku, units, free) SELECT g, 1, 1 FROM generate_series(100000, 101199) g"))
+    for i = 0, 1199 do assert(stock:take(100000 + i, 1, 1)) end -- one after the other: the pool is small here
+    assert.are.equal(1200, db.value("SELECT count(*) FROM spec_orders WHERE sku >= 100000"))
+    local rows = inventory.core.stats().rows
+    assert.is_true(rows <= 1024 + 20, "rows kept: " .. rows)
+  end)
 end)
