@@ -28,9 +28,10 @@
 -- the group's topics; `retries` is the largest asked for in the group); dead
 -- letters go to <topic>.dlq.
 -- In-process mode: the outbox table is the log and stream_offsets holds each
--- group's position. One worker of one instance holds a group's position row
--- at a time (FOR UPDATE SKIP LOCKED), like a Kafka partition owned by one
--- member of the group; dead letters go to the dead_letters table.
+-- group's position. One worker of one instance holds a group's position at a
+-- time through a lease renewed as it goes (like a Kafka partition owned by
+-- one member of the group), without holding a database connection while its
+-- handlers run; dead letters go to the dead_letters table.
 -- Both wake up on NOTIFY evently_outbox (a trigger on the outbox) and poll
 -- once a second besides, in case a notification was missed.
 local db = require "evently.db"
@@ -113,10 +114,41 @@ end
 
 -- ---------------------------------------------------------------- in-process mode
 
--- Here the position row is the record of what the group handled: it moves
--- in the pass's transaction, so only a crash mid-pass replays messages
--- (at least once); transactional handlers record each message themselves.
-local function run_in_process(c, msg, tx)
+-- A group's position row is owned by one worker at a time through a lease
+-- (owner, lease_until), taken and renewed by single statements: no
+-- connection is held while handlers run, so a worker's consumers never sit on
+-- the pool that requests need. The lease is renewed with every move of the
+-- position and between messages of a long batch; a worker that dies leaves
+-- the group to the next one after at most LEASE seconds.
+local LEASE = 10
+local ME = string.format("%d:%s", runtime.worker().pid or 0, require("evently.crypto").random_token(8))
+local owners = 0
+local function owner_of(c) -- one per consumer: two consumers of a group here are two members
+  if not c.owner then owners = owners + 1; c.owner = ME .. ":" .. owners end
+  return c.owner
+end
+
+local function claim(c)
+  return db.one([[INSERT INTO stream_offsets (consumer_group, topic, owner, lease_until)
+      VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+    ON CONFLICT (consumer_group, topic) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
+      WHERE stream_offsets.owner IS NOT DISTINCT FROM EXCLUDED.owner OR stream_offsets.lease_until < now()
+    RETURNING last_txid, last_id]], c.group, c.topic, owner_of(c), LEASE)
+end
+
+-- Moves the position (and renews the lease) only while the lease is ours;
+-- false when another worker took the group over (it hands the batch over
+-- again: at least once).
+local function advance(c, txid, id)
+  local row, err = db.one([[UPDATE stream_offsets SET last_txid = coalesce($4, last_txid),
+      last_id = coalesce($5, last_id), lease_until = now() + make_interval(secs => $6), updated_at = now()
+    WHERE consumer_group = $1 AND topic = $2 AND owner = $3 RETURNING 1 AS ok]],
+    c.group, c.topic, owner_of(c), txid, id, LEASE)
+  if err then error(err, 0) end
+  return row ~= nil
+end
+
+local function run_in_process(c, msg)
   local tries = 0
   while true do
     tries = tries + 1
@@ -125,40 +157,46 @@ local function run_in_process(c, msg, tx)
     if done then return end
     if tries > c.retries then
       log.warn("stream %s/%s: message %d failed %d times, dead-lettered: %s", c.group, c.topic, msg.id, tries, why)
-      assert(tx.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
-        VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING]], c.group, c.topic, msg.id, tries, why))
+      persist("dead letter", function()
+        assert(db.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
+          VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING]], c.group, c.topic, msg.id, tries, why))
+      end)
       return
     end
     time.sleep(math.min(0.05 * 2 ^ (tries - 1), 2))
   end
 end
 
--- One pass: lock the group's position, hand the next messages over in order,
--- move the position. Returns how many were handled, or nil when another
--- worker holds the group.
+-- One pass: take or renew the group's lease, hand the next messages over in
+-- order, move the position. Returns how many were handled, or nil when
+-- another worker holds the group.
 local function pass(c)
-  local handled = 0
-  local ok, err = pcall(db.transaction, function(tx)
-    assert(tx.query([[INSERT INTO stream_offsets (consumer_group, topic) VALUES ($1, $2)
-      ON CONFLICT DO NOTHING]], c.group, c.topic))
-    local pos = tx.one([[SELECT last_txid, last_id FROM stream_offsets WHERE consumer_group = $1 AND topic = $2
-      FOR UPDATE SKIP LOCKED]], c.group, c.topic)
-    if not pos then handled = nil; return end
-    local rows = assert(tx.query([[SELECT id, txid, event_type, aggregate_id, payload, created_at FROM outbox
+  local handled, elsewhere = 0, false
+  local ok, err = pcall(function()
+    local pos, cerr = claim(c)
+    if not pos then
+      if cerr then error(cerr, 0) end
+      elsewhere = true
+      return
+    end
+    local rows = assert(db.query([[SELECT id, txid, event_type, aggregate_id, payload, created_at FROM outbox
       WHERE (txid, id) > ($1, $2) AND txid < txid_snapshot_xmin(txid_current_snapshot())
         AND outbox_topic_matches($3, event_type)
       ORDER BY txid, id LIMIT $4]], pos.last_txid, pos.last_id, c.topic, c.batch))
+    local renewed = time.monotonic()
     for _, row in ipairs(rows) do
+      if time.monotonic() - renewed > LEASE / 3 then -- a long batch keeps its lease
+        if not advance(c, nil, nil) then error("lease lost", 0) end
+        renewed = time.monotonic()
+      end
       run_in_process(c, { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
-        payload = row.payload, created_at = row.created_at }, tx)
+        payload = row.payload, created_at = row.created_at })
       handled = handled + 1
     end
-    if #rows > 0 then
-      assert(tx.query([[UPDATE stream_offsets SET last_txid = $3, last_id = $4, updated_at = now()
-        WHERE consumer_group = $1 AND topic = $2]], c.group, c.topic, rows[#rows].txid, rows[#rows].id))
-    end
+    if #rows > 0 and not advance(c, rows[#rows].txid, rows[#rows].id) then error("lease lost", 0) end
   end)
   if not ok then log.warn("stream %s/%s: %s", c.group, c.topic, tostring(err)) end
+  if elsewhere then return nil end
   return handled
 end
 
