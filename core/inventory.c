@@ -46,6 +46,7 @@ struct ev_inv_claim {
     keystate_t *ks;
     int64_t owner;
     int quantity, limit;
+    char *tag;                 /* the caller's label for this claim (granted.tag), or NULL */
     ev_inv_claim_fn fn;
     void *arg;
     int started, withdrawn;
@@ -78,7 +79,7 @@ struct batch {
     ev_pg_waiter_t *waiter;
     PGresult *res;             /* the batch statement's rows, until COMMIT */
     struct event *timer;       /* last resort */
-    char *seqs, *owners, *qtys;
+    char *seqs, *owners, *qtys, *tags;
     char keybuf[24], limitbuf[16];
 };
 
@@ -125,14 +126,17 @@ static char *compose_batch(const ev_inv_def_t *d, int limited)
     const char *cols = d->columns ? d->columns : "";
     const char *comma = d->columns ? ", " : "";
     char *held = limited ? fmt("held AS (%s),\n", d->owner_held) : strdup("");
-    char *over = limited ? strdup("(q.quantity + coalesce((SELECT h.held FROM held h WHERE h.owner = q.owner), 0)) > $5::int")
+    char *over = limited ? strdup("(q.quantity + coalesce((SELECT h.held FROM held h WHERE h.owner = q.owner), 0)) > $6::int")
                          : strdup("false");
     char *heldv = limited ? strdup("coalesce((SELECT h.held FROM held h WHERE h.owner = q.owner), 0)")
                           : strdup("0");
-    char *record = d->record
-        ? fmt("recorded AS (%s),\n%s%s%s", d->record, d->after ? "after_recorded AS (" : "",
-              d->after ? d->after : "", d->after ? "),\n" : "")
-        : strdup("recorded AS (SELECT granted.id FROM granted),\n");
+    char *record = d->record ? fmt("recorded AS (%s),\n", d->record)
+                             : strdup("recorded AS (SELECT granted.id FROM granted),\n");
+    for (int i = 0; record && i < EV_INV_AFTERS && d->after[i]; i++) {
+        char *more = fmt("%safter_%d AS (%s),\n", record, i + 1, d->after[i]);
+        free(record);
+        record = more;
+    }
     char *ids = d->record ? fmt("nextval('%s')", d->record_seq) : strdup("q.seq::bigint");
     char touch[80] = "";
     if (d->touch)
@@ -140,7 +144,7 @@ static char *compose_batch(const ev_inv_def_t *d, int limited)
     char *s = NULL;
     if (held && over && heldv && record && ids)
         s = fmt("WITH RECURSIVE\n"
-                "req AS (SELECT * FROM unnest($2::int[], $3::bigint[], $4::int[]) AS t(seq, owner, quantity)),\n"
+                "req AS (SELECT * FROM unnest($2::int[], $3::bigint[], $4::int[], $5::text[]) AS t(seq, owner, quantity, tag)),\n"
                 "pool AS (SELECT %s AS key, %s AS available, (%s)::int AS max_claim%s%s FROM %s\n"
                 "  WHERE %s = $1 AND (%s) FOR UPDATE),\n"
                 "%s"
@@ -155,7 +159,7 @@ static char *compose_batch(const ev_inv_def_t *d, int limited)
                 "  CROSS JOIN LATERAL (SELECT o.over, o.held, q.quantity <= w.left_after\n"
                 "      AND q.quantity <= pool.max_claim AND NOT o.over AS fits) f),\n"
                 "granted AS MATERIALIZED (\n"
-                "  SELECT q.seq, q.owner, q.quantity, %s AS id%s%s\n"
+                "  SELECT q.seq, q.owner, q.quantity, q.tag, %s AS id%s%s\n"
                 "  FROM walk w JOIN req q USING (seq) CROSS JOIN pool WHERE w.took > 0),\n"
                 "taken AS (\n"
                 "  UPDATE %s t SET %s = t.%s - s.total%s FROM (SELECT sum(quantity) AS total FROM granted) s\n"
@@ -275,7 +279,7 @@ int ev_inv_define(ev_inv_t *inv, const ev_inv_def_t *d, char *err, size_t errlen
                     : !ident_ok(d->capacity, 0) ? "capacity"
                     : d->touch && !ident_ok(d->touch, 0) ? "touch"
                     : d->record && !ident_ok(d->record_seq, 1) ? "record_seq"
-                    : d->after && !d->record ? "after (needs record)" : NULL;
+                    : d->after[0] && !d->record ? "after (needs record)" : NULL;
     if (bad) {
         snprintf(err, errlen, "inventory: bad or missing %s", bad);
         return -1;
@@ -420,6 +424,7 @@ static void unlink_claim(ev_inv_claim_t *c)
 
 static void claim_free(ev_inv_claim_t *c)
 {
+    free(c->tag);
     if (c->timer)
         event_free(c->timer);
     free(c);
@@ -449,7 +454,7 @@ static void on_queue_deadline(evutil_socket_t fd, short what, void *arg)
 }
 
 ev_inv_claim_t *ev_inv_take(ev_inv_t *inv, const char *pool, int64_t key, int64_t owner,
-                            int quantity, int limit, double queue_seconds,
+                            int quantity, int limit, const char *tag, double queue_seconds,
                             ev_inv_claim_fn fn, void *arg)
 {
     if (!def_find(inv, pool))
@@ -461,7 +466,9 @@ ev_inv_claim_t *ev_inv_take(ev_inv_t *inv, const char *pool, int64_t key, int64_
     *c = (ev_inv_claim_t){.inv = inv, .ks = k, .owner = owner, .quantity = quantity,
                           .limit = limit, .fn = fn, .arg = arg};
     c->timer = evtimer_new(inv->base, on_queue_deadline, c);
-    if (!c->timer) {
+    if (!c->timer || (tag && !(c->tag = strdup(tag)))) {
+        if (c->timer)
+            event_free(c->timer);
         free(c);
         return NULL;
     }
@@ -560,6 +567,39 @@ static char *int_array(batch_t *b, int what)
     return s;
 }
 
+/* The claims' tags as a Postgres text[] literal: NULL, or the tag quoted
+ * with " and \ escaped. */
+static char *tag_array(batch_t *b)
+{
+    size_t cap = 3;
+    for (int i = 0; i < b->n; i++)
+        cap += b->claims[i]->tag ? 2 * strlen(b->claims[i]->tag) + 3 : 5;
+    char *s = malloc(cap), *p = s;
+    if (!s)
+        return NULL;
+    *p++ = '{';
+    for (int i = 0; i < b->n; i++) {
+        const char *t = b->claims[i]->tag;
+        if (i)
+            *p++ = ',';
+        if (!t) {
+            memcpy(p, "NULL", 4);
+            p += 4;
+            continue;
+        }
+        *p++ = '"';
+        for (; *t; t++) {
+            if (*t == '"' || *t == '\\')
+                *p++ = '\\';
+            *p++ = *t;
+        }
+        *p++ = '"';
+    }
+    *p++ = '}';
+    *p = 0;
+    return s;
+}
+
 static void batch_free(batch_t *b)
 {
     keystate_t *k = b->ks;
@@ -573,6 +613,7 @@ static void batch_free(batch_t *b)
     free(b->seqs);
     free(b->owners);
     free(b->qtys);
+    free(b->tags);
     free(b->claims);
     free(b);
     k->running = NULL;
@@ -756,7 +797,7 @@ static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
 
 static void batch_step(batch_t *b)
 {
-    const char *v[5] = {b->keybuf, b->seqs, b->owners, b->qtys, b->limitbuf};
+    const char *v[6] = {b->keybuf, b->seqs, b->owners, b->qtys, b->tags, b->limitbuf};
     int rc;
     switch (b->step) {
     case 1:
@@ -770,7 +811,7 @@ static void batch_step(batch_t *b)
         break;
     default:
         rc = ev_pg_query(b->conn, b->def->sql[b->step == 3 ? S_BATCH_LIMITED : S_BATCH],
-                         b->step == 3 ? 5 : 4, v, on_step, b);
+                         b->step == 3 ? 6 : 5, v, on_step, b);
         break;
     }
     if (rc != 0) { /* nothing was sent, so nothing of this batch committed */
@@ -852,11 +893,12 @@ static void start_batch(evutil_socket_t fd, short what, void *arg)
     b->seqs = int_array(b, 0);
     b->owners = int_array(b, 1);
     b->qtys = int_array(b, 2);
+    b->tags = tag_array(b);
     snprintf(b->keybuf, sizeof b->keybuf, "%lld", (long long)k->key);
     snprintf(b->limitbuf, sizeof b->limitbuf, "%d", b->limit);
     b->step = b->limit > 0 && def->sql[S_BATCH_LIMITED][0] ? 1 : 0;
     b->timer = evtimer_new(inv->base, on_batch_deadline, b);
-    if (!b->seqs || !b->owners || !b->qtys || !b->timer) {
+    if (!b->seqs || !b->owners || !b->qtys || !b->tags || !b->timer) {
         fail_all(b, EV_INV_ERROR, "unavailable: out of memory", NULL);
         batch_free(b);
         return;

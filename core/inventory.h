@@ -32,6 +32,8 @@
 struct event_base;
 struct ev_pg_pool;
 
+#define EV_INV_AFTERS 4
+
 typedef struct ev_inv ev_inv_t;
 typedef struct ev_inv_claim ev_inv_claim_t;
 
@@ -44,14 +46,16 @@ typedef struct {
     const char *open;       /* SQL predicate over the row, or NULL (always) */
     const char *max_claim;  /* SQL expression over the row bounding one claim, or NULL */
     const char *columns;    /* row columns the record reads (g.<col>), or NULL */
-    /* take's caller rows: SQL reading CTE granted(seq, owner, quantity, id,
+    /* take's caller rows: SQL reading CTE granted(seq, owner, quantity, tag, id,
      * <columns>) and RETURNING an "id" column equal to granted.id (and any
      * others, handed back per claim); $1 is the pool row's key. NULL: none. */
     const char *record;
     const char *record_seq; /* sequence numbering granted.id, with record */
-    const char *after;      /* SQL reading CTE recorded (an outbox INSERT), or NULL */
+    /* further statements reading CTEs recorded and granted (an outbox INSERT,
+     * callers' stored answers), in order; unused slots NULL */
+    const char *after[EV_INV_AFTERS];
     /* Owner limit: SQL giving (owner, held) for the row $1 and owners $3, or
-     * NULL: no limit. The limit itself is passed with each batch ($5). */
+     * NULL: no limit. The limit itself is passed with each batch ($6). */
     const char *owner_held;
     const char *touch;      /* timestamp column set to now() by every change, or NULL */
 } ev_inv_def_t;
@@ -100,13 +104,14 @@ int ev_inv_define(ev_inv_t *inv, const ev_inv_def_t *def, char *err, size_t errl
  * "resize", "available", "sweep", "batch", "lock") of a pool, or NULL. */
 const char *ev_inv_sql(ev_inv_t *inv, const char *pool, const char *op);
 
-/* Queues a take. limit: the owner limit for this claim's batch (<= 0: none;
+/* Queues a take. tag: the caller's label, granted.tag in the statement (say,
+ * an idempotency key whose answer the record stores), or NULL. limit: the owner limit for this claim's batch (<= 0: none;
  * needs owner_held). queue_seconds: withdrawn (BUSY) when its batch has not
  * started by then. fn is called exactly once, from the loop, unless the
  * claim is withdrawn first. NULL when the pool is unknown (err set). A claim
  * the gate refuses is answered from the loop's next turn like any other. */
 ev_inv_claim_t *ev_inv_take(ev_inv_t *inv, const char *pool, int64_t key, int64_t owner,
-                            int quantity, int limit, double queue_seconds,
+                            int quantity, int limit, const char *tag, double queue_seconds,
                             ev_inv_claim_fn fn, void *arg);
 /* The caller is gone: fn will not be called. Returns 1 when its batch had
  * started (the claim may still be taken), else 0. */

@@ -1,10 +1,10 @@
 /* lua_inventory.c - evently.inventory.core: the reservation engine for Lua.
  *
  *   core.define{name, table, key, available, capacity, open?, max_claim?,
- *               columns?, record?, record_seq?, after?, owner_held?, touch?}
+ *               columns?, record?, record_seq?, after? (string or list), owner_held?, touch?}
  *                                     defines (or redefines) a pool; raises on a bad one
  *   core.sql(pool, op) -> string      a composed statement (inventory.h lists ops)
- *   core.take(pool, key, owner, quantity, limit, queue_seconds)   [yields]
+ *   core.take(pool, key, owner, quantity, limit, queue_seconds, tag?)   [yields]
  *       -> true, record_row, 0, emptied, started_ms, max     granted
  *       -> false, why, info, emptied, started_ms, max        refused: why "sold-out" (info:
  *          left), "too-many" (info: bound), "limit-exceeded" (info: held), "closed",
@@ -66,12 +66,29 @@ static int inv_define(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     ev_inv_def_t d = {
-        opt_field(L, "name"), opt_field(L, "table"), opt_field(L, "key"),
-        opt_field(L, "available"), opt_field(L, "capacity"), opt_field(L, "open"),
-        opt_field(L, "max_claim"), opt_field(L, "columns"), opt_field(L, "record"),
-        opt_field(L, "record_seq"), opt_field(L, "after"), opt_field(L, "owner_held"),
-        opt_field(L, "touch"),
+        .name = opt_field(L, "name"), .table = opt_field(L, "table"), .key = opt_field(L, "key"),
+        .available = opt_field(L, "available"), .capacity = opt_field(L, "capacity"),
+        .open = opt_field(L, "open"), .max_claim = opt_field(L, "max_claim"),
+        .columns = opt_field(L, "columns"), .record = opt_field(L, "record"),
+        .record_seq = opt_field(L, "record_seq"), .owner_held = opt_field(L, "owner_held"),
+        .touch = opt_field(L, "touch"),
     };
+    /* after: one statement or a list of them */
+    lua_getfield(L, 1, "after");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        d.after[0] = lua_tostring(L, -1);
+    } else if (lua_istable(L, -1)) {
+        lua_Integer n = luaL_len(L, -1);
+        luaL_argcheck(L, n <= EV_INV_AFTERS, 1, "at most 4 after statements");
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            d.after[i - 1] = luaL_checkstring(L, -1);
+            lua_pop(L, 1); /* the table keeps it */
+        }
+    } else if (!lua_isnil(L, -1)) {
+        return luaL_argerror(L, 1, "after must be a string or a list of strings");
+    }
+    lua_pop(L, 1);
     ev_inv_t *inv = engine(L);
     if (!inv)
         return luaL_error(L, "inventory: out of memory");
@@ -175,6 +192,7 @@ static int inv_take(lua_State *L)
     lua_Integer key = luaL_checkinteger(L, 2), owner = luaL_checkinteger(L, 3);
     lua_Integer qty = luaL_checkinteger(L, 4), limit = luaL_optinteger(L, 5, 0);
     double queue_s = luaL_optnumber(L, 6, 25);
+    const char *tag = luaL_optstring(L, 7, NULL);
     luaL_argcheck(L, qty >= 1 && qty <= 1000000, 4, "quantity out of range");
     ev_co_t *co = ev_co_current(L);
     /* checked before queuing: a claim queued by a caller that then cannot
@@ -194,8 +212,8 @@ static int inv_take(lua_State *L)
     if (!t)
         return luaL_error(L, "out of memory");
     t->co = co;
-    t->claim = ev_inv_take(inv, pool, key, owner, (int)qty, (int)(limit > 0 ? limit : 0), queue_s,
-                           on_answer, t);
+    t->claim = ev_inv_take(inv, pool, key, owner, (int)qty, (int)(limit > 0 ? limit : 0), tag,
+                           queue_s, on_answer, t);
     if (!t->claim) {
         free(t);
         return luaL_error(L, "inventory: no pool %s (or out of memory)", pool);

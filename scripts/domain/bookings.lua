@@ -28,10 +28,11 @@ end
 -- (with max_per_user and held) | "sold-out" (with the event's available) |
 -- "busy" (not booked: retry) | "unknown" (may have booked) | a db error.
 -- q: db, or a transaction (when an idempotency key is stored with the booking);
--- after_take(row) runs in that transaction when seats were taken.
-function M.create(event_id, user_id, quantity, q, after_take)
+-- after_take(row) runs in that transaction when seats were taken. Coalesced
+-- (no q), idempotency_key makes the batch store the 201 answer itself.
+function M.create(event_id, user_id, quantity, q, after_take, idempotency_key)
   if not q and rules.coalesce then -- the common case: batched with concurrent takes
-    local row, why, info = seats.take(event_id, user_id, quantity)
+    local row, why, info = seats.take(event_id, user_id, quantity, idempotency_key)
     if row then return row end
     if why == "sold-out" or why == "too-many" or why == "limit-exceeded" or why == "busy" or why == "unknown" then
       return nil, why, info

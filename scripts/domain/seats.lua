@@ -46,10 +46,21 @@ M.pool = inventory.pool {
     SELECT g.id, $1, g.owner, g.quantity, 'confirmed', g.price_cents * g.quantity, g.currency FROM granted g
     RETURNING ]] .. M.COLUMNS,
   record_seq = "bookings_id_seq",
-  after = [[INSERT INTO outbox (event_type, aggregate_id, payload)
-    SELECT 'booking.confirmed', r.event_id,
-           jsonb_build_object('booking_id', r.id, 'event_id', r.event_id, 'user_id', r.user_id, 'quantity', r.quantity)
-    FROM recorded r]],
+  after = {
+    [[INSERT INTO outbox (event_type, aggregate_id, payload)
+      SELECT 'booking.confirmed', r.event_id,
+             jsonb_build_object('booking_id', r.id, 'event_id', r.event_id, 'user_id', r.user_id, 'quantity', r.quantity)
+      FROM recorded r]],
+    -- a take tagged with its Idempotency-Key stores the 201 answer with the
+    -- booking (the document evently.json makes of the row, timestamps as
+    -- evently.db gives them)
+    [[UPDATE idempotency_keys k SET status = 201, response = jsonb_build_object(
+        'id', r.id, 'event_id', r.event_id, 'user_id', r.user_id, 'quantity', r.quantity, 'status', r.status,
+        'total_cents', r.total_cents, 'currency', r.currency,
+        'created_at', regexp_replace(replace(r.created_at::text, ' ', 'T'), '\+00$', 'Z'), 'cancelled_at', NULL)
+      FROM recorded r JOIN granted g ON g.id = r.id
+      WHERE g.tag IS NOT NULL AND k.user_id = g.owner AND k.key = g.tag AND k.status IS NULL]],
+  },
   owner_held = [[SELECT b.user_id AS owner, sum(b.quantity)::int AS held FROM bookings b
     WHERE b.event_id = $1 AND b.status = 'confirmed' AND b.user_id = ANY($3::bigint[])
     GROUP BY b.user_id]],
@@ -134,12 +145,15 @@ end
 -- "limit-exceeded" (info.max_per_user, info.held), "closed" (not on sale, or
 -- no such event), "busy" (withdrawn before its batch started: not booked),
 -- "unknown" (its batch never answered: it may have booked) or a db error.
-function M.take(event_id, user_id, quantity)
+-- idempotency_key: the request's Idempotency-Key, claimed already (domain/
+-- idempotency.lua): a granted take stores its 201 answer in the same statement.
+function M.take(event_id, user_id, quantity, idempotency_key)
   if not flushing then start_flushing() end
   if pool:sold_out(event_id, quantity) or learn_shared(event_id, quantity) then
     return nil, "sold-out", { available = 0 }
   end
-  local row, why, info = pool:take(event_id, user_id, quantity, { limit = limit.max, queue_seconds = QUEUE_WAIT })
+  local row, why, info = pool:take(event_id, user_id, quantity,
+    { limit = limit.max, queue_seconds = QUEUE_WAIT, tag = idempotency_key })
   return M.answer(row, why, info)
 end
 

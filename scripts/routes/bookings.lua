@@ -10,6 +10,7 @@ local events = require "domain.events"
 local json = require "evently.json"
 local db = require "evently.db"
 local idempotency = require "domain.idempotency"
+local rules = require "rules.booking"
 local early = require "evently.early"
 
 local function booking_id(req) return params.id(req, "booking") end
@@ -25,7 +26,7 @@ return function(app, base)
   -- The answer to a booking request, as status, body, headers. tx (optional)
   -- and after_take make the stored idempotent answer part of the booking's
   -- own transaction.
-  local function book(req, user, tx, after_take)
+  local function book(req, user, tx, after_take, idempotency_key)
     local v = validate.new(req.json)
     local event_id = v:integer("event_id", { required = true, min = 1 })
     local quantity = v:integer("quantity", { required = true, min = 1, max = 1000 })
@@ -47,7 +48,7 @@ return function(app, base)
       end
       return problem.response(503, "unavailable", "cannot book now")
     end
-    local booking, why, ev = bookings.create(event_id, user.id, quantity, tx, after_take)
+    local booking, why, ev = bookings.create(event_id, user.id, quantity, tx, after_take, idempotency_key)
     if booking then
       if not tx then events.changed(event_id) end -- else after the commit: never cache an uncommitted read
       return 201, booking, { Location = base .. "/bookings/" .. booking.id }
@@ -90,7 +91,24 @@ return function(app, base)
       if status == 201 then h.Location = base .. "/bookings/" .. body.id end
       return status, body, h
     end
-    -- ours: the booking and its stored answer commit together
+    -- ours: the booking and its stored answer commit together. Coalesced, the
+    -- batch statement itself stores a granted take's answer (domain/seats.lua)
+    local body = req.json
+    if rules.coalesce and not (type(body) == "table" and body.waitlist_entry_id ~= nil) then
+      local ok, s, b, h = pcall(book, req, user, nil, nil, key)
+      if not ok then
+        idempotency.release(user.id, key)
+        if problem.is(s) then error(s, 0) end -- validation: answered, and the key is free again
+        return problem.response(503, "unavailable", "cannot book now")
+      end
+      if s == 201 then return s, b, h end -- stored with the booking
+      if s < 500 then
+        idempotency.store(db, user.id, key, s, b)
+      elseif s ~= 504 then -- not booked (busy, unavailable): the key is free again
+        idempotency.release(user.id, key)
+      end -- 504: it may be booked; if so, its answer was stored with it, so the key stays claimed
+      return s, b, h
+    end
     local ok, s, b, h = pcall(db.transaction, function(tx)
       return book(req, user, tx, function(row)
         local stored, err = idempotency.store(tx, user.id, key, 201, row)

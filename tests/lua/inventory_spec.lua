@@ -272,4 +272,36 @@ describe("evently.inventory #pg", function()
     local rows = inventory.core.stats().rows
     assert.is_true(rows <= 1024 + 20, "rows kept: " .. rows)
   end)
+
+  it("hands each claim's tag to the statement: after-statements write per-claim rows atomically", function()
+    assert(db.query("CREATE TABLE IF NOT EXISTS spec_tags (order_id bigint, tag text)"))
+    local tagged = inventory.pool {
+      name = "spec_stock_tagged", table = "spec_stock", key = "sku", available = "free", capacity = "units",
+      columns = "price",
+      record = [[INSERT INTO spec_orders (id, sku, buyer, n, cost)
+        SELECT g.id, $1, g.owner, g.quantity, 0 FROM granted g RETURNING id, buyer]],
+      record_seq = "spec_orders_id_seq",
+      after = { "INSERT INTO spec_tags (order_id, tag) SELECT g.id, g.tag FROM granted g WHERE g.tag IS NOT NULL",
+                "SELECT 1 FROM recorded" },
+    }
+    new_sku(16, 10)
+    local weird = [[q"uo\te,{x}]]
+    local done, ids = 0, {}
+    for i, tag in ipairs { "a", weird, false, "d" } do
+      time.after(0, function()
+        ids[i] = assert(tagged:take(16, i, 1, { tag = tag or nil })).id
+        done = done + 1
+      end)
+    end
+    assert.are.equal(4, wait_all(4, function() return done end))
+    local rows = assert(db.query("SELECT order_id, tag FROM spec_tags WHERE order_id = ANY($1::bigint[]) ORDER BY order_id",
+      "{" .. table.concat(ids, ",") .. "}"))
+    local by = {}
+    for _, r in ipairs(rows) do by[r.order_id] = r.tag end
+    assert.are.same({ [ids[1]] = "a", [ids[2]] = weird, [ids[4]] = "d" }, by)
+    -- the same in a transaction (take_in)
+    local r = assert(db.transaction(function(tx) return tagged:take_in(tx, 16, 9, 1, nil, weird) end))
+    assert.are.equal(weird, db.value("SELECT tag FROM spec_tags WHERE order_id = $1", r.id))
+    db.query("DROP TABLE spec_tags")
+  end)
 end)

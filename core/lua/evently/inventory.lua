@@ -8,20 +8,22 @@
 --     max_claim = "max_per_booking",      -- SQL bound on one claim (optional)
 --     columns = "price_cents, currency",  -- row columns the record reads as g.<col>
 --     record = "INSERT INTO bookings (...) SELECT g.id, $1, g.owner, g.quantity, ... FROM granted g RETURNING id, ...",
+--                                         -- granted(seq, owner, quantity, tag, id, <columns>)
 --     record_seq = "bookings_id_seq",     -- numbers granted.id
---     after = "INSERT INTO outbox ... SELECT ... FROM recorded r",   -- optional
+--     after = "INSERT INTO outbox ... SELECT ... FROM recorded r",   -- optional; or a list (up to 4)
 --     owner_held = "SELECT user_id AS owner, sum(quantity)::int AS held FROM ... $1 ... $3::bigint[] ...",
 --     touch = "updated_at",               -- set to now() by every change (optional)
 --     on_empty = function(key, started_ms, max) end,   -- a batch left nothing (optional)
 --   }
 --
---   pool:take(key, owner, quantity, {limit =, queue_seconds =})
+--   pool:take(key, owner, quantity, {limit =, queue_seconds =, tag =})
 --       coalesced with this worker's concurrent takes of the same row (one
 --       statement per batch). -> record_row | nil, why, info | nil, err
 --       why: "sold-out" (info.left), "too-many" (info.max), "limit-exceeded"
 --       (info.held), "closed" (no such row, or not open), "busy" (not taken:
 --       withdrawn before its batch), "unknown" (its batch never answered)
---   pool:take_in(tx, key, owner, quantity, limit)   the same statement for one
+--       tag: the caller's label for the claim (granted.tag in the statement)
+--   pool:take_in(tx, key, owner, quantity, limit, tag)   the same statement for one
 --       claim, inside the caller's transaction (its other rows commit with it)
 --   pool:hold(q, key, owner, quantity, seconds) -> hold | nil (did not fit) | nil, err
 --   pool:confirm(q, hold_id, owner?) -> hold | nil (not held, expired or not theirs)
@@ -75,7 +77,7 @@ function Pool:take(key, owner, quantity, opts)
   local limit = opts and opts.limit or 0
   if limit > 0 and not self.limited then error("inventory: pool " .. self.name .. " has no owner_held", 2) end
   local ok, a, info, emptied, started, max = core.take(self.name, key, owner, quantity, limit,
-    opts and opts.queue_seconds or 25)
+    opts and opts.queue_seconds or 25, opts and opts.tag)
   if ok == nil then return nil, a end
   if emptied and self.on_empty then time.after(0, self.on_empty, key, started, max) end
   if ok then return a end
@@ -84,14 +86,20 @@ end
 
 -- One claim through the batch statement, so a take in a transaction obeys
 -- exactly the rules of a coalesced one.
-function Pool:take_in(tx, key, owner, quantity, limit)
+-- a text[] literal of one tag (NULL when none)
+local function tags(tag)
+  if tag == nil then return "{NULL}" end
+  return '{"' .. tostring(tag):gsub('[\\"]', "\\%0") .. '"}'
+end
+
+function Pool:take_in(tx, key, owner, quantity, limit, tag)
   local rows, err
   if limit and limit > 0 then
     rows, err = tx.query(self.sql.lock, key)
     if not rows then return nil, err end
-    rows, err = tx.query(self.sql.batch_limited, key, "{1}", array { owner }, array { quantity }, limit)
+    rows, err = tx.query(self.sql.batch_limited, key, "{1}", array { owner }, array { quantity }, tags(tag), limit)
   else
-    rows, err = tx.query(self.sql.batch, key, "{1}", array { owner }, array { quantity })
+    rows, err = tx.query(self.sql.batch, key, "{1}", array { owner }, array { quantity }, tags(tag))
   end
   if not rows then return nil, err end
   local r = rows[1]
