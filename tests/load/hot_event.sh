@@ -4,7 +4,8 @@
 # (conditional UPDATE of the event row + INSERT of the booking + outbox row) at
 # the same concurrency on the same database: the Postgres limit for one
 # statement per booking. Then the same load on a sold-out event: sold-out
-# answers/s (served by the per-worker gate). Side by side in one run.
+# answers/s (served by the per-worker gate), and a run where every booking
+# carries its own Idempotency-Key. Side by side in one run.
 #   usage: tests/load/hot_event.sh [seconds, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -38,6 +39,7 @@ TOKENS=$work/tokens EVENT_ID=$hot wrk -t2 -c$conns -d"${secs}s" --latency -s tes
 rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")
 p50=$(awk '/^p50_ms/ {print $2}' "$work/wrk.txt"); p99=$(awk '/^p99_ms/ {print $2}' "$work/wrk.txt")
 errs=$(grep -E "Socket errors|Non-2xx" "$work/wrk.txt" || echo none)
+
 sold=$(EVENTLY_HOME=$work/home "$bin" lua /dev/stdin <<LUA 2>/dev/null
 local db = require "evently.db"
 io.write(db.value("SELECT count(*) FROM bookings WHERE event_id = \$1", $hot))
@@ -46,6 +48,13 @@ LUA
 metrics=$(curl -s "$base/metrics")
 batches=$(awk '/^evently_booking_batches_total/ {print $2}' <<<"$metrics")
 batched=$(awk '/^evently_booking_batch_requests_total/ {print $2}' <<<"$metrics")
+
+# the same, every booking with its own Idempotency-Key (stored by the batch statement)
+keyed_ev=$(event 10000000)
+IDEMPOTENT=1 TOKENS=$work/tokens EVENT_ID=$keyed_ev wrk -t2 -c$conns -d"${secs}s" --latency -s tests/load/booking.lua "$base" >"$work/wrk-keyed.txt" 2>&1
+keyed_rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk-keyed.txt")
+keyed_p99=$(awk '/^p99_ms/ {print $2}' "$work/wrk-keyed.txt")
+keyed_errs=$(grep -E "Socket errors|Non-2xx" "$work/wrk-keyed.txt" || echo none)
 
 # pgbench: the single-statement booking at the same concurrency, same database
 sock=$work/home/run
@@ -78,6 +87,7 @@ sold_p99=$(awk '/^p99_ms/ {print $2}' "$work/wrk-sold.txt")
 
 echo "hot event bookings : $rps req/s (all 201: $errs), p50 ${p50} ms, p99 ${p99} ms; $sold bookings in the database"
 echo "  batches: $batches statements carried $batched bookings"
+echo "hot event, each with an Idempotency-Key: $keyed_rps req/s (all 201: $keyed_errs), p99 ${keyed_p99} ms"
 echo "pgbench single-statement booking, $conns clients: $tps tx/s"
 echo "ratio evently/pgbench: $(echo "scale=2; $rps / $tps" | bc)"
 echo "sold-out answers   : $sold_rps req/s, p99 ${sold_p99} ms"
