@@ -47,11 +47,10 @@ local POLL = 1.0
 local RELAY_BATCH = 1000
 local RELAY_LOCK = 72010   -- pg advisory lock key of the one relay
 
-local TOPIC_OF = { ["booking.confirmed"] = "booking-confirmed", ["booking.cancelled"] = "booking-cancelled",
-  ["waitlist.offered"] = "waitlist-notification", ["waitlist.expired"] = "waitlist-notification",
-  ["event.cancelled"] = "event-cancelled" }
-local TOPICS = { ["analytics-events"] = true }
-for _, t in pairs(TOPIC_OF) do TOPICS[t] = true end
+-- The topics; which event types go to which is Postgres' outbox_topic()
+-- (migration 0012), used by the relay and the in-process consumers alike.
+local TOPICS = { ["booking-confirmed"] = true, ["booking-cancelled"] = true, ["waitlist-notification"] = true,
+  ["event-cancelled"] = true, ["analytics-events"] = true }
 M.TOPICS = TOPICS
 
 -- ---------------------------------------------------------------- wake-ups
@@ -308,7 +307,7 @@ local function relay_pass()
   local ok, err = pcall(db.transaction, function(tx)
     if not tx.one("SELECT 1 AS x WHERE pg_try_advisory_xact_lock($1)", RELAY_LOCK) then return end
     -- the message text is built by Postgres: the payload is never decoded and encoded again here
-    local rows = assert(tx.query([[SELECT id, event_type, aggregate_id::text AS key,
+    local rows = assert(tx.query([[SELECT id, event_type, outbox_topic(event_type) AS topic, aggregate_id::text AS key,
         json_build_object('id', id, 'type', event_type, 'key', aggregate_id, 'payload', payload,
                           'created_at', created_at)::text AS value
       FROM outbox
@@ -318,9 +317,8 @@ local function relay_pass()
     local msgs, ids = {}, {}
     for _, row in ipairs(rows) do
       local headers = { ["event-id"] = tostring(row.id), type = row.event_type }
-      local topic = TOPIC_OF[row.event_type]
-      if topic then
-        msgs[#msgs + 1] = { topic = topic, key = row.key, value = row.value, headers = headers }
+      if row.topic ~= db.null then
+        msgs[#msgs + 1] = { topic = row.topic, key = row.key, value = row.value, headers = headers }
       end
       msgs[#msgs + 1] = { topic = "analytics-events", key = row.key, value = row.value, headers = headers }
       ids[#ids + 1] = row.id
