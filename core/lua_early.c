@@ -24,7 +24,6 @@
  * The engines hang off the worker's runtime (ev_runtime_t.early, .tokens),
  * created on first use and freed with the runtime. */
 #include <lauxlib.h>
-#include <math.h>
 #include <string.h>
 
 #include "early.h"

@@ -379,8 +379,9 @@ static void publish_pool(ev_worker_t *w, ev_pool_kind_t kind, const ev_pg_pool_t
 
 /* Counts kept per worker, added to the shared region once a second (a
  * shared counter bumped per request would bounce a cache line between the
- * workers; domain/seats.lua flushes its own the same way, into the same
- * evently_booking_gate_soldout_total). */
+ * workers). Gate refusals are counted in gate.c wherever they are answered
+ * (here, the inventory engine, Lua); domain/seats.lua flushes the engine's
+ * batch counts the same way. */
 static void flush_counts(ev_worker_t *w)
 {
     unsigned long long refusals = ev_gate_refusals();

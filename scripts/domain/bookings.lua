@@ -11,17 +11,9 @@ local limit = require "domain.ticket_limit"
 
 local M = {}
 
-local COLUMNS = "id, event_id, user_id, quantity, status, total_cents, currency, created_at, cancelled_at"
-M.COLUMNS = COLUMNS
-
 local seats = require "domain.seats"
-
--- A single take in q (db, or the caller's transaction): the seats pool's own
--- statement for one claim (with a per-user limit it locks the row first, so
--- q must then be a transaction: see domain/ticket_limit.lua).
-local function take_one(q, event_id, user_id, quantity)
-  return seats.take_in(q, event_id, user_id, quantity)
-end
+local COLUMNS = seats.COLUMNS
+M.COLUMNS = COLUMNS
 
 --- Takes quantity seats of event_id for user_id. Returns booking, or nil and
 -- a reason: "not-found" | "not-on-sale" | "too-many" | "limit-exceeded"
@@ -31,24 +23,17 @@ end
 -- after_take(row) runs in that transaction when seats were taken. Coalesced
 -- (no q), idempotency_key makes the batch store the 201 answer itself.
 function M.create(event_id, user_id, quantity, q, after_take, idempotency_key)
+  local row, why, info
   if not q and rules.coalesce then -- the common case: batched with concurrent takes
-    local row, why, info = seats.take(event_id, user_id, quantity, idempotency_key)
-    if row then return row end
-    if why == "sold-out" or why == "too-many" or why == "limit-exceeded" or why == "busy" or why == "unknown" then
-      return nil, why, info
-    end
-    if why ~= "closed" then return nil, why end
-  elseif not q and limit.max then -- the limit needs a transaction
+    row, why, info = seats.take(event_id, user_id, quantity, idempotency_key)
+  elseif not q and limit.max then -- a single limited take locks the row first: a transaction
     return db.transaction(function(tx) return M.create(event_id, user_id, quantity, tx, after_take) end)
-  else
-    local row, why, info = take_one(q or db, event_id, user_id, quantity)
-    if row then
-      if after_take then after_take(row) end
-      return row
-    end
-    if why == "sold-out" or why == "too-many" or why == "limit-exceeded" then return nil, why, info end
-    if why ~= "closed" then return nil, why end
+  else -- the pool's statement for one claim, in q
+    row, why, info = seats.take_in(q or db, event_id, user_id, quantity)
+    if row and after_take then after_take(row) end
   end
+  if row then return row end
+  if why ~= "closed" then return nil, why, info end
   q = q or db
   -- refused: say why (this read is not part of the decision, only of the answer)
   local ev, eerr = q.one([[SELECT status, available, max_per_booking,

@@ -171,9 +171,9 @@ def test_offers_are_holds_of_the_seats_pool(api):
     assert r.status == 200 and r.json()["available"] == 0, r.text
     offered = entries(api, u[21])[0]
     assert offered["status"] == "offered"
-    hold = sql(api, "SELECT h.state, h.quantity, h.owner FROM waitlist w JOIN inventory_holds h ON h.id = w.hold_id "
-                    "WHERE w.id = $1", a["id"])[0]
-    assert hold == {"state": "held", "quantity": 2, "owner": hold["owner"]} and hold["owner"] > 0
+    hold = sql(api, "SELECT h.state, h.quantity, h.owner = w.user_id AS theirs, h.expires_at = w.offer_expires_at AS same_expiry "
+                    "FROM waitlist w JOIN inventory_holds h ON h.id = w.hold_id WHERE w.id = $1", a["id"])[0]
+    assert hold == {"state": "held", "quantity": 2, "theirs": True, "same_expiry": True}
     invariant(api, ev)
     # 1 sold + 2 held: capacity 2 would take held seats away
     problem(api.request("PATCH", BASE + "/events/%d" % ev, body={"capacity": 2}, headers=api.admin),
