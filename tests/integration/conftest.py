@@ -421,6 +421,23 @@ class Server:
     def metric(self, name, **labels):
         return metric_value(self.metrics(), name, **labels)
 
+    def metrics_when(self, read, ready=None, gap=1.1, deadline_s=20):
+        """read(/metrics text) once the workers' once-a-second flushes have
+        caught up: the first reading for which ready(value) holds or, without
+        ready, two readings `gap` apart that agree. At the deadline, the last
+        reading: the caller's assertion then says what is wrong."""
+        value = read(self.metrics())
+        end = time.time() + deadline_s
+        while time.time() < end:
+            if ready is not None and ready(value):
+                return value
+            time.sleep(gap)
+            again = read(self.metrics())
+            if ready is None and again == value:
+                return again
+            value = again
+        return value
+
 
 def recv_all(sock):
     chunks = []

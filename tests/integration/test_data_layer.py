@@ -37,9 +37,8 @@ def test_pool_exhaustion_answers_a_timely_503_not_a_hang(start_server):
     srv = start_server("db-exhaust", scripts=DATA_APP, workers=1, env={
         "EVENTLY_DB_POOL_MAX": "2", "EVENTLY_DB_ACQUIRE_TIMEOUT_MS": "300"})
     def timed():
-        t0 = time.time()
         r = srv.get("/db/sleep?s=1.5")
-        return r.status, r.json(), time.time() - t0
+        return r.status, r.json(), time.time()
 
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         results = list(ex.map(lambda _: timed(), range(6)))
@@ -48,7 +47,7 @@ def test_pool_exhaustion_answers_a_timely_503_not_a_hang(start_server):
     assert len(ok) == 2, results
     assert len(refused) == 4, results
     assert all(r[1]["type"].endswith("/db-timeout") for r in refused)
-    assert all(r[2] < 1.4 for r in refused), "refusals must not wait for the busy connections"
+    assert max(r[2] for r in refused) < min(r[2] for r in ok), "refusals must not wait for the busy connections"
     assert srv.get("/db/value?n=1").status == 200
 
 
@@ -112,8 +111,7 @@ def test_pool_figures_appear_in_metrics(start_server):
     srv = start_server("db-metrics", scripts=DATA_APP, workers=1)
     for _ in range(3):
         srv.get("/db/value?n=1")
-    time.sleep(1.5)  # workers publish pool figures once a second
-    text = srv.get("/metrics").text
+    text = srv.metrics_when(lambda t: t, lambda t: 'evently_pool_queries_total{pool="db",worker="0"}' in t)
     assert 'evently_pool_max{pool="db",worker="0"} 10' in text
     assert 'evently_pool_queries_total{pool="db",worker="0"}' in text
     ready = srv.get("/health/ready").json()
@@ -178,6 +176,5 @@ def test_redis_down_cached_routes_still_answer_from_postgres(start_server):
 
 def test_pool_keeps_its_minimum_open_before_the_first_request(start_server):
     srv = start_server("db-min", scripts=DATA_APP, workers=1, env={"EVENTLY_DB_POOL_MIN": "3"})
-    time.sleep(1.5)  # workers publish pool figures once a second
-    text = srv.get("/metrics").text
+    text = srv.metrics_when(lambda t: t, lambda t: 'evently_pool_connections{pool="db",worker="0"} 3' in t)
     assert 'evently_pool_connections{pool="db",worker="0"} 3' in text, text[-2000:]

@@ -206,7 +206,14 @@ describe("evently.inventory #pg", function()
     while not locked do time.sleep(0.01) end
     local first, second
     time.after(0, function() first = table.pack(stock:take(11, 1, 1)) end)
-    time.sleep(0.05)
+    local waiting = 0 -- the first batch is running: its statement waits for the row lock
+    for _ = 1, 500 do
+      waiting = db.value([[SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+        AND query LIKE '%spec_stock%' AND pid <> pg_backend_pid()]])
+      if waiting > 0 then break end
+      time.sleep(0.01)
+    end
+    assert.are.equal(1, waiting)
     time.after(0, function() second = table.pack(stock:take(11, 2, 1, { queue_seconds = 0.2 })) end)
     time.sleep(0.5)
     assert.is_not_nil(second)

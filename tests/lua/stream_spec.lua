@@ -101,7 +101,7 @@ describe("evently.stream #pg", function()
   it("leaves a group to the worker whose lease is live, takes it over once the lease lapses", function()
     local group = "spec-lease-" .. tag
     assert(db.query([[INSERT INTO stream_offsets (consumer_group, topic, owner, lease_until, last_txid, last_id)
-      SELECT $1, 'booking-cancelled', 'another-worker', now() + interval '2 seconds', 0, coalesce(max(id), 0)
+      SELECT $1, 'booking-cancelled', 'another-worker', now() + interval '4 seconds', 0, coalesce(max(id), 0)
       FROM outbox]], group))
     assert(db.query("UPDATE stream_offsets SET last_txid = (SELECT coalesce(max(txid), 0) FROM outbox) WHERE consumer_group = $1", group))
     local seen = {}
@@ -109,8 +109,8 @@ describe("evently.stream #pg", function()
       handler = function(msg) if msg.payload.tag == tag and msg.payload.lease then seen[#seen + 1] = msg.payload.n end end }
     emit("booking.cancelled", 1, { tag = tag, lease = true, n = 1 })
     time.sleep(1.0)
-    assert.are.same({}, seen) -- another worker's live lease: not ours to handle
-    assert.is_true(wait_for(function() return #seen == 1 end, 6))
+    assert.are.same({}, seen) -- another worker's live lease (4 s: room for a slow setup): not ours
+    assert.is_true(wait_for(function() return #seen == 1 end, 10))
     local row = assert(db.one("SELECT owner, lease_until > now() AS live FROM stream_offsets WHERE consumer_group = $1", group))
     assert.are_not.equal("another-worker", row.owner)
     assert.is_true(row.live)
