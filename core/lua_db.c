@@ -21,6 +21,7 @@
 
 #include "co.h"
 #include "lua_db.h"
+#include "lua_errors.h"
 #include "log.h"
 #include "pg.h"
 #include "runtime.h"
@@ -36,39 +37,8 @@ typedef struct {
 
 /* ---- errors ---- */
 
-static int err_tostring(lua_State *L)
-{
-    lua_getfield(L, 1, "kind");
-    lua_pushliteral(L, ": ");
-    lua_getfield(L, 1, "message");
-    lua_concat(L, 3);
-    return 1;
-}
-
-static void push_error(lua_State *L, const char *kind, const char *msg)
-{
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, kind);
-    lua_setfield(L, -2, "kind");
-    lua_pushstring(L, msg ? msg : kind);
-    lua_setfield(L, -2, "message");
-    luaL_setmetatable(L, ERR_MT);
-}
-
 /* "timeout" / "closed: why" / "unavailable: why" from the engine */
-static int push_fail(lua_State *L, const char *err)
-{
-    lua_pushnil(L);
-    const char *colon = strchr(err, ':');
-    if (colon) {
-        lua_pushlstring(L, err, (size_t)(colon - err));
-        push_error(L, lua_tostring(L, -1), colon + 2);
-        lua_remove(L, -2);
-    } else {
-        push_error(L, err, err);
-    }
-    return 2;
-}
+static int push_fail(lua_State *L, const char *err) { return ev_lua_error_fail(L, ERR_MT, err); }
 
 static void set_field(lua_State *L, const PGresult *r, int code, const char *name)
 {
@@ -83,7 +53,9 @@ static int push_sql_error(lua_State *L, const PGresult *r)
 {
     lua_pushnil(L);
     const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
-    push_error(L, "sql", msg ? msg : PQresultErrorMessage(r));
+    if (!msg)
+        msg = PQresultErrorMessage(r);
+    ev_lua_error_push(L, ERR_MT, "sql", msg, strlen(msg));
     set_field(L, r, PG_DIAG_SQLSTATE, "sqlstate");
     set_field(L, r, PG_DIAG_CONSTRAINT_NAME, "constraint");
     set_field(L, r, PG_DIAG_MESSAGE_DETAIL, "detail");
@@ -621,11 +593,7 @@ int luaopen_evently_db_core(lua_State *L)
         lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, ERR_MT)) {
-        lua_pushcfunction(L, err_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pop(L, 1);
+    ev_lua_error_type(L, ERR_MT);
     luaL_newlib(L, db_funcs);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");

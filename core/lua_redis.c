@@ -53,6 +53,7 @@
 
 #include "co.h"
 #include "log.h"
+#include "lua_errors.h"
 #include "redis.h"
 #include "runtime.h"
 
@@ -72,44 +73,12 @@ static const char DEFAULT_KEY = 'd'; /* registry: the default client userdata */
 
 /* ---- errors ---- */
 
-static int err_tostring(lua_State *L)
-{
-    lua_getfield(L, 1, "kind");
-    lua_pushliteral(L, ": ");
-    lua_getfield(L, 1, "message");
-    lua_concat(L, 3);
-    return 1;
-}
-
-static void push_error(lua_State *L, const char *kind, const char *msg, size_t len)
-{
-    lua_createtable(L, 0, 3);
-    lua_pushstring(L, kind);
-    lua_setfield(L, -2, "kind");
-    lua_pushlstring(L, msg, len);
-    lua_setfield(L, -2, "message");
-    luaL_setmetatable(L, ERR_MT);
-}
-
-/* "kind: message" from the engine -> nil, {kind, message} */
-static int push_fail(lua_State *L, const char *err)
-{
-    lua_pushnil(L);
-    const char *colon = strstr(err, ": ");
-    if (colon) {
-        lua_pushlstring(L, err, (size_t)(colon - err));
-        push_error(L, lua_tostring(L, -1), colon + 2, strlen(colon + 2));
-        lua_remove(L, -2);
-    } else {
-        push_error(L, err, err, strlen(err));
-    }
-    return 2;
-}
+static int push_fail(lua_State *L, const char *err) { return ev_lua_error_fail(L, ERR_MT, err); }
 
 /* An error reply: {kind = "redis", message = "WRONGTYPE ...", code = "WRONGTYPE"} */
 static void push_redis_error(lua_State *L, const redisReply *rep)
 {
-    push_error(L, "redis", rep->str ? rep->str : "", rep->str ? rep->len : 0);
+    ev_lua_error_push(L, ERR_MT, "redis", rep->str ? rep->str : "", rep->str ? rep->len : 0);
     size_t n = 0;
     while (rep->str && n < rep->len && rep->str[n] != ' ')
         n++;
@@ -700,11 +669,7 @@ int luaopen_evently_redis_core(lua_State *L)
         lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, ERR_MT)) {
-        lua_pushcfunction(L, err_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pop(L, 1);
+    ev_lua_error_type(L, ERR_MT);
     luaL_newlib(L, core_funcs);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
