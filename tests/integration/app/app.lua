@@ -32,11 +32,15 @@ app.patch("/echo", echo)
 
 app.get("/headers", function(req) return { headers = req.headers } end)
 
--- Sleeps ?s= seconds (cooperatively), then answers.
+-- Sleeps ?s= seconds (cooperatively), then answers with when it ran
+-- (time.monotonic, the clock the tests' time.monotonic() reads). ?tag= logs
+-- "sleep-start <tag>" first: the test's sign that the handler is running.
 app.get("/sleep", function(req)
   local s = tonumber(req.query.s or "0.2") or 0.2
+  local started = time.monotonic()
+  if req.query.tag then log.info("sleep-start %s", req.query.tag) end
   time.sleep(s)
-  return { slept = s, pid = pid() }
+  return { slept = s, pid = pid(), started = started, ended = time.monotonic() }
 end)
 
 -- Sleeps far longer than EVENTLY_HANDLER_TIMEOUT.
