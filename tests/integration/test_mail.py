@@ -281,12 +281,14 @@ def test_the_worker_keeps_serving_while_the_smtp_server_is_slow(start_server, sm
         t.join(30)
     # by order, not speed: answers asked after the sink had the whole message
     # and complete before it answered were served while the send waited on
-    # SMTP. A loop blocked by the send answers none of them in that window.
+    # SMTP. A loop blocked by the send answers none of them in that window;
+    # one held for part of it answers none in its second half.
     had_it, answered = smtp_sink.data_times[0]
     assert answered is not None, smtp_sink.data_times
     assert all(a[3] == 200 for a in answers), answers
     during = [a for a in answers if had_it <= a[1] and a[2] < answered]
     assert sum(a[0] == "/health" for a in during) >= 3, (had_it, answered, answers)
+    assert any(a[1] >= (had_it + answered) / 2 for a in during), (had_it, answered, answers)
     pending = [a[4]["pending"] for a in during if a[0] == "/mail/pending"]
     assert pending and set(pending) == {1}, during  # still waiting on SMTP
     r = result["r"]
