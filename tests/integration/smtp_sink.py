@@ -13,6 +13,10 @@ Behaviour knobs, changeable while it runs:
     sink.defer = {"x@y"}    recipients answered "451 4.3.0 ... try again later"
 sink.stop() closes the port (connections are refused); sink.start() opens
 the same port again.
+
+What the sink saw of the DATA phases (time.monotonic() of this process):
+    sink.data_times         [(had the message, answered it)], answered None while waiting
+    sink.data_peak          most DATA phases waiting for their answer at once
 """
 import asyncio
 import email.parser
@@ -87,10 +91,14 @@ class _Handler:
 
     async def handle_DATA(self, server, session, envelope):
         delay = self.sink.delay(envelope) if callable(self.sink.delay) else self.sink.delay
-        if delay:
-            await asyncio.sleep(delay)  # slow, but the sink itself keeps serving
-        self.sink._record(Received(envelope.mail_from, envelope.rcpt_tos, envelope.original_content
-                                   or envelope.content))
+        i = self.sink._data_begins()
+        try:
+            if delay:
+                await asyncio.sleep(delay)  # slow, but the sink itself keeps serving
+            self.sink._record(Received(envelope.mail_from, envelope.rcpt_tos, envelope.original_content
+                                       or envelope.content))
+        finally:
+            self.sink._data_ends(i)
         return "250 2.0.0 Message accepted for delivery"
 
 
@@ -102,6 +110,9 @@ class SmtpSink:
         self.reject = None
         self.defer = None
         self.messages = []
+        self.data_times = []
+        self.data_peak = 0
+        self._data_active = 0
         self._cv = threading.Condition()
         self._controller = None
 
@@ -125,6 +136,20 @@ class SmtpSink:
     def _record(self, msg):
         with self._cv:
             self.messages.append(msg)
+            self._cv.notify_all()
+
+    def _data_begins(self):
+        with self._cv:
+            self.data_times.append((time.monotonic(), None))
+            self._data_active += 1
+            self.data_peak = max(self.data_peak, self._data_active)
+            self._cv.notify_all()
+            return len(self.data_times) - 1
+
+    def _data_ends(self, i):
+        with self._cv:
+            self.data_times[i] = (self.data_times[i][0], time.monotonic())
+            self._data_active -= 1
             self._cv.notify_all()
 
     def clear(self):

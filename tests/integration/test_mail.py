@@ -72,8 +72,7 @@ def test_fifty_concurrent_sends_from_fifty_coroutines_all_arrive(tmp_path, smtp_
 local mail = require "evently.mail"
 local time = require "evently.time"
 local json = require "evently.json"
-local done, errors, ticks = 0, {}, 0
-local ticker = time.every(0.005, function() ticks = ticks + 1 end)
+local done, errors = 0, {}
 local t0 = time.monotonic()
 for i = 1, 50 do
   time.after(0, function()
@@ -81,20 +80,19 @@ for i = 1, 50 do
     if ok then done = done + 1 else errors[#errors + 1] = err end
   end)
 end
-while done + #errors < 50 and time.monotonic() - t0 < 30 do time.sleep(0.01) end
-ticker:cancel()
-print(json.encode({ done = done, errors = errors, seconds = time.monotonic() - t0, ticks = ticks }))
+while done + #errors < 50 and time.monotonic() - t0 < 60 do time.sleep(0.01) end
+print(json.encode({ done = done, errors = errors, seconds = time.monotonic() - t0 }))
 """
     smtp_sink.delay = 0.2  # each answer takes a while: the sends must overlap
-    out = run_lua(tmp_path, source, lua_env(smtp_sink.url))
+    out = run_lua(tmp_path, source, lua_env(smtp_sink.url), timeout=120)
     assert out["done"] == 50, out
     got = smtp_sink.wait_for(count=50, timeout=5)
     assert sorted(m.to[0] for m in got) == sorted("user%d@example.com" % i for i in range(1, 51))
     assert all(m.subject == "n" + m.to[0][4:].split("@")[0] for m in got)
-    # 50 x 0.2 s one after the other would take 10 s; on 4 lanes ~2.5 s
-    assert out["seconds"] < 6, out
-    # the loop kept running its timer while the sends waited
-    assert out["ticks"] >= out["seconds"] / 0.005 * 0.3, out
+    # overlap, seen by the server: while one send waited for its answer to
+    # DATA, another reached DATA too. A send that held the loop (or a single
+    # lane) would keep them one at a time however long each took.
+    assert smtp_sink.data_peak >= 2, (smtp_sink.data_peak, out)
 
 
 def test_a_refused_recipient_gives_the_servers_answer(tmp_path, smtp_sink):
@@ -137,14 +135,27 @@ def test_header_injection_is_refused_and_nothing_is_sent(tmp_path, smtp_sink):
     assert smtp_sink.messages == []
 
 
+SEND_ONE_TIMED = """
+local mail = require "evently.mail"
+local json = require "evently.json"
+local time = require "evently.time"
+local t0 = time.monotonic()
+local ok, res, code = mail.send(json.decode(arg[1]))
+print(json.encode({ ok = ok or false, res = res, code = code, seconds = time.monotonic() - t0 }))
+"""
+
+
 def test_a_slow_server_times_out_with_a_clear_error(tmp_path, smtp_sink):
     smtp_sink.delay = 3
-    t0 = time.monotonic()
-    out = send_one(tmp_path, lua_env(smtp_sink.url), {"to": "a@example.com", "subject": "x", "text": "x",
-                                                       "timeout": 1})
+    out = run_lua(tmp_path, SEND_ONE_TIMED, lua_env(smtp_sink.url),
+                  args=[json.dumps({"to": "a@example.com", "subject": "x", "text": "x", "timeout": 1})])
     assert out["ok"] is False
     assert out["res"].startswith("timeout: "), out
-    assert time.monotonic() - t0 < 2.8
+    # mail.send alone, not the process around it: it gives up on its 1 s
+    # timeout, before the server's answer at 3 s. (It measures ~2.0 s, twice
+    # the timeout: libcurl waits up to it for the answer to DATA, then again
+    # for the one to QUIT as it closes; see "Lanes" in core/mail.c.)
+    assert 0.9 <= out["seconds"] < 2.8, out
 
 
 def test_a_message_after_a_timed_out_one_gets_its_own_answers(tmp_path, smtp_sink):
@@ -176,30 +187,47 @@ def test_no_smtp_configured_says_so(tmp_path):
 def test_smtp_down_fails_quickly_then_retries_succeed_once_it_is_back(tmp_path):
     sink = SmtpSink()  # not started: its port refuses connections
     try:
-        t0 = time.monotonic()
-        out = send_one(tmp_path, lua_env(sink.url), {"to": "a@example.com", "subject": "x", "text": "x"})
+        out = run_lua(tmp_path, SEND_ONE_TIMED, lua_env(sink.url),
+                      args=[json.dumps({"to": "a@example.com", "subject": "x", "text": "x"})])
         assert out["ok"] is False
         assert out["res"].startswith("unavailable: "), out
-        assert time.monotonic() - t0 < 2.5  # the process start included
+        # mail.send alone: a refused connection fails at once, it does not
+        # wait out the 10 s connect timeout
+        assert out["seconds"] < 2.0, out
 
         script = tmp_path / "retry.lua"
         script.write_text(SEND_ONE)
         msg = json.dumps({"to": "back@example.com", "subject": "after the outage", "text": "x",
                           "retries": 8, "retry_delay": 0.1})
-        proc = subprocess.Popen([BIN, "lua", str(script), msg], env=lua_env(sink.url), cwd=REPO,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout_path = tmp_path / "retry.out"
+        with open(stdout_path, "w") as f:
+            proc = subprocess.Popen([BIN, "lua", str(script), msg], env=lua_env(sink.url), cwd=REPO,
+                                    stdout=f, stderr=subprocess.PIPE, text=True)
+        lines, retrying = [], threading.Event()
+
+        def read_stderr():
+            for line in proc.stderr:
+                lines.append(line)
+                if "unavailable" in line and "try 2 of 9" in line:
+                    retrying.set()
+
+        reader = threading.Thread(target=read_stderr)
+        reader.start()
         try:
-            time.sleep(1.0)  # a few tries fail meanwhile
+            # the first try failed and a retry is due (the next ones come
+            # 0.1, 0.2, 0.4 ... s apart: about 25 s of tries are left)
+            assert retrying.wait(60), "".join(lines)
             sink.start()
-            stdout, stderr = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            reader.join(10)
+        stderr = "".join(lines)
         assert proc.returncode == 0, stderr
-        out = json.loads(stdout.strip().splitlines()[-1])
+        out = json.loads(stdout_path.read_text().strip().splitlines()[-1])
         assert out["ok"] is True, (out, stderr)
-        assert "unavailable" in stderr and "try 2 of 9" in stderr
         sink.wait_for(lambda m: m.subject == "after the outage")
     finally:
         sink.stop()
@@ -237,23 +265,32 @@ def test_the_worker_keeps_serving_while_the_smtp_server_is_slow(start_server, sm
     t = threading.Thread(target=send)
     t0 = time.monotonic()
     t.start()
+    answers = []  # (path, asked at, answered at, status, body)
     try:
-        deadline = time.monotonic() + 0.5
-        while srv.get("/mail/pending").json()["pending"] < 1 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        while not smtp_sink.data_times and time.monotonic() < deadline:
             time.sleep(0.02)
-        slowest, n = 0.0, 0
-        while t.is_alive() and time.monotonic() - t0 < 1.6:
-            s = time.monotonic()
-            r = srv.get("/health")
-            slowest = max(slowest, time.monotonic() - s)
-            n += 1
-            assert r.status == 200
+        assert smtp_sink.data_times, "the send never reached DATA"
+        while smtp_sink.data_times[0][1] is None and time.monotonic() < deadline:
+            for path in ("/health", "/mail/pending"):
+                s = time.monotonic()
+                r = srv.get(path)
+                answers.append((path, s, time.monotonic(), r.status, r.json()))
             time.sleep(0.05)
-        assert srv.get("/mail/pending").json()["pending"] == 1  # still waiting on SMTP
     finally:
         t.join(30)
-    assert n >= 10
-    assert slowest < 0.5, slowest
+    # by order, not speed: answers asked after the sink had the whole message
+    # and complete before it answered were served while the send waited on
+    # SMTP. A loop blocked by the send answers none of them in that window;
+    # one held for part of it answers none in its second half.
+    had_it, answered = smtp_sink.data_times[0]
+    assert answered is not None, smtp_sink.data_times
+    assert all(a[3] == 200 for a in answers), answers
+    during = [a for a in answers if had_it <= a[1] and a[2] < answered]
+    assert sum(a[0] == "/health" for a in during) >= 3, (had_it, answered, answers)
+    assert any(a[1] >= (had_it + answered) / 2 for a in during), (had_it, answered, answers)
+    pending = [a[4]["pending"] for a in during if a[0] == "/mail/pending"]
+    assert pending and set(pending) == {1}, during  # still waiting on SMTP
     r = result["r"]
     assert r.status == 200, r
     assert time.monotonic() - t0 >= 1.9

@@ -81,15 +81,16 @@ def test_reload_lets_an_inflight_request_finish(reloadable):
 
     def slow():
         try:
-            r = srv.get("/sleep?s=1.5", timeout=30)
+            r = srv.get("/sleep?s=1.5&tag=reload-inflight", timeout=30)
             result["status"], result["body"] = r.status, r.json()
         except Exception as e:  # noqa: BLE001
             result["error"] = repr(e)
 
     old = srv.wait_workers(2)
+    since = srv.log_size()
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.4)
+    srv.wait_log(r"sleep-start reload-inflight", since=since)  # the request is with its handler now
     srv.signal(signal.SIGHUP)
     t.join(30)
     assert result.get("status") == 200, result

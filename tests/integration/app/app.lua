@@ -32,11 +32,15 @@ app.patch("/echo", echo)
 
 app.get("/headers", function(req) return { headers = req.headers } end)
 
--- Sleeps ?s= seconds (cooperatively), then answers.
+-- Sleeps ?s= seconds (cooperatively), then answers with when it ran
+-- (time.monotonic, the clock the tests' time.monotonic() reads). ?tag= logs
+-- "sleep-start <tag>" first: the test's sign that the handler is running.
 app.get("/sleep", function(req)
   local s = tonumber(req.query.s or "0.2") or 0.2
+  local started = time.monotonic()
+  if req.query.tag then log.info("sleep-start %s", req.query.tag) end
   time.sleep(s)
-  return { slept = s, pid = pid() }
+  return { slept = s, pid = pid(), started = started, ended = time.monotonic() }
 end)
 
 -- Sleeps far longer than EVENTLY_HANDLER_TIMEOUT.
@@ -93,18 +97,25 @@ local ticks, after_fired = 0, false
 time.every(0.05, function() ticks = ticks + 1 end)
 time.after(0.05, function() after_fired = true end)
 app.get("/timers", function()
-  return { ticks = ticks, after_fired = after_fired, pid = pid() }
+  return { ticks = ticks, after_fired = after_fired, pid = pid(), now = time.monotonic() }
 end)
 
 -- time.after scheduled from a handler; answered by the same worker.
+-- Times are time.monotonic: due is when the timer may fire, at when it did.
 local later = {}
 app.post("/later/:key", function(req)
   local key = req.params.key
-  time.after(0.2, function() later[key] = true end)
+  local due = time.monotonic() + 0.2
+  later[key] = { due = due }
+  time.after(0.2, function()
+    later[key].at = time.monotonic()
+    later[key].fired = (later[key].fired or 0) + 1
+  end)
   return 202, { scheduled = key }
 end)
 app.get("/later/:key", function(req)
-  return { done = later[req.params.key] == true, pid = pid() }
+  local l = later[req.params.key] or {}
+  return { done = l.fired ~= nil, fired = l.fired, due = l.due, at = l.at, now = time.monotonic(), pid = pid() }
 end)
 
 -- A timer body that raises: logged with its traceback, nothing else breaks.
