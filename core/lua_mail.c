@@ -212,8 +212,10 @@ static int m_send(lua_State *L)
         lua_pushinteger(L, 0);
         return 3;
     }
-    /* libcurl's own timeout answers first; this one is the backstop */
-    return ev_co_wait(L, w->timeout_s + 2.0, &send_ops, w);
+    /* The caller's bound is this wait's: libcurl's own timeouts (set to the
+     * same) can each be spent waiting for the DATA answer and then again for
+     * QUIT's, on the lane; the lane finishes that unseen after a cancel. */
+    return ev_co_wait(L, w->timeout_s, &send_ops, w);
 }
 
 static int m_build(lua_State *L)

@@ -314,8 +314,8 @@ int ev_master_serve(const ev_config_t *cfg)
     struct timeval sec = {1, 0};
     event_add(probe, &sec);
     ev_health_probe(cfg, m.metrics);
+    pidfile(cfg, 1); /* before any worker can answer: a script that saw /health may read it */
     top_up(&m);
-    pidfile(cfg, 1);
     ev_info("evently listening on http://%s:%d with %d workers", cfg->host, cfg->port,
             cfg->workers);
     event_base_dispatch(m.base);
