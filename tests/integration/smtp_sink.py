@@ -155,6 +155,8 @@ class SmtpSink:
     def clear(self):
         with self._cv:
             self.messages.clear()
+            self.data_times.clear()
+            self.data_peak = self._data_active
 
     def wait_for(self, predicate=lambda m: True, count=1, timeout=10):
         """The first `count` received messages matching predicate, waiting up

@@ -26,17 +26,17 @@ def test_ready_names_postgres_and_redis_up(server):
 
 
 def test_metrics_counts_requests_by_route_pattern(server):
-    before = server.metrics_when(lambda t: t)  # earlier requests all counted (each is, after its answer is sent)
+    def items(t):
+        return metric_value(t, "evently_http_requests_total", method="GET", route="/items/:id", status="200") or 0
+    old = server.metrics_when(items)  # earlier requests all counted (each is, after its answer is sent)
     for i in range(5):
         assert server.get("/items/%d" % i).status == 200
     assert server.get("/definitely/not/here").status == 404
-    text = server.metrics()
+    text = server.metrics_when(lambda t: t, lambda t: items(t) == old + 5)
     assert "# TYPE evently_http_requests_total counter" in text
     # the route label is the pattern, never the concrete path
     assert 'route="/items/1"' not in text
-    old = metric_value(before, "evently_http_requests_total", method="GET", route="/items/:id", status="200") or 0
-    new = server.metrics_when(lambda t: metric_value(t, "evently_http_requests_total", method="GET",
-                                                     route="/items/:id", status="200"), lambda v: v == old + 5)
+    new = items(text)
     assert new == old + 5  # shared across both workers
     assert metric_value(text, "evently_http_requests_total", route="unmatched", status="404") >= 1
     assert metric_value(text, "evently_http_request_duration_seconds_count", route="/items/:id", status="200") == new

@@ -90,9 +90,10 @@ print(json.encode({ done = done, errors = errors, seconds = time.monotonic() - t
     assert sorted(m.to[0] for m in got) == sorted("user%d@example.com" % i for i in range(1, 51))
     assert all(m.subject == "n" + m.to[0][4:].split("@")[0] for m in got)
     # overlap, seen by the server: while one send waited for its answer to
-    # DATA, another reached DATA too. A send that held the loop (or a single
-    # lane) would keep them one at a time however long each took.
-    assert smtp_sink.data_peak >= 2, (smtp_sink.data_peak, out)
+    # DATA, others reached DATA too. A send that held the loop (or a single
+    # lane) would keep them one at a time however long each took; the four
+    # lanes keep up to four waiting at once.
+    assert smtp_sink.data_peak >= 3, (smtp_sink.data_peak, out)
 
 
 def test_a_refused_recipient_gives_the_servers_answer(tmp_path, smtp_sink):

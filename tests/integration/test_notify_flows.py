@@ -44,7 +44,7 @@ def message_of_type(client, kind, booking_id=None, deadline_s=30):
     while time.time() < end:
         try:
             m = client.next_message()
-        except socket.timeout:  # quiet for a while: keep listening until the deadline
+        except socket.timeout:  # quiet for a while (frames of a few bytes come whole): listen on to the deadline
             continue
         if m["type"] == kind and (booking_id is None or m["payload"].get("booking_id") == booking_id):
             return m
