@@ -424,8 +424,8 @@ class Server:
     def metrics_when(self, read, ready=None, gap=1.1, deadline_s=20):
         """read(/metrics text) once the workers' once-a-second flushes have
         caught up: the first reading for which ready(value) holds or, without
-        ready, two readings `gap` apart that agree. At the deadline, the last
-        reading: the caller's assertion then says what is wrong."""
+        ready, two readings `gap` apart that agree. An AssertionError with the
+        last reading when neither comes by the deadline."""
         value = read(self.metrics())
         end = time.time() + deadline_s
         while time.time() < end:
@@ -436,7 +436,7 @@ class Server:
             if ready is None and again == value:
                 return again
             value = again
-        return value
+        raise AssertionError("/metrics never %s: last reading %r" % ("got ready" if ready else "settled", value))
 
 
 def recv_all(sock):
@@ -450,6 +450,19 @@ def recv_all(sock):
             break
         chunks.append(b)
     return b"".join(chunks)
+
+
+def wait_for(fn, timeout=60, interval=0.3, what="condition"):
+    """fn()'s first truthy value, asking every `interval` seconds; an
+    AssertionError naming `what` (and fn's last value) at the deadline."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
 
 
 def metric_value(text, name, **labels):

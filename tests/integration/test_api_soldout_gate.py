@@ -8,7 +8,7 @@ import time
 import pytest
 
 from api_support import BASE, problem, sql, start_api
-from conftest import metric_value
+from conftest import metric_value, wait_for
 from test_api_bookings import book, new_event
 
 
@@ -109,10 +109,8 @@ def test_a_take_that_times_out_says_truthfully_whether_it_booked(slow_api):
         results = list(ex.map(attempt, range(8)))
     holder.join()
     started = sum(1 for _, status, _, _ in results if status != 503)
-    deadline = time.time() + 15  # the blocked batches commit once the lock goes
-    while sql(api, "SELECT count(*) AS n FROM bookings WHERE event_id = $1", ev)[0]["n"] < started \
-            and time.time() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: sql(api, "SELECT count(*) AS n FROM bookings WHERE event_id = $1", ev)[0]["n"] >= started,
+             timeout=15, interval=0.1, what="the blocked batches to commit once the lock goes")
     time.sleep(0.5)  # and a booking that should not be there has had its chance to show
     statuses = sorted(s for _, s, _, _ in results)
     assert set(statuses) <= {503, 504, 201}, results

@@ -4,7 +4,7 @@ server, which runs with small values (conftest.SESSION_ENV)."""
 import socket
 import time
 
-from conftest import HANDLER_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEADER, READ_TIMEOUT, read_response
+from conftest import HANDLER_TIMEOUT, IDLE_TIMEOUT, MAX_BODY, MAX_HEADER, READ_TIMEOUT, read_response, wait_for
 
 
 def assert_closed(f):
@@ -215,12 +215,8 @@ def test_connection_limit_answers_503_and_recovers(start_server):
             s.close()
     # the server counts a connection out when it sees the close: until then a
     # new one may still be refused; once it has, new ones are served again
-    deadline = time.monotonic() + 10
-    after = srv.get("/health")
-    while after.status == 503 and time.monotonic() < deadline:
-        time.sleep(0.05)
-        after = srv.get("/health")
-    assert after.status == 200, after
+    wait_for(lambda: srv.get("/health").status == 200, timeout=10, interval=0.05,
+             what="/health to be served again")
     # API.md: errors are problem documents and every answer has a request id
     assert busy.header("content-type") == "application/problem+json", busy
     assert busy.header("x-request-id"), busy

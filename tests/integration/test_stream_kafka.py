@@ -11,7 +11,7 @@ import time
 import pytest
 
 from api_support import BASE, SCRIPTS, sql, start_api
-from conftest import REPO, metric_value
+from conftest import REPO, metric_value, wait_for
 from kafka_broker import kafka  # noqa: F401  (the session fixture)
 
 PLUGINS = os.path.join(REPO, "tests", "integration", "stream_plugins")
@@ -24,17 +24,6 @@ def api(kafka):  # noqa: F811
                     plugins_dir=PLUGINS)
     yield srv
     srv.stop_and_check()
-
-
-def wait_for(fn, timeout=60, interval=0.3, what="condition"):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
 
 
 def new_event(api, capacity=1000):
@@ -65,16 +54,15 @@ def ledger_of(api, event_id, event_type):
     return sql(api, "SELECT message_id FROM ledger WHERE event_id = $1 AND type = $2", event_id, event_type)
 
 
-def on_topic(kafka, topic, event_id, want, deadline_s=60):  # noqa: F811
-    """The event's messages on topic, read again until want(messages) holds or
-    the deadline passes (the console consumer gives up after a few idle
-    seconds, which can end a read before a slow group join has fetched all):
-    the caller's exact assertions then run on that read."""
-    end = time.time() + deadline_s
-    while True:
+def on_topic(kafka, topic, event_id, want):  # noqa: F811
+    """The event's messages on topic once want(messages) holds, read again
+    until then (the console consumer gives up after a few idle seconds, which
+    can end a read before a slow group join has fetched all): the caller's
+    exact assertions run on that read."""
+    def read():
         msgs = [m for m in kafka.read(topic) if m["key"] == str(event_id)]
-        if want(msgs) or time.time() > end:
-            return msgs
+        return msgs if want(msgs) else None
+    return wait_for(read, what="the expected messages on " + topic)
 
 
 def test_a_cancellation_reaches_booking_cancelled_keyed_by_event(api, kafka):  # noqa: F811

@@ -2,6 +2,8 @@
 import json
 import time
 
+from conftest import wait_for
+
 
 def get(conn, method, path):
     conn.request(method, path)
@@ -15,11 +17,8 @@ def test_every_drives_a_counter_and_after_fires_once(server):
         status, a = get(conn, "GET", "/timers")
         assert status == 200
         # after(0.05) at load: a worker just started may not be 0.05 s old yet
-        deadline = time.monotonic() + 10
-        while not a["after_fired"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-            status, a = get(conn, "GET", "/timers")
-        assert a["after_fired"] is True, a
+        a = wait_for(lambda: (t := get(conn, "GET", "/timers")[1])["after_fired"] and t, timeout=10,
+                     interval=0.05, what="after(0.05) set at load to fire")
         time.sleep(0.6)
         status, b = get(conn, "GET", "/timers")
         assert b["pid"] == a["pid"]
@@ -50,11 +49,8 @@ def test_after_scheduled_from_a_handler(server):
         pid, due = body["pid"], body["due"]
         if body["now"] < due - early:
             assert body["done"] is False, body  # not fired before its time
-        deadline = time.monotonic() + 10
-        while not body["done"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-            status, body = get(conn, "GET", "/later/" + key)
-        assert body["done"] is True, body
+        body = wait_for(lambda: (b := get(conn, "GET", "/later/" + key)[1])["done"] and b, timeout=10,
+                        interval=0.05, what="after(0.2) to fire")
         assert body["pid"] == pid and body["due"] == due
         assert body["fired"] == 1, body
         assert due - early <= body["at"] <= body["now"], body
@@ -79,13 +75,9 @@ def test_a_failing_timer_is_logged_and_nothing_else_breaks(server):
         assert status == 202
         server.wait_log(r"timer-went-wrong t1", since=since)
         status, a = get(conn, "GET", "/timers")
-        deadline = time.monotonic() + 10  # the worker's other timers go on (late on a busy machine, not never)
-        while True:
-            time.sleep(0.1)
-            status, b = get(conn, "GET", "/timers")
-            if b["ticks"] > a["ticks"] or time.monotonic() > deadline:
-                break
-        assert b["ticks"] > a["ticks"]
+        # the worker's other timers go on (late on a busy machine, not never)
+        wait_for(lambda: get(conn, "GET", "/timers")[1]["ticks"] > a["ticks"], timeout=10, interval=0.1,
+                 what="the worker's other timers to tick")
     finally:
         conn.close()
     text = server.log_text().encode()[since:].decode(errors="replace")
