@@ -27,6 +27,9 @@
 #include "runtime.h"
 #include "users.h"
 
+#ifndef EVENTLY_BUILD_TYPE
+#define EVENTLY_BUILD_TYPE "unknown"
+#endif
 #ifndef EVENTLY_VERSION
 #define EVENTLY_VERSION "0.1.0"
 #endif
@@ -411,7 +414,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "user") == 0)
         return cmd_user(n, rest);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("evently %s (%s)\n", EVENTLY_VERSION, LUA_RELEASE);
+        printf("evently %s (%s, %s build)\n", EVENTLY_VERSION, LUA_RELEASE, EVENTLY_BUILD_TYPE);
         return 0;
     }
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

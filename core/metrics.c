@@ -258,6 +258,28 @@ static void render_requests(ev_metrics_t *m, out_t *o)
     }
 }
 
+/* Counters and gauges are created by name from C and Lua; their help lives here, in one
+ * place, so every series in /metrics has HELP (promtool checks it). */
+static const char *series_help(const char *name)
+{
+    static const struct { const char *name, *help; } known[] = {
+        {"evently_booking_batch_requests_total", "Booking takes served by coalesced batches."},
+        {"evently_booking_batches_total", "Coalesced booking statements run."},
+        {"evently_booking_gate_redis_total", "Sold-out marks learned from Redis."},
+        {"evently_booking_gate_soldout_total", "Bookings refused by the sold-out gate."},
+        {"evently_early_answers_total", "Requests answered from C before any Lua ran."},
+        {"evently_outbox_published_total", "Outbox messages published."},
+        {"evently_websocket_closed_total", "WebSockets closed."},
+        {"evently_websocket_opened_total", "WebSockets opened."},
+        {"evently_worker_restarts_total", "Workers restarted by the master after they died."},
+        {"evently_consumer_lag", "Messages a consumer group has not handled yet."},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strcmp(known[i].name, name) == 0)
+            return known[i].help;
+    return "Reported by the scripts.";
+}
+
 static void render_workers(ev_metrics_t *m, out_t *o)
 {
     int workers = 0;
@@ -276,10 +298,11 @@ static void render_workers(ev_metrics_t *m, out_t *o)
     for (int i = 0; i < COUNTERS; i++) {
         counter_t *c = &m->counters[i];
         if (__atomic_load_n(&c->state, __ATOMIC_ACQUIRE) == 2)
-            out(o, "# TYPE %s counter\n%s %llu\n", c->name, c->name,
-                (unsigned long long)__atomic_load_n(&c->value, __ATOMIC_RELAXED));
+            out(o, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", c->name, series_help(c->name),
+                c->name, c->name, (unsigned long long)__atomic_load_n(&c->value, __ATOMIC_RELAXED));
     }
-    out(o, "# TYPE evently_metrics_series_dropped_total counter\n"
+    out(o, "# HELP evently_metrics_series_dropped_total Series not recorded: the table was full.\n"
+           "# TYPE evently_metrics_series_dropped_total counter\n"
            "evently_metrics_series_dropped_total %llu\n",
         (unsigned long long)__atomic_load_n(&m->dropped, __ATOMIC_RELAXED));
 }
@@ -333,7 +356,7 @@ static void gauge_type(out_t *o, const char *series, char typed[][64], int *ntyp
             return;
     if (*ntyped < GAUGES)
         snprintf(typed[(*ntyped)++], 64, "%s", name);
-    out(o, "# TYPE %s gauge\n", name);
+    out(o, "# HELP %s %s\n# TYPE %s gauge\n", name, series_help(name), name);
 }
 
 /* Each series once, summed over the workers that set it. */

@@ -290,3 +290,21 @@ def test_a_sold_out_event_still_answers_422_for_a_quantity_above_max_per_booking
     for _ in range(4):  # the gate is closed on every worker now
         problem(book(api, api.users[3], ev["id"], 1), 409, "sold-out")
     problem(book(api, api.users[3], ev["id"], 4), 422, "validation")
+
+
+def test_metrics_pass_promtool_with_every_counter_present(api):
+    """A live /metrics, after the bookings above made the script counters
+    appear, is clean Prometheus text: promtool check metrics prints nothing
+    (every series has HELP and TYPE, names and units as it expects)."""
+    import shutil
+    import subprocess
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: .ci/packages-test lists prometheus"
+    ev = new_event(api, capacity=1)
+    assert book(api, api.users[4], ev["id"], 1).status == 201
+    for _ in range(6):  # the gate counts its refusals
+        problem(book(api, api.users[5], ev["id"], 1), 409, "sold-out")
+    text = api.metrics_when(lambda t: t, lambda t: "evently_booking_gate_soldout_total" in t
+                            and "evently_booking_batches_total" in t and "evently_pool_queries_total" in t)
+    p = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
+    assert p.returncode == 0 and p.stdout == b"" and p.stderr == b"", (p.returncode, p.stdout, p.stderr)
