@@ -54,10 +54,15 @@ static const field_t fields[] = {
     F("read_timeout", "EVENTLY_READ_TIMEOUT", T_INT, read_timeout, 1, 3600),
     F("handler_timeout", "EVENTLY_HANDLER_TIMEOUT", T_INT, handler_timeout, 1, 3600),
     F("drain_timeout", "EVENTLY_DRAIN_TIMEOUT", T_INT, drain_timeout, 0, 3600),
+    F("ws_max_per_worker", "EVENTLY_WS_MAX_PER_WORKER", T_INT, ws_max_per_worker, 0, 1000000),
+    F("ws_max_per_user", "EVENTLY_WS_MAX_PER_USER", T_INT, ws_max_per_user, 1, 100000),
+    F("ws_max_lifetime", "EVENTLY_WS_MAX_LIFETIME", T_INT, ws_max_lifetime, 1, 31 * 86400),
     F("db_pool_max", "EVENTLY_DB_POOL_MAX", T_INT, db_pool_max, 1, 1000),
     F("db_pool_min", "EVENTLY_DB_POOL_MIN", T_INT, db_pool_min, 0, 1000),
     F("db_acquire_timeout_ms", "EVENTLY_DB_ACQUIRE_TIMEOUT_MS", T_INT, db_acquire_timeout_ms, 1, 600000),
     F("db_statement_timeout_ms", "EVENTLY_DB_STATEMENT_TIMEOUT_MS", T_INT, db_statement_timeout_ms, 1, 3600000),
+    F("hash_queue_max", "EVENTLY_HASH_QUEUE_MAX", T_INT, hash_queue_max, 1, 100000),
+    F("hash_timeout_ms", "EVENTLY_HASH_TIMEOUT_MS", T_INT, hash_timeout_ms, 1, 600000),
     F("plugins", "EVENTLY_PLUGINS", T_LIST, plugins, 0, 0),
     F("lua_path", "EVENTLY_LUA_PATH", T_STR, lua_path, 0, 0),
 };
@@ -85,7 +90,10 @@ void ev_config_defaults(ev_config_t *c)
     set_str(&c->mail_from, "Evently <no-reply@evently.local>");
     c->max_body = 1024 * 1024;
     c->max_header = 16 * 1024;
-    c->max_connections = 4096;
+    c->max_connections = 0; /* auto: fd_limit.c */
+    c->ws_max_per_worker = 10000;
+    c->ws_max_per_user = 8;
+    c->ws_max_lifetime = 86400;
     c->idle_timeout = 60;
     c->read_timeout = 15;
     c->handler_timeout = 30;
@@ -94,6 +102,8 @@ void ev_config_defaults(ev_config_t *c)
     c->db_pool_min = 2;
     c->db_acquire_timeout_ms = 5000;
     c->db_statement_timeout_ms = 30000;
+    c->hash_queue_max = 32;
+    c->hash_timeout_ms = 5000;
     set_str(&c->lua_path, EVENTLY_LUA_DIR);
 }
 

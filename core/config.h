@@ -28,15 +28,23 @@ typedef struct {
     char *access_log;    /* EVENTLY_ACCESS_LOG: "stderr" (default), "off" or a file path */
     size_t max_body;     /* EVENTLY_MAX_BODY bytes, default 1 MiB */
     size_t max_header;   /* EVENTLY_MAX_HEADER bytes, default 16 KiB */
-    int max_connections; /* EVENTLY_MAX_CONNECTIONS per worker, default 4096 */
+    int max_connections; /* EVENTLY_MAX_CONNECTIONS per worker; 0 (default): 4096, or what
+                          * the descriptor limit allows (fd_limit.c) */
     int idle_timeout;    /* EVENTLY_IDLE_TIMEOUT seconds (keep-alive), default 60 */
     int read_timeout;    /* EVENTLY_READ_TIMEOUT seconds (request must arrive), default 15 */
     int handler_timeout; /* EVENTLY_HANDLER_TIMEOUT seconds per request, default 30 */
     int drain_timeout;   /* EVENTLY_DRAIN_TIMEOUT seconds for graceful stop, default 30 */
+    int ws_max_per_worker; /* EVENTLY_WS_MAX_PER_WORKER open WebSockets, default 10000 */
+    int ws_max_per_user;   /* EVENTLY_WS_MAX_PER_USER per worker, default 8 */
+    int ws_max_lifetime;   /* EVENTLY_WS_MAX_LIFETIME seconds a socket may stay open, default 86400 */
     int db_pool_max;     /* EVENTLY_DB_POOL_MAX per worker, default 10 */
     int db_pool_min;     /* EVENTLY_DB_POOL_MIN per worker, kept open, default 2 */
     int db_acquire_timeout_ms;   /* EVENTLY_DB_ACQUIRE_TIMEOUT_MS, default 5000 */
     int db_statement_timeout_ms; /* EVENTLY_DB_STATEMENT_TIMEOUT_MS, default 30000 */
+    int hash_queue_max;  /* EVENTLY_HASH_QUEUE_MAX password jobs waiting per worker, default 32;
+                          * beyond it hash/verify answer "busy" at once */
+    int hash_timeout_ms; /* EVENTLY_HASH_TIMEOUT_MS a password job may take, queue included,
+                          * default 5000; then "timeout" */
     char *plugins[EV_MAX_PLUGINS]; /* EVENTLY_PLUGINS: comma-separated names */
     int nplugins;
     char *lua_path;      /* platform Lua modules (core/lua), EVENTLY_LUA_PATH */

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* accept4 */
 /* http.c - HTTP/1.1 server: plain events and evbuffers for I/O, http_parser
  * for syntax.
  *
@@ -22,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/listener.h>
@@ -40,6 +42,11 @@
 #include "log.h"
 
 #define MAX_HEADERS 100
+#define EVICT_BATCH 16      /* idle connections closed per descriptor shortage */
+#define ACCEPT_PAUSE_MS 100 /* accepting rests this long when nothing could be closed */
+#define FIRST_REQUEST_GRACE_MS 1000 /* a silent new connection is not closed for room sooner */
+#define SHED_BATCH 64 /* waiting connections answered 503 per shortage */
+#define SHED_LOG_S 5        /* at most one descriptor-shortage line per this many seconds */
 
 struct ev_http_server {
     struct event_base *base;
@@ -50,7 +57,11 @@ struct ev_http_server {
     void *arg;
     int nconns;
     int draining;
-    ev_http_conn_t *conns; /* all live connections, for draining */
+    ev_http_conn_t *conns, *oldest; /* all live connections, newest first */
+    int reserve_fd;        /* held open to shed one connection when out of descriptors */
+    struct event *resume;  /* re-enables accepting after a pause (descriptors ran out) */
+    time_t shed_logged;    /* descriptor shortage: one log line per SHED_LOG_S */
+    unsigned long shed_since;
     unsigned long long next_id;
     char id_prefix[17];
 };
@@ -80,6 +91,8 @@ struct ev_http_conn {
     int in_parse;            /* parse loop running: do not re-enter */
     int closing;             /* close once output is flushed */
     int keep_alive;
+    int served;              /* a request has begun on this connection */
+    long long opened_ms;     /* accepted at (the loop's cached clock) */
     struct event *deadline;
     char peer[64];
     ev_http_conn_t *prev, *next;
@@ -142,6 +155,7 @@ static int on_message_begin(http_parser *p)
     c->in_value = 0;
     c->headers_done = 0;
     c->mid_request = 1;
+    c->served = 1;
     if (c->deadline) {
         struct timeval tv = {c->srv->limits.read_timeout, 0};
         event_add(c->deadline, &tv);
@@ -700,7 +714,12 @@ static void conn_parse(ev_http_conn_t *c)
 static void conn_reading(ev_http_conn_t *c, int on)
 {
     if (on && !c->reading) {
-        struct timeval idle = {c->srv->limits.idle_timeout, 0};
+        /* a connection that has sent nothing yet gets the time a request may
+         * take to arrive, not the keep-alive idle time: holding sockets open
+         * without a request costs the attacker nothing and us a descriptor */
+        const ev_http_limits_t *l = &c->srv->limits;
+        int t = c->served || l->read_timeout > l->idle_timeout ? l->idle_timeout : l->read_timeout;
+        struct timeval idle = {t, 0};
         event_add(c->rev, &idle);
     } else if (!on && c->reading) {
         event_del(c->rev);
@@ -805,6 +824,8 @@ static void conn_free(ev_http_conn_t *c)
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    else if (s && s->oldest == c)
+        s->oldest = c->prev;
     if (c->deadline)
         event_free(c->deadline);
     if (c->rev)
@@ -835,27 +856,77 @@ static void peer_name(const struct sockaddr *sa, char *buf, size_t cap)
         snprintf(buf, cap, "unix");
 }
 
+/* Answers 503 and closes: best effort, one write (a full socket buffer just
+ * means no body). */
+static void refuse(ev_http_server_t *s, int fd, const char *why)
+{
+    char body[256];
+    int blen = snprintf(body, sizeof body,
+                        "{\"type\":\"https://evently.dev/problems/unavailable\","
+                        "\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"%s\"}", why);
+    char buf[512];
+    head_t h = {buf, 0, sizeof buf, 0};
+    char id[40];
+    snprintf(id, sizeof id, "%s%08llx", s->id_prefix, s->next_id++);
+    write_head(&h, 503, (size_t)blen, 0, id);
+    head_str(&h, "Content-Type: application/problem+json\r\nRetry-After: 1\r\n\r\n");
+    head_add(&h, body, (size_t)blen);
+    /* Closing with unread bytes resets the connection, and a reset can
+     * discard the answer before the client reads it: take what has arrived
+     * (a request sent right after connect has, by the time it is accepted). */
+    char sink[4096];
+    while (recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0)
+        ;
+    ssize_t ignored = write(fd, h.p, h.len);
+    (void)ignored;
+    shutdown(fd, SHUT_WR);
+    evutil_closesocket(fd);
+}
+
+static long long loop_ms(ev_http_server_t *s)
+{
+    struct timeval tv;
+    event_base_gettimeofday_cached(s->base, &tv);
+    return (long long)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* Between requests, nothing owed to it: closing loses no work. A connection
+ * that has not sent its first request yet counts only once it has had a
+ * second to do so (its request may be on the wire right now). */
+static int reusable(const ev_http_conn_t *c, long long now_ms)
+{
+    return c->fd >= 0 && !c->req && !c->mid_request && !c->complete && !c->closing &&
+           !c->in_parse && evbuffer_get_length(c->in) == 0 && evbuffer_get_length(c->out) == 0 &&
+           (c->served || now_ms - c->opened_ms >= FIRST_REQUEST_GRACE_MS);
+}
+
+/* Closes up to n reusable connections, the longest open first. */
+static int evict_idle(ev_http_server_t *s, int n)
+{
+    int closed = 0;
+    long long now = loop_ms(s);
+    ev_http_conn_t *c = s->oldest;
+    while (c && closed < n) {
+        ev_http_conn_t *newer = c->prev;
+        if (reusable(c, now)) {
+            conn_free(c);
+            closed++;
+        }
+        c = newer;
+    }
+    return closed;
+}
+
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                       int socklen, void *arg)
 {
     ev_http_server_t *s = arg;
     (void)l;
     (void)socklen;
+    if (s->nconns >= s->limits.max_connections && !s->draining)
+        evict_idle(s, 1); /* as nginx reuses keep-alive connections */
     if (s->nconns >= s->limits.max_connections || s->draining) {
-        /* best effort, one write: a full socket buffer just means no body */
-        static const char body[] = "{\"type\":\"https://evently.dev/problems/unavailable\","
-                                   "\"title\":\"Service Unavailable\",\"status\":503,"
-                                   "\"detail\":\"too many connections\"}";
-        char buf[512];
-        head_t h = {buf, 0, sizeof buf, 0};
-        char id[40];
-        snprintf(id, sizeof id, "%s%08llx", s->id_prefix, s->next_id++);
-        write_head(&h, 503, sizeof body - 1, 0, id);
-        head_str(&h, "Content-Type: application/problem+json\r\n\r\n");
-        head_add(&h, body, sizeof body - 1);
-        ssize_t ignored = write(fd, h.p, h.len);
-        (void)ignored;
-        evutil_closesocket(fd);
+        refuse(s, fd, "too many connections");
         return;
     }
     ev_http_conn_t *c = calloc(1, sizeof *c);
@@ -870,10 +941,13 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     c->fd = fd; /* from here on conn_free closes it */
+    c->opened_ms = loop_ms(s);
     s->nconns++;
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
+    else
+        s->oldest = c;
     s->conns = c;
     c->in = evbuffer_new();
     c->out = evbuffer_new();
@@ -887,12 +961,58 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     conn_reading(c, 1);
 }
 
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+    ev_http_server_t *s = arg;
+    (void)fd;
+    (void)what;
+    if (!s->draining)
+        evconnlistener_enable(s->listener);
+}
+
+/* Out of descriptors with connections waiting: answer them 503 at once,
+ * one at a time through the descriptor held in reserve for this, rather than
+ * leave them hanging in the backlog. */
+static void shed_waiting(ev_http_server_t *s)
+{
+    for (int i = 0; i < SHED_BATCH && s->reserve_fd >= 0; i++) {
+        close(s->reserve_fd);
+        int fd = accept4(evconnlistener_get_fd(s->listener), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            refuse(s, fd, "out of descriptors");
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            break; /* none left waiting */
+    }
+}
+
 static void on_listen_error(struct evconnlistener *l, void *arg)
 {
+    ev_http_server_t *s = arg;
+    int err = errno;
     (void)l;
-    (void)arg;
-    /* EMFILE and friends: keep serving what we have; accept resumes later */
-    ev_warn("accept failed: %s", strerror(errno));
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+        ev_warn("accept failed: %s", strerror(err));
+        return;
+    }
+    /* The listening socket stays readable while we cannot accept: returning
+     * now would spin. Make room by closing idle connections, oldest first;
+     * with none to close, shed the waiting connection and pause accepting
+     * for a moment so the loop serves what it has. */
+    s->shed_since++;
+    if (evict_idle(s, EVICT_BATCH) == 0) {
+        shed_waiting(s);
+        struct timeval pause = {0, ACCEPT_PAUSE_MS * 1000};
+        evconnlistener_disable(s->listener);
+        event_add(s->resume, &pause);
+    }
+    time_t now = time(NULL);
+    if (now - s->shed_logged >= SHED_LOG_S) {
+        ev_warn("accept: %s with %d connections open: closed idle ones or shed new ones "
+                "(%lu times since the last such line)", strerror(err), s->nconns, s->shed_since);
+        s->shed_logged = now;
+        s->shed_since = 0;
+    }
 }
 
 ev_http_server_t *ev_http_server_new(struct event_base *base, int listen_fd,
@@ -918,6 +1038,12 @@ ev_http_server_t *ev_http_server_new(struct event_base *base, int listen_fd,
         return NULL;
     }
     evconnlistener_set_error_cb(s->listener, on_listen_error);
+    s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    s->resume = evtimer_new(base, on_resume, s);
+    if (!s->resume) {
+        ev_http_server_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -946,6 +1072,10 @@ void ev_http_server_free(ev_http_server_t *s)
         conn_free(s->conns);
     if (s->listener)
         evconnlistener_free(s->listener);
+    if (s->resume)
+        event_free(s->resume);
+    if (s->reserve_fd >= 0)
+        close(s->reserve_fd);
     free(s);
 }
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "fd_limit.h"
 #include "embedded.h"
 #include "log.h"
 #include "master.h"
@@ -225,6 +226,10 @@ static int cmd_serve(int argc, char **argv)
     sigaddset(&stop, SIGINT);
     sigaddset(&stop, SIGHUP);
     sigprocmask(SIG_BLOCK, &stop, NULL);
+    if (ev_fd_limit_fit(&app.cfg, err, sizeof err) != 0) {
+        ev_error("configuration: %s", err);
+        goto done;
+    }
     if (ev_check_scripts(&app.cfg, err, sizeof err) != 0) {
         ev_error("scripts failed to load: %s", err);
         goto done;

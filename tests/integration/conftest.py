@@ -216,8 +216,9 @@ def encode_body(body, headers):
 class Server:
     """One `evently serve` process with its own home, port and log file."""
 
-    def __init__(self, name="srv", env=None, workers=2, scripts=APP_DIR, plugins_dir=None):
+    def __init__(self, name="srv", env=None, workers=2, scripts=APP_DIR, plugins_dir=None, nofile=None):
         self.name = name
+        self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the server, like `ulimit -n`
         self.root = make_root(name)
         self.home = os.path.join(self.root, "home")
         self.log_path = os.path.join(self.root, "server.log")
@@ -250,10 +251,15 @@ class Server:
         self.proc = subprocess.Popen(
             [BIN, "serve", "--port", str(self.port), "--workers", str(self.workers)],
             env=self.env, cwd=self.root, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT)
+            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=self._limits)
         if wait:
             self.wait_ready()
         return self
+
+    def _limits(self):
+        if self.nofile:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def wait_ready(self, timeout=READY_TIMEOUT):
         deadline = time.time() + timeout

@@ -128,7 +128,7 @@ static void defaults_are_the_documented_values(void **state)
     assert_string_equal(c->access_log, "stderr");
     assert_int_equal(c->max_body, 1024 * 1024);
     assert_int_equal(c->max_header, 16 * 1024);
-    assert_int_equal(c->max_connections, 4096);
+    assert_int_equal(c->max_connections, 0); /* auto, settled by fd_limit.c */
     assert_int_equal(c->idle_timeout, 60);
     assert_int_equal(c->read_timeout, 15);
     assert_int_equal(c->handler_timeout, 30);

@@ -147,3 +147,18 @@ hooks.on("response", function(ctx)
     ctx.body = '{"rewritten":true}'
   end
 end)
+
+-- Descriptor exhaustion (test_abuse_connections.py): takes every free
+-- descriptor of this worker for ?secs= seconds, as a leak or a hostile
+-- neighbour would, then gives them back.
+app.post("/fd-hog", function(req)
+  local secs = tonumber(req.query.secs or "3") or 3
+  local held = {}
+  while true do
+    local f = io.open("/dev/null")
+    if not f then break end
+    held[#held + 1] = f
+  end
+  time.after(secs, function() for _, f in ipairs(held) do f:close() end end)
+  return { held = #held, pid = pid() }
+end)
