@@ -30,6 +30,10 @@
 #define _GNU_SOURCE
 #include "embedded.h"
 
+/* Everything Evently keeps in Redis may be evicted at any time (Postgres is
+ * the truth): under memory pressure the least recently used key goes. */
+#define EMBEDDED_REDIS_MAXMEMORY "256mb"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -861,6 +865,8 @@ static int redis_start(const layout_t *l, ev_embedded_t *e, char *err, size_t er
     snprintf(log, sizeof log, "%s", l->redis_log);
     char *argv[] = {prog, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "770",
                     "--dir", dir, "--daemonize", "no", "--save", "", "--appendonly", "no",
+                    /* a cache, a gate and rate counters: bounded, and any key may go */
+                    "--maxmemory", EMBEDDED_REDIS_MAXMEMORY, "--maxmemory-policy", "allkeys-lru",
                     "--logfile", log, "--pidfile", pidfile, NULL};
     off_t from = file_size(l->redis_log);
     pid_t pid = spawn(&l->ru, argv, l->redis_log, 1);

@@ -61,16 +61,54 @@ describe("evently.cache #redis", function()
     assert.are.same({ v = 2 }, cache.fetch(k, 60, loader))
   end)
 
-  it("invalidates by prefix", function()
-    local p = key("prefix")
+  it("invalidates a family at once", function()
+    local p = key("family") .. ":"
     local loads = 0
     local function loader() loads = loads + 1; return { v = loads } end
-    cache.fetch(p .. ":a", 60, loader)
-    cache.fetch(p .. ":b", 60, loader)
-    cache.invalidate(p .. ":", true)
-    cache.fetch(p .. ":a", 60, loader)
-    cache.fetch(p .. ":b", 60, loader)
+    cache.fetch(p .. "a", 60, loader, { family = p })
+    cache.fetch(p .. "b", 60, loader, { family = p })
+    cache.fetch(p .. "a", 60, loader, { family = p })
+    assert.are.equal(2, loads)
+    cache.invalidate(p, true)
+    cache.fetch(p .. "a", 60, loader, { family = p })
+    cache.fetch(p .. "b", 60, loader, { family = p })
     assert.are.equal(4, loads)
+  end)
+
+  it("keeps a family and a loader's `false` out of Redis: a client cannot grow it", function()
+    local p = key("bounded") .. ":"
+    cache.fetch(p .. "q=anything", 60, function() return { v = 1 } end, { family = p })
+    assert.are.equal(0, redis.call("EXISTS", "evently:cache:" .. p .. "q=anything"))
+    local miss, loads = key("unknown-id"), 0
+    assert.is_false(cache.fetch(miss, 60, function() loads = loads + 1; return false end))
+    assert.is_false(cache.fetch(miss, 60, function() loads = loads + 1; return false end))
+    assert.are.equal(1, loads) -- remembered in L1
+    assert.are.equal(0, redis.call("EXISTS", "evently:cache:" .. miss))
+  end)
+
+  it("refuses a family that is not a prefix of the key", function()
+    assert.has_error(function() cache.fetch("a:b", 60, function() return 1 end, { family = "x:" }) end)
+  end)
+
+  it("costs the same to invalidate whatever Redis holds: it never scans", function()
+    local p = key("scan") .. ":"
+    local function timed()
+      local t0 = time.monotonic()
+      for _ = 1, 20 do cache.invalidate(p, true) end
+      return time.monotonic() - t0
+    end
+    local before = timed()
+    local filler = {}
+    for i = 1, 20000 do filler[#filler + 1] = p .. "junk:" .. i; filler[#filler + 1] = "x" end
+    for i = 1, #filler, 2000 do redis.call("MSET", table.unpack(filler, i, math.min(i + 1999, #filler))) end
+    local after = timed()
+    for i = 1, #filler, 2000 do
+      local keys = {}
+      for j = i, math.min(i + 1999, #filler), 2 do keys[#keys + 1] = filler[j] end
+      redis.call("UNLINK", table.unpack(keys))
+    end
+    -- a SCAN over 10,000 keys per call would take ~20 x 5 ms; this is ~20 round trips
+    assert.is_true(after < before * 3 + 0.05, ("before %.4fs after %.4fs"):format(before, after))
   end)
 
   it("hears invalidations published by others", function()
@@ -86,5 +124,14 @@ describe("evently.cache #redis", function()
       time.sleep(0.02)
     end
     assert.are.equal(2, loads)
+  end)
+end)
+
+describe("the embedded Redis #redis", function()
+  it("is bounded and may evict any key (the app never depends on one staying)", function()
+    local mem = redis.call("CONFIG", "GET", "maxmemory")
+    local policy = redis.call("CONFIG", "GET", "maxmemory-policy")
+    assert.are.equal(256 * 1024 * 1024, tonumber(mem[2]))
+    assert.are.equal("allkeys-lru", policy[2])
   end)
 end)

@@ -159,8 +159,8 @@ static void a_counter_with_a_long_name_is_one_series(void **state)
     ev_metrics_count(m, "evently_short_total", 1);
     char *text = render(m);
     int series = occurrences(text, "evently_a_counter_name_that_is_longer_than_sixty_charac");
-    if (series != 2) /* "# TYPE name counter" and "name 3" */
-        fail_msg("the long-named counter appears on %d lines, expected 2 (TYPE + one sample)",
+    if (series != 3) /* "# HELP name ...", "# TYPE name counter" and "name 3" */
+        fail_msg("the long-named counter appears on %d lines, expected 3 (HELP, TYPE, one sample)",
                  series);
     assert_sample(text, "evently_short_total", 1);
 }

@@ -1,14 +1,22 @@
 --- evently.cache: cache-aside with a per-worker L1 and Redis as L2.
---   v, err = cache.fetch(key, ttl, loader)
+--   v, err = cache.fetch(key, ttl, loader, opts)
 --       L1 (this worker, LRU with TTL) -> L2 (Redis) -> loader(); the loader's
 --       value is stored in both with ttl seconds. One loader call at a time per
 --       key per worker: concurrent fetches of a missing key wait for the first
 --       (no stampede). A loader returning nil, err is passed through, not cached.
 --       Values must be JSON-encodable (they travel through Redis).
+--       opts.family = "prefix:"   the key belongs to a family that
+--                                 cache.invalidate(prefix, true) drops at once
+--       Bounded by design: what a client can name freely (a list query, an
+--       id or token that does not exist) must not grow Redis. A loader's
+--       `false` (not found) and every key of a family are kept in L1 only
+--       (at most MAX_ITEMS per worker, least recently used evicted).
 --   cache.invalidate(key)              drop one key everywhere
---   cache.invalidate(prefix, true)     drop every key starting with prefix
+--   cache.invalidate(family, true)     drop every key fetched with that family
 --       L1 of every worker of every instance hears it through Redis pub/sub
 --       (and Postgres NOTIFY when Redis is down), L2 is deleted at once.
+--       A family is dropped by bumping its generation (O(1), whatever the
+--       cache holds); nothing ever scans Redis's keyspace.
 --   cache.stats() -> {hits_l1, hits_l2, misses, loads, invalidations, size}
 --   cache.on_invalidate(fn)            fn(key, is_prefix) for every invalidation this
 --                                      worker hears (its own and other workers')
@@ -29,6 +37,8 @@ local stats = { hits_l1 = 0, hits_l2 = 0, misses = 0, loads = 0, invalidations =
 
 -- L1: a hash for lookup plus a doubly linked list for recency (head = newest).
 local items, head, tail = {}, nil, nil
+-- A family's generation in this worker; entries of an older one are misses.
+local generations = {}
 
 local function unlink(e)
   if e.prev then e.prev.next = e.next else head = e.next end
@@ -55,7 +65,7 @@ end
 local function l1_get(key)
   local e = items[key]
   if not e then return nil end
-  if e.expires <= time.monotonic() then
+  if e.expires <= time.monotonic() or (e.family and e.gen ~= (generations[e.family] or 0)) then
     l1_drop(key)
     return nil
   end
@@ -63,9 +73,10 @@ local function l1_get(key)
   return e
 end
 
-local function l1_set(key, value, ttl)
+local function l1_set(key, value, ttl, family)
   l1_drop(key)
-  local e = { key = key, value = value, expires = time.monotonic() + ttl }
+  local e = { key = key, value = value, expires = time.monotonic() + ttl,
+    family = family, gen = family and (generations[family] or 0) }
   items[key] = e
   push_front(e)
   stats.size = stats.size + 1
@@ -90,9 +101,7 @@ local function apply(msg)
   if kind == "k" then
     l1_drop(key)
   else
-    for k in pairs(items) do
-      if k:sub(1, #key) == key then l1_drop(k) end
-    end
+    generations[key] = (generations[key] or 0) + 1
   end
 end
 
@@ -134,9 +143,9 @@ end
 
 local inflight = {}
 
-local function load(key, ttl, loader)
+local function load(key, ttl, loader, family)
   local started = epoch
-  local doc = l2_get(key)
+  local doc = not family and l2_get(key)
   if doc then
     stats.hits_l2 = stats.hits_l2 + 1
     if started == epoch then l1_set(key, doc.v, ttl) end
@@ -147,16 +156,20 @@ local function load(key, ttl, loader)
   local v, err = loader()
   if v == nil then return nil, err end
   if started == epoch then
-    l1_set(key, v, ttl)
-    l2_set(key, v, ttl)
+    l1_set(key, v, ttl, family)
+    if v ~= false and not family then l2_set(key, v, ttl) end
   end
   return v
 end
 
-function M.fetch(key, ttl, loader)
+function M.fetch(key, ttl, loader, opts)
   if type(key) ~= "string" then error("cache.fetch: key must be a string", 2) end
   if type(ttl) ~= "number" or ttl <= 0 then error("cache.fetch: ttl must be > 0 seconds", 2) end
   if type(loader) ~= "function" then error("cache.fetch: loader must be a function", 2) end
+  local family = opts and opts.family
+  if family ~= nil and (type(family) ~= "string" or key:sub(1, #family) ~= family) then
+    error("cache.fetch: opts.family must be a prefix of the key", 2)
+  end
   subscribe()
   local e = l1_get(key)
   if e then
@@ -174,27 +187,16 @@ function M.fetch(key, ttl, loader)
   end
   local ev = sync.event()
   inflight[key] = ev
-  local ok, v, err = pcall(load, key, ttl, loader)
+  local ok, v, err = pcall(load, key, ttl, loader, family)
   if inflight[key] == ev then inflight[key] = nil end
   ev:set()
   if not ok then error(v, 0) end
   return v, err
 end
 
-local function l2_delete(key, prefix)
+local function l2_delete(key)
   local redis = redis_or_nil()
-  if not redis then return end
-  if not prefix then
-    redis.call("UNLINK", PREFIX .. key)
-    return
-  end
-  local cursor = "0"
-  repeat
-    local res = redis.call("SCAN", cursor, "MATCH", PREFIX .. key:gsub("[%*%?%[%]\\]", "\\%0") .. "*", "COUNT", 500)
-    if type(res) ~= "table" then return end
-    cursor = res[1]
-    if #res[2] > 0 then redis.call("UNLINK", table.unpack(res[2])) end
-  until cursor == "0"
+  if redis then redis.call("UNLINK", PREFIX .. key) end
 end
 
 function M.invalidate(key, prefix)
@@ -203,7 +205,7 @@ function M.invalidate(key, prefix)
   stats.invalidations = stats.invalidations + 1
   local msg = (prefix and "p:" or "k:") .. key
   apply(msg)
-  l2_delete(key, prefix)
+  if not prefix then l2_delete(key) end -- a family lives in L1 only
   local redis = redis_or_nil()
   local sent = redis and redis.publish(CHANNEL, msg)
   if not sent then -- Redis down: Postgres carries the word instead
