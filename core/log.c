@@ -1,17 +1,57 @@
 /* log.c - process-wide logger.
  *
  * Deliberately tiny: one level threshold, one write(2) per line so lines from
- * several workers sharing stderr never interleave mid-line. */
+ * several workers sharing stderr never interleave mid-line.
+ *
+ * Repeats are rate-limited per call site (the format string in C, the source
+ * line in Lua): at most SITE_BURST lines a second each; the rest are counted
+ * and the next line from that site says how many were left out. Something a
+ * client can trigger on every request can then cost a few lines a second,
+ * never millions. Control characters in a message become spaces, so a
+ * message cannot forge a line of its own. */
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
+#define SITES 64
+#define SITE_BURST 10 /* lines per second per call site */
+
 static ev_log_level_t threshold = EV_LOG_INFO;
+
+typedef struct {
+    uintptr_t key;
+    time_t second;
+    unsigned lines;      /* written in this second */
+    unsigned long held;  /* left out since the last line written */
+} site_t;
+static site_t sites[SITES];
+
+/* 1 when a line from this site may be written now; *held: lines left out
+ * before it. A slot taken by another site simply starts afresh. */
+static int site_admit(uintptr_t key, time_t now, unsigned long *held)
+{
+    site_t *st = &sites[(key ^ (key >> 7)) % SITES];
+    if (st->key != key) {
+        *st = (site_t){.key = key, .second = now};
+    } else if (st->second != now) {
+        st->second = now;
+        st->lines = 0;
+    }
+    if (st->lines >= SITE_BURST) {
+        st->held++;
+        return 0;
+    }
+    st->lines++;
+    *held = st->held;
+    st->held = 0;
+    return 1;
+}
 static const char *const names[] = {"debug", "info", "warn", "error"};
 
 void ev_log_set_level(ev_log_level_t level) { threshold = level; }
@@ -29,7 +69,7 @@ int ev_log_parse_level(const char *name, ev_log_level_t *out)
     return -1;
 }
 
-void ev_log(ev_log_level_t level, const char *fmt, ...)
+void ev_log_site(ev_log_level_t level, uintptr_t site, const char *fmt, ...)
 {
     if (level < threshold)
         return;
@@ -37,6 +77,9 @@ void ev_log(ev_log_level_t level, const char *fmt, ...)
     struct timeval tv;
     struct tm tm;
     gettimeofday(&tv, NULL);
+    unsigned long held = 0;
+    if (!site_admit(site, tv.tv_sec, &held))
+        return;
     gmtime_r(&tv.tv_sec, &tm);
     int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s [%d] ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
@@ -48,6 +91,15 @@ void ev_log(ev_log_level_t level, const char *fmt, ...)
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof line - 2)
         len = sizeof line - 2;
+    for (size_t i = (size_t)n; i < len; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = ' ';
+    if (held) {
+        int k = snprintf(line + len, sizeof line - len - 1, " (%lu more like this left out)", held);
+        len += k > 0 ? (size_t)k : 0;
+        if (len > sizeof line - 2)
+            len = sizeof line - 2;
+    }
     line[len++] = '\n';
     ssize_t ignored = write(STDERR_FILENO, line, len);
     (void)ignored;

@@ -4,9 +4,21 @@
  * Arguments go through string.format. Lines from a request coroutine carry
  * its request id, so one grep finds everything a request did. */
 #include <lauxlib.h>
+#include <stdint.h>
 
 #include "co.h"
 #include "log.h"
+
+/* The script line that logs, as the rate limit's key: one chatty line
+ * cannot crowd out the others. */
+static uintptr_t call_site(lua_State *L)
+{
+    lua_Debug ar;
+    if (!lua_getstack(L, 1, &ar) || !lua_getinfo(L, "Sl", &ar))
+        return 1;
+    uintptr_t h = (uintptr_t)ar.source; /* the chunk's source string: one per chunk */
+    return h * 31u + (uintptr_t)ar.currentline * 2654435761u + 1;
+}
 
 static int emit(lua_State *L, ev_log_level_t level)
 {
@@ -23,10 +35,11 @@ static int emit(lua_State *L, ev_log_level_t level)
     }
     ev_co_t *co = ev_co_current(L);
     const char *msg = lua_tostring(L, -1);
+    uintptr_t site = call_site(L);
     if (co && *ev_co_tag(co))
-        ev_log(level, "[%s] %s", ev_co_tag(co), msg);
+        ev_log_site(level, site, "[%s] %s", ev_co_tag(co), msg);
     else
-        ev_log(level, "%s", msg);
+        ev_log_site(level, site, "%s", msg);
     return 0;
 }
 
