@@ -5,7 +5,9 @@
  *       takes its socket. nil, why for a bad handshake (nothing answered: the
  *       handler answers 400). Raises outside a request or after its answer.
  *       opts: max_message (65536), max_queued (1 MiB), max_unread (256 KiB),
- *       ping_interval (30 s), close_timeout (5 s).
+ *       ping_interval (30 s), close_timeout (5 s), max_lifetime (ws_max_lifetime,
+ *       24 h: then closed 1001). nil, "busy" when the worker already holds
+ *       ws_max_per_worker sockets (the handler answers 503).
  *   ok, err = conn:send(data, binary?)    never yields; nil, "closed" or
  *       nil, "overloaded" (peer not reading: the connection is closing, 1008)
  *   msg, kind = conn:receive(timeout?)    [yields] the next message and
@@ -246,6 +248,8 @@ static void read_limits(lua_State *L, ev_ws_limits_t *lim, size_t *max_unread)
     lim->ping_interval = opt_number(L, 1, "ping_interval", 30, 0.01, 86400);
     lim->close_timeout = opt_number(L, 1, "close_timeout", 5, 0.01, 600);
     *max_unread = (size_t)opt_number(L, 1, "max_unread", 256 * 1024, 1, 1 << 30);
+    lim->max_lifetime = opt_number(L, 1, "max_lifetime", ev_runtime_get(L)->cfg->ws_max_lifetime,
+                                   0.01, 31 * 86400.0);
 }
 
 /* The coroutine's own unanswered request, or a raise: upgrading is only
@@ -315,6 +319,11 @@ static int ws_upgrade(lua_State *L)
     ev_http_req_t *req = own_request(L, rt, &co);
     if (!rt->ws && !(rt->ws = ev_ws_hub_new(rt->base)))
         return luaL_error(L, "out of memory");
+    if (ev_ws_hub_count(rt->ws) >= rt->cfg->ws_max_per_worker) {
+        luaL_pushfail(L); /* every socket is a descriptor and a buffer: bounded per worker */
+        lua_pushliteral(L, "busy");
+        return 2;
+    }
     char accept[32];
     const char *why;
     if (ev_ws_handshake(req->method, ev_http_header(req, "upgrade"),

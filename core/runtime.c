@@ -188,6 +188,7 @@ static int rt_config(lua_State *L)
     lua_pushinteger(L, (lua_Integer)c->max_body); lua_setfield(L, -2, "max_body");
     /* the deadlines scripts must answer within (a booking queued behind a slow batch) */
     lua_pushinteger(L, c->handler_timeout); lua_setfield(L, -2, "handler_timeout");
+    lua_pushinteger(L, c->ws_max_per_user); lua_setfield(L, -2, "ws_max_per_user");
     lua_pushinteger(L, c->db_acquire_timeout_ms); lua_setfield(L, -2, "db_acquire_timeout_ms");
     lua_pushinteger(L, c->db_statement_timeout_ms); lua_setfield(L, -2, "db_statement_timeout_ms");
     if (c->database_url) { lua_pushstring(L, c->database_url); lua_setfield(L, -2, "database_url"); }

@@ -54,6 +54,7 @@ struct ev_ws {
     ev_ws_callbacks_t cb;
     void *arg;
     int heard;                /* a frame arrived since the last ping */
+    struct event *expire;     /* max_lifetime reached: closed 1001 */
     int closing;              /* our close frame is queued */
     int dead;                 /* teardown pending: no more I/O */
     int in_recv;              /* inside wslay_event_recv: send later, not now */
@@ -262,6 +263,15 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
     }
     if (ws->dead)
         return;
+    if (ev_ws_queued(ws) > ws->limits.max_queued) {
+        /* wslay answers every ping with a queued pong: a peer that pings and
+         * never reads would grow that queue without bound */
+        if (ws->closing) {
+            finish(ws, 1008);
+            return;
+        }
+        ev_ws_close(ws, 1008, "not reading");
+    }
     ws->in_recv = 1;
     ws->budget = READ_BUDGET; /* level-triggered: unread bytes wake us again */
     int rc = wslay_event_recv(ws->ctx);
@@ -282,6 +292,15 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
     pump(arg);
 }
 
+/* A socket held for days pins a descriptor and a login forever: at its
+ * lifetime the client is told to reconnect (and authenticates again). */
+static void on_expire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ev_ws_close(arg, 1001, "connection lifetime reached; reconnect");
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     ev_ws_t *ws = arg;
@@ -294,6 +313,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         finish(ws, WSLAY_CODE_ABNORMAL_CLOSURE);
         return;
     }
+
     ws->heard = 0;
     struct wslay_event_msg ping = {WSLAY_PING, (const uint8_t *)"", 0};
     wslay_event_queue_msg(ws->ctx, &ping);
@@ -312,7 +332,7 @@ static void release(ev_ws_t *ws)
             ws->next->prev = ws->prev;
         hub->count--;
     }
-    struct event *evs[] = {ws->rev, ws->wev, ws->tick, ws->closer};
+    struct event *evs[] = {ws->rev, ws->wev, ws->tick, ws->closer, ws->expire};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (evs[i])
             event_free(evs[i]);
@@ -345,6 +365,7 @@ static void start_linger(ev_ws_t *ws)
     ws->linger_rounds = LINGER_ROUNDS;
     event_del(ws->wev);
     event_del(ws->tick);
+    event_del(ws->expire);
     shutdown(ws->fd, SHUT_WR);
     struct timeval second = {1, 0};
     event_add(ws->rev, &second); /* a persistent event: each read re-arms the second */
@@ -450,7 +471,8 @@ ev_ws_t *ev_ws_new(ev_ws_hub_t *hub, int fd, struct evbuffer *in, struct evbuffe
     ws->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, ws);
     ws->tick = event_new(base, -1, EV_PERSIST, on_tick, ws);
     ws->closer = evtimer_new(base, on_closer, ws);
-    if (!ws->rev || !ws->wev || !ws->tick || !ws->closer) {
+    ws->expire = evtimer_new(base, on_expire, ws);
+    if (!ws->rev || !ws->wev || !ws->tick || !ws->closer || !ws->expire) {
         ws->fd = -1;
         release(ws);
         return NULL;
@@ -462,6 +484,10 @@ ev_ws_t *ev_ws_new(ev_ws_hub_t *hub, int fd, struct evbuffer *in, struct evbuffe
     struct timeval ping = seconds(limits->ping_interval);
     event_add(ws->rev, NULL);
     event_add(ws->tick, &ping);
+    if (limits->max_lifetime > 0) {
+        struct timeval life = seconds(limits->max_lifetime);
+        event_add(ws->expire, &life);
+    }
     if (evbuffer_get_length(ws->in) > 0)
         event_active(ws->rev, EV_READ, 0); /* frames that came with the handshake */
     if (evbuffer_get_length(ws->out) > 0)

@@ -35,6 +35,7 @@ typedef struct {
     size_t max_queued;   /* outgoing bytes not yet taken by the socket; over: close 1008 */
     double ping_interval; /* s between our pings; no answer by the next one: dropped */
     double close_timeout; /* s to wait for the peer's close frame once we sent ours */
+    double max_lifetime;  /* s a connection may stay open (0: no limit); then closed 1001 */
 } ev_ws_limits_t;
 
 typedef struct {

@@ -44,6 +44,16 @@ function M.resolve(token)
   return user or nil, nil, hash
 end
 
+--- Seconds the token stays valid without further use (no sliding): a number,
+-- nil when it is revoked, expired or unknown, or nil, err.
+function M.seconds_left(token)
+  local row, err = db.one([[SELECT extract(epoch FROM expires_at - now())::float8 AS left
+      FROM auth_tokens WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()]],
+    crypto.sha256(token))
+  if err then return nil, err end
+  return row and row.left or nil
+end
+
 function M.revoke(token)
   local hash = crypto.sha256(token)
   local ok, err = db.query("UPDATE auth_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL", hash)

@@ -21,11 +21,14 @@ def register(srv, email, password="buyerpassword", name="B"):
     return {"Authorization": "Bearer " + r.json()["token"]}
 
 
-def start_api(name, users=0, prefix="user", env=None, plugins_dir=None, scripts=SCRIPTS):
+def start_api(name, users=0, prefix="user", env=None, plugins_dir=None, scripts=SCRIPTS, workers=2):
     """A started server with srv.admin (created by the CLI, as API.md says admins
     are) and srv.users: bearer headers of `users` registered users. scripts: a
-    copy of scripts/ when a test edits the rules."""
-    srv = Server(name, scripts=scripts, workers=2, env=env, plugins_dir=plugins_dir)
+    copy of scripts/ when a test edits the rules. Registering them all from
+    127.0.0.1 would pass the register-address limit, so these servers have a
+    generous one (test_abuse_login.py tests the default)."""
+    env = dict({"EVENTLY_LIMIT_REGISTER_ADDRESS": "1000/60"}, **(env or {}))
+    srv = Server(name, scripts=scripts, workers=workers, env=env, plugins_dir=plugins_dir)
     srv.start()
     env = clean_env({"EVENTLY_HOME": srv.home, "EVENTLY_MIGRATIONS": MIGRATIONS, "EVENTLY_SCRIPTS": scripts})
     p = run_cli(["user", "create", "--admin", "--email", "admin@example.com", "--password", "adminpassword"], env=env)

@@ -74,7 +74,7 @@ static size_t frame(uint8_t *out, int opcode, const char *payload, size_t n)
 static void probe_delivers_masked_messages_and_stops_at_the_limit(void **state)
 {
     (void)state;
-    ev_ws_limits_t lim = {100, 1000, 30, 5};
+    ev_ws_limits_t lim = {100, 1000, 30, 5, 0};
     uint8_t buf[512];
     size_t n = frame(buf, 1, "hello", 5);
     n += frame(buf + n, 9, "", 0);
@@ -147,7 +147,7 @@ static void a_connection_echoes_answers_pings_and_closes_once(void **state)
     seen_t s = {0};
     s.base = event_base_new();
     s.hub = ev_ws_hub_new(s.base);
-    ev_ws_limits_t lim = {1000, 100000, 30, 5};
+    ev_ws_limits_t lim = {1000, 100000, 30, 5, 0};
     uint8_t buf[256];
     size_t n = frame(buf, 1, "early", 5); /* arrived with the handshake */
     int peer;
@@ -187,7 +187,7 @@ static void a_peer_that_does_not_read_is_closed_with_1008(void **state)
     seen_t s = {0};
     s.base = event_base_new();
     s.hub = ev_ws_hub_new(s.base);
-    ev_ws_limits_t lim = {1000, 64 * 1024, 30, 0.1};
+    ev_ws_limits_t lim = {1000, 64 * 1024, 30, 0.1, 0};
     int peer;
     open_pair(&s, &peer, &lim, "", 0);
     char chunk[8192];
@@ -212,7 +212,7 @@ static void a_peer_that_goes_away_is_reported_1006(void **state)
     seen_t s = {0};
     s.base = event_base_new();
     s.hub = ev_ws_hub_new(s.base);
-    ev_ws_limits_t lim = {1000, 100000, 30, 5};
+    ev_ws_limits_t lim = {1000, 100000, 30, 5, 0};
     int peer;
     open_pair(&s, &peer, &lim, "", 0);
     close(peer);
@@ -229,13 +229,40 @@ static void a_silent_peer_is_dropped_after_a_ping_interval(void **state)
     seen_t s = {0};
     s.base = event_base_new();
     s.hub = ev_ws_hub_new(s.base);
-    ev_ws_limits_t lim = {1000, 100000, 0.05, 5};
+    ev_ws_limits_t lim = {1000, 100000, 0.05, 5, 0};
     int peer;
     open_pair(&s, &peer, &lim, "", 0);
     for (int i = 0; i < 10 && !s.closes; i++)
         run_a_bit(&s);
     assert_int_equal(s.closes, 1);
     assert_int_equal(s.close_code, 1006);
+    close(peer);
+    ev_ws_hub_free(s.hub);
+    event_base_free(s.base);
+}
+
+/* A socket held past max_lifetime gets a close frame with 1001 (go away,
+ * reconnect), however busy or quiet it is. */
+static void a_connection_past_its_lifetime_is_closed_with_1001(void **state)
+{
+    (void)state;
+    seen_t s = {0};
+    s.base = event_base_new();
+    s.hub = ev_ws_hub_new(s.base);
+    ev_ws_limits_t lim = {1000, 100000, 30, 5, 0.05};
+    int peer;
+    open_pair(&s, &peer, &lim, "", 0);
+    uint8_t buf[256];
+    size_t got = 0;
+    for (int i = 0; i < 20 && got < 19 + 4; i++) {
+        run_a_bit(&s);
+        ssize_t n = recv(peer, buf + got, sizeof buf - got, MSG_DONTWAIT);
+        if (n > 0)
+            got += (size_t)n;
+    }
+    assert_true(got >= 19 + 4);            /* the 101, then a close frame */
+    assert_int_equal(buf[19], 0x88);        /* FIN + close */
+    assert_int_equal((buf[21] << 8) | buf[22], 1001);
     close(peer);
     ev_ws_hub_free(s.hub);
     event_base_free(s.base);
@@ -251,6 +278,7 @@ int main(void)
         cmocka_unit_test(a_peer_that_does_not_read_is_closed_with_1008),
         cmocka_unit_test(a_peer_that_goes_away_is_reported_1006),
         cmocka_unit_test(a_silent_peer_is_dropped_after_a_ping_interval),
+        cmocka_unit_test(a_connection_past_its_lifetime_is_closed_with_1001),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,10 +6,15 @@
 --       e.g. ws.bad_handshake(why)); a draining worker: nil, "draining" (503). After the upgrade the handler has no deadline
 --       and its return answers nothing; the connection stays open until either
 --       side closes it, whether or not the handler still runs.
---       opts: user_id (register the connection for ws.publish), max_message
+--       opts: user_id (register the connection for ws.publish; a user holds at
+--       most max_per_user sockets per worker, default the ws_max_per_user setting:
+--       a new one closes the user's oldest with 1008), max_message
 --       (65536: over it the peer gets 1009), max_queued (1 MiB unsent: 1008),
 --       max_unread (256 KiB received but not read: 1008), ping_interval (30 s; a
---       peer silent for a whole interval is dropped), close_timeout (5 s).
+--       peer silent for a whole interval is dropped), close_timeout (5 s),
+--       max_lifetime (the ws_max_lifetime setting, 24 h: then closed 1001 and the
+--       client reconnects). A worker holding ws_max_per_worker sockets answers
+--       nil, "busy" (ws.bad_handshake: 503 with Retry-After).
 --   conn:send(text, binary?) -> true | nil, "closed"|"overloaded"   never yields
 --   conn:receive(timeout?) -> msg, "text"|"binary" | nil, "closed", code | nil, "timeout"
 --       [yields] one receiver at a time; without a timeout it waits until a message
@@ -38,6 +43,8 @@ local CHANNEL = "evently:ws"
 -- user id (as a string: Redis carries text) -> { [conn] = true }, this worker's
 local by_user = {}
 local user_of = setmetatable({}, { __mode = "k" })
+local opened_at = setmetatable({}, { __mode = "k" }) -- conn -> sequence number
+local sequence = 0
 
 local function forget(conn)
   local uid = user_of[conn]
@@ -87,7 +94,29 @@ local function subscribe()
   return true
 end
 
-local function register(conn, user_id)
+local configured_max
+local function default_max_per_user()
+  configured_max = configured_max or require("evently.runtime").config().ws_max_per_user
+  return configured_max
+end
+
+-- One user cannot hold more than `max` sockets in a worker: beyond it the
+-- oldest goes (a new tab wins over a forgotten one), so the cost of one
+-- account stays bounded whatever its client does.
+local function make_room(conns, max)
+  local n, oldest = 0, nil
+  for c in pairs(conns) do
+    n = n + 1
+    if not oldest or opened_at[c] < opened_at[oldest] then oldest = c end
+  end
+  if n >= max and oldest then
+    oldest:close(1008, "too many connections for this user")
+    conns[oldest], user_of[oldest] = nil, nil
+    return make_room(conns, max)
+  end
+end
+
+local function register(conn, user_id, max)
   local uid = tostring(user_id)
   local conns = by_user[uid]
   if not conns then
@@ -97,8 +126,11 @@ local function register(conn, user_id)
   for c in pairs(conns) do -- closed ones whose handler never read the end
     if not c:is_open() then conns[c], user_of[c] = nil, nil end
   end
+  make_room(conns, max)
+  sequence = sequence + 1
   conns[conn] = true
   user_of[conn] = uid
+  opened_at[conn] = sequence
 end
 
 function M.upgrade(req, opts)
@@ -114,9 +146,11 @@ function M.upgrade(req, opts)
     end
     subscribe()
   end
+  local max = opts and opts.max_per_user or default_max_per_user()
+  if type(max) ~= "number" or max < 1 then error("ws.upgrade: opts.max_per_user must be >= 1", 2) end
   local conn, err = core.upgrade(opts)
   if not conn then return nil, err end
-  if user_id ~= nil then register(conn, user_id) end
+  if user_id ~= nil then register(conn, user_id, max) end
   return conn
 end
 
@@ -125,6 +159,11 @@ end
 function M.bad_handshake(why)
   local problem = require "evently.problem"
   if why == "draining" then return problem.response(503, "unavailable", "the server is restarting; retry") end
+  if why == "busy" then
+    local s, b, h = problem.response(503, "busy", "this server holds as many live connections as it may; retry")
+    h["Retry-After"] = "5"
+    return s, b, h
+  end
   local s, b, h = problem.response(400, "bad-websocket-handshake", why)
   h["Sec-WebSocket-Version"] = "13" -- RFC 6455 4.4: the version we speak
   return s, b, h
