@@ -9,8 +9,11 @@
  *
  * Reading the body as Lua does. evently.json decodes with lua-cjson and turns
  * integral numbers of magnitude <= 2^53 into integers; the route reads
- * body.event_id etc. from that table. Where cJSON and lua-cjson could read the
- * same bytes differently, the body goes to Lua:
+ * body.event_id etc. from that table. A body that evently.json refuses (json.c:
+ * not RFC 8259, a string that is not UTF-8, a number past the double range)
+ * is answered 400 or 422 by Lua, so it goes to Lua: the same ev_json_check
+ * decides first. Where cJSON and lua-cjson could read the same bytes
+ * differently, the body goes to Lua too:
  *   - control bytes other than \t \n \r (cJSON skips any byte <= 32 as
  *     whitespace, lua-cjson only those four), a UTF-8 byte order mark (cJSON
  *     skips it, lua-cjson refuses it), and any backslash: escapes are where
@@ -32,6 +35,7 @@
 #include <strings.h>
 
 #include "gate.h"
+#include "json.h"
 
 typedef struct {
     char *method, *path, *route, *pool, *key_field, *quantity_field, *content_type, *body;
@@ -283,7 +287,8 @@ static int read_members(const rule_t *r, const cJSON *doc, int64_t *key, int64_t
 static int body_fields(const rule_t *r, const char *body, size_t len, int64_t *key,
                        int64_t *quantity)
 {
-    if (len == 0 || len > EV_EARLY_MAX_BODY || !plain_bytes(body, len))
+    if (len == 0 || len > EV_EARLY_MAX_BODY || !plain_bytes(body, len) ||
+        ev_json_check(body, len, NULL, NULL, NULL) != EV_JSON_OK)
         return 0;
     const char *end = NULL;
     cJSON *doc = cJSON_ParseWithLengthOpts(body, len, &end, 0);

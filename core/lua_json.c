@@ -2,21 +2,47 @@
  *
  *   json.encode(v) -> string | nil, err   integers exactly (cjson 2.1 rounds to
  *                                          14 digits), floats shortest round-trip,
- *                                          "/" unescaped, UTF-8 passed through
- *   json.decode(s) -> v | nil, err         lua-cjson's decoder (cjson.safe)
+ *                                          "/" unescaped, UTF-8 passed through,
+ *                                          ill-formed UTF-8 replaced by U+FFFD
+ *   json.decode(s) -> v | nil, err, errors
  *   json.null                              JSON null (cjson.null: NULL lightuserdata)
  *   json.array(t) -> t                     marks t as an array, so {} encodes as []
  *   json.empty_array                       a shared, marked empty array
  * Tables whose keys are exactly 1..n encode as arrays, others as objects
  * (non-string keys become strings). Depth is limited to 100; NaN and
- * infinities are refused, as JSON has no spelling for them. */
+ * infinities are refused, as JSON has no spelling for them.
+ *
+ * Input is RFC 8259 JSON and nothing else. json.decode first has
+ * ev_json_check (json.c) read the text; lua-cjson (a private cjson.safe
+ * instance) then builds the value of a text that passed. Failures:
+ *   nil, "malformed JSON: <reason> at byte <n>"   not JSON: hex, NaN,
+ *       Infinity, +1, 012, .5, 1., a BOM, trailing text, depth > 1000.
+ *       evently.app answers 400 malformed-json.
+ *   nil, "invalid JSON value: ...", errors        JSON whose values cannot be
+ *       taken: a string or member name that is not UTF-8 (raw bytes, or an
+ *       unpaired surrogate escape "\ud800"), a number past the double
+ *       range (1e400, which would read as inf). errors is an array of
+ *       {field = "<path>", message = "..."} (at most 20; paths as
+ *       "email", "queue.opens_at", "items[0]", "body" for the whole text),
+ *       ready for a 422 problem document: evently.app answers 422
+ *       validation with it.
+ * So every string decode returns is valid UTF-8 and every number finite.
+ *
+ * Output is valid UTF-8 whatever the strings hold: encode replaces each
+ * ill-formed sequence (maximal subpart, as WHATWG decoders do) with U+FFFD
+ * rather than refusing, so a stray byte from a database row or a client's
+ * name echoed in a problem never turns an answer into a 500. Decoded input
+ * never needs it; strings built in Lua from raw bytes may. */
 #include <lauxlib.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
+
 #define MAX_DEPTH 100
+#define MAX_ERRORS 20 /* invalid values listed by decode */
 
 static const char ARRAY_KEY = 'a'; /* registry: the array marker metatable */
 
@@ -61,6 +87,18 @@ static void put_string(lua_State *L, buf_t *b, const char *s, size_t n)
         case '\b': esc = "\\b"; break;
         case '\f': esc = "\\f"; break;
         default:
+            if (c >= 0x80) {
+                int k = ev_json_utf8(s + i, n - i);
+                if (k > 0) {
+                    i += (size_t)k - 1; /* well formed: copied with the run */
+                    continue;
+                }
+                put(L, b, s + run, i - run);
+                PUTS(L, b, "\xEF\xBF\xBD"); /* U+FFFD for the maximal subpart */
+                i += (size_t)-k - 1;
+                run = i + 1;
+                continue;
+            }
             if (c >= 0x20 && c != 0x7f)
                 continue;
             memcpy(u, "\\u00", 4);
@@ -249,9 +287,56 @@ static void integers(lua_State *L, int idx, int depth)
     }
 }
 
+/* ev_json_check's report of an invalid value: one more {field=, message=}
+ * in the errors table at index 2 (may raise a memory error: the checker
+ * holds nothing). */
+static void add_error(void *ud, const char *path, const char *message)
+{
+    lua_State *L = ud;
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+    if (n >= MAX_ERRORS)
+        return;
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, path);
+    lua_setfield(L, -2, "field");
+    lua_pushstring(L, message);
+    lua_setfield(L, -2, "message");
+    lua_rawseti(L, 2, n + 1);
+}
+
+/* json.decode(s) -> v | nil, err [, errors]   [-1, +1|2|3, m]
+ * Never yields; raises only on memory errors. Failures as in the header:
+ * errors only for invalid values. */
 static int json_decode(lua_State *L)
 {
     luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    if (!lua_isstring(L, 1)) {
+        luaL_pushfail(L);
+        lua_pushfstring(L, "malformed JSON: a %s is not a text", luaL_typename(L, 1));
+        return 2;
+    }
+    size_t len;
+    const char *s = lua_tolstring(L, 1, &len);
+    ev_json_error_t e;
+    lua_newtable(L); /* 2: errors */
+    switch (ev_json_check(s, len, add_error, L, &e)) {
+    case EV_JSON_MALFORMED:
+        luaL_pushfail(L);
+        lua_pushfstring(L, "malformed JSON: %s at byte %I", e.reason, (lua_Integer)e.offset + 1);
+        return 2;
+    case EV_JSON_INVALID:
+        luaL_pushfail(L);
+        lua_rawgeti(L, 2, 1);
+        lua_getfield(L, -1, "field");
+        lua_pushfstring(L, "invalid JSON value: %s %s", lua_tostring(L, -1), e.reason);
+        lua_replace(L, -3); /* nil, err, errors */
+        lua_pop(L, 1);
+        lua_pushvalue(L, 2);
+        return 3;
+    case EV_JSON_OK:
+        break;
+    }
     lua_settop(L, 1);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
@@ -297,10 +382,20 @@ int luaopen_evently_json(lua_State *L)
     lua_getglobal(L, "require");
     lua_pushliteral(L, "cjson.safe");
     lua_call(L, 1, 1);
+    /* a private instance: its settings are ours alone; the checker already
+     * refused what these settings refuse, they only make sure */
+    lua_getfield(L, -1, "new");
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode_invalid_numbers");
+    lua_pushboolean(L, 0);
+    lua_call(L, 1, 0);
+    lua_getfield(L, -1, "decode_max_depth");
+    lua_pushinteger(L, EV_JSON_MAX_DEPTH + 1);
+    lua_call(L, 1, 0);
     lua_getfield(L, -1, "decode");
-    lua_pushcclosure(L, json_decode, 1); /* cjson.safe.decode as upvalue */
-    lua_setfield(L, -3, "decode");
-    lua_pop(L, 1);
+    lua_pushcclosure(L, json_decode, 1); /* its decode as upvalue */
+    lua_setfield(L, -4, "decode");
+    lua_pop(L, 2);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
     lua_newtable(L);

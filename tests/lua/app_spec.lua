@@ -38,6 +38,16 @@ describe("evently.app dispatch", function()
     assert.are.same({ got = { n = 1 } }, cjson.decode(body))
   end)
 
+  it("answers a JSON body whose strings are not UTF-8 with a 422 naming the field", function()
+    local s, h, body = app.dispatch(request("POST", "/things",
+      { headers = { ["content-type"] = "application/json" }, body = '{"n": 1, "name": "\255"}' }))
+    assert.are.equal(422, s)
+    assert.are.equal("application/problem+json", h["Content-Type"])
+    local doc = cjson.decode(body)
+    assert.are.equal("https://evently.dev/problems/validation", doc.type)
+    assert.are.same({ { field = "name", message = "must be valid UTF-8" } }, doc.errors)
+  end)
+
   it("answers malformed JSON with a 400 problem before the handler runs", function()
     local s, h, body = app.dispatch(request("POST", "/things",
       { headers = { ["content-type"] = "application/json" }, body = '{"n":' }))

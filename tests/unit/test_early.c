@@ -200,6 +200,10 @@ static void leaves_to_lua_bodies_it_might_read_differently(void **state)
         "{\"event_\\u0069d\":42,\"quantity\":1}",   /* any escape: left to Lua */
         "{\"event_\\u006`9d\":42,\"quantity\":1,\"event_id\":42}", /* lua-cjson refuses it */
         "{\"Event_ID\":42,\"quantity\":1}",
+        /* evently.json answers these 400 or 422 (json.c); cJSON reads them */
+        "{\"event_id\":042,\"quantity\":1}", "{\"event_id\":42,\"quantity\":1.}",
+        "{\"event_id\":42,\"quantity\":1,\"n\":\"\xff\"}",
+        "{\"event_id\":42,\"quantity\":1,\"n\":1e999}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         if (fields(bad[i], &k, &q))

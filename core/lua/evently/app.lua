@@ -7,7 +7,10 @@
 --   req: method, path, params, query (decoded table), headers (lower-case
 --        names), body (raw string), json (decoded body, when JSON), id
 --        (request id), peer.
--- Malformed JSON bodies are answered 400 before the handler runs. An error in
+-- JSON bodies are read by evently.json (RFC 8259 only) before the handler
+-- runs: malformed ones are answered 400 malformed-json; well-formed ones with
+-- a string that is not UTF-8 or a number past the double range 422
+-- validation, errors[] naming each such field (as validate.lua does). An error in
 -- a handler is logged with its traceback and request id and answered 500
 -- without internals; problem.raise() inside a handler answers that problem.
 -- Hooks: "request" (ctx = req; return a response to short-circuit) and
@@ -106,9 +109,14 @@ function M.dispatch(req)
   set_route(route.name)
   req.query = parse_query(req.query_string)
   if req.body ~= "" and wants_json(req) then
-    local doc, err = json.decode(req.body)
+    local doc, err, invalid = json.decode(req.body)
     if doc == nil then
-      local s, b, h = problem.response(400, "malformed-json", "request body is not valid JSON: " .. tostring(err))
+      local s, b, h
+      if invalid then -- JSON, but a string is not UTF-8 or a number overflows
+        s, b, h = problem.response(422, "validation", "some fields are not valid", { errors = invalid })
+      else
+        s, b, h = problem.response(400, "malformed-json", "request body is not valid JSON: " .. tostring(err))
+      end
       return s, h, json.encode(b), route.name
     end
     req.json = doc
