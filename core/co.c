@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "slice.h"
 
 struct ev_co {
     lua_State *L;           /* the thread */
@@ -177,6 +178,10 @@ ev_co_t *ev_co_new(lua_State *L, struct event_base *base, ev_co_done_fn done, vo
 static void co_free(ev_co_t *co, int status)
 {
     *slot(co->L) = NULL;
+    if (ev_slice_stopped(co->L)) {
+        ev_slice_forget(co->L);
+        status = LUA_ERRRUN; /* never reused */
+    }
     live--;
     co_pool_t *pool = co->pool;
     if (status == LUA_OK && pool->n < POOL_MAX) {
@@ -191,7 +196,9 @@ static void co_free(ev_co_t *co, int status)
 static void co_resume(ev_co_t *co, int nargs)
 {
     int nres = 0;
+    lua_State *outer = ev_slice_enter(co->L);
     int status = lua_resume(co->L, NULL, nargs, &nres);
+    ev_slice_leave(outer);
     if (status == LUA_YIELD) {
         if (co->ops)
             return; /* waiting on our I/O: the callback resumes it */

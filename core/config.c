@@ -53,6 +53,10 @@ static const field_t fields[] = {
     F("idle_timeout", "EVENTLY_IDLE_TIMEOUT", T_INT, idle_timeout, 1, 86400),
     F("read_timeout", "EVENTLY_READ_TIMEOUT", T_INT, read_timeout, 1, 3600),
     F("handler_timeout", "EVENTLY_HANDLER_TIMEOUT", T_INT, handler_timeout, 1, 3600),
+    F("worker_watchdog", "EVENTLY_WORKER_WATCHDOG", T_INT, worker_watchdog, 0, 3600),
+    F("reload_timeout", "EVENTLY_RELOAD_TIMEOUT", T_INT, reload_timeout, 1, 3600),
+    F("script_slice_ms", "EVENTLY_SCRIPT_SLICE_MS", T_INT, script_slice_ms, 0, 3600000),
+    F("lua_memory_max", "EVENTLY_LUA_MEMORY_MAX", T_SIZE, lua_memory_max, 16L << 20, 1L << 40),
     F("drain_timeout", "EVENTLY_DRAIN_TIMEOUT", T_INT, drain_timeout, 0, 3600),
     F("ws_max_per_worker", "EVENTLY_WS_MAX_PER_WORKER", T_INT, ws_max_per_worker, 0, 1000000),
     F("ws_max_per_user", "EVENTLY_WS_MAX_PER_USER", T_INT, ws_max_per_user, 1, 100000),
@@ -97,6 +101,10 @@ void ev_config_defaults(ev_config_t *c)
     c->idle_timeout = 60;
     c->read_timeout = 15;
     c->handler_timeout = 30;
+    c->script_slice_ms = 1000;
+    c->worker_watchdog = 20;
+    c->reload_timeout = 60;
+    c->lua_memory_max = 1024L * 1024 * 1024;
     c->drain_timeout = 30;
     c->db_pool_max = 10;
     c->db_pool_min = 2;

@@ -33,6 +33,13 @@ typedef struct {
     int idle_timeout;    /* EVENTLY_IDLE_TIMEOUT seconds (keep-alive), default 60 */
     int read_timeout;    /* EVENTLY_READ_TIMEOUT seconds (request must arrive), default 15 */
     int handler_timeout; /* EVENTLY_HANDLER_TIMEOUT seconds per request, default 30 */
+    int worker_watchdog; /* EVENTLY_WORKER_WATCHDOG seconds without a heartbeat before the
+                          * master kills and replaces a worker, default 20; 0: off */
+    int reload_timeout;  /* EVENTLY_RELOAD_TIMEOUT seconds for new workers to become ready
+                          * before a reload is abandoned, default 60 */
+    int script_slice_ms; /* EVENTLY_SCRIPT_SLICE_MS a script may run without yielding, default
+                          * 1000; over it the coroutine is stopped (slice.c); 0: no limit */
+    size_t lua_memory_max; /* EVENTLY_LUA_MEMORY_MAX bytes of Lua heap per worker, default 1 GiB */
     int drain_timeout;   /* EVENTLY_DRAIN_TIMEOUT seconds for graceful stop, default 30 */
     int ws_max_per_worker; /* EVENTLY_WS_MAX_PER_WORKER open WebSockets, default 10000 */
     int ws_max_per_user;   /* EVENTLY_WS_MAX_PER_USER per worker, default 8 */

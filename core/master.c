@@ -11,7 +11,14 @@
  * Workers live in a small table: pid, slot (for per-worker metrics) and
  * generation. Only workers of the current generation are replaced when they
  * die; a worker that dies within a second of starting is replaced after a
- * pause so a crash loop cannot spin the CPU. */
+ * pause so a crash loop cannot spin the CPU.
+ *
+ * Heartbeats: each worker's loop writes the time once a second (metrics
+ * shm). The first beat says it is ready; a worker whose beats stop for
+ * worker_watchdog seconds (a loop stuck in C) is killed and replaced. A
+ * reload retires the old generation only once every lane has a ready new
+ * worker; if a new worker dies before it is ready, or none is ready within
+ * reload_timeout, the new generation is stopped and the old one serves on. */
 #include "master.h"
 
 #include <arpa/inet.h>
@@ -36,6 +43,8 @@
 #include "runtime.h"
 #include "worker.h"
 
+#define SCRIPT_CHECK_TIMEOUT_S 10
+
 typedef struct {
     pid_t pid;
     int generation;
@@ -53,7 +62,20 @@ typedef struct {
     int stopping;
     slot_t slots[EV_METRICS_MAX_WORKERS];
     struct event *respawn;
+    struct event *reloading;  /* while a new generation gets ready: checks it */
+    time_t reload_started;
 } ev_master_t;
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int ready(ev_master_t *m, int slot) { return ev_metrics_worker_beat_at(m->metrics, slot) != 0; }
+
+static void abandon_reload(ev_master_t *m, const char *why);
 
 /* SO_REUSEPORT lets any process of ours bind a port that is in use, and the
  * kernel would then spread connections over both: a second `evently serve`
@@ -179,6 +201,13 @@ static void reap(ev_master_t *m)
             if (s->pid != pid)
                 continue;
             int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            int unready = !ready(m, i);
+            if (s->generation == m->generation && !m->stopping && m->reload_started && unready) {
+                s->pid = 0;
+                ev_metrics_worker_set(m->metrics, i, 0);
+                abandon_reload(m, "a new worker died before it was ready");
+                continue;
+            }
             if (s->generation == m->generation && !m->stopping) {
                 ev_warn("worker %d (pid %d) died (%s %d); replacing it", i, (int)pid,
                         WIFSIGNALED(status) ? "signal" : "exit",
@@ -215,18 +244,81 @@ static void signal_generation(ev_master_t *m, int older_than, int sig)
             kill(m->slots[i].pid, sig);
 }
 
+/* Every lane has a ready worker of the current generation. */
+static int generation_ready(ev_master_t *m)
+{
+    for (int lane = 0; lane < m->lanes; lane++) {
+        int ok = 0;
+        for (int i = 0; i < EV_METRICS_MAX_WORKERS && !ok; i++)
+            ok = m->slots[i].pid && m->slots[i].generation == m->generation &&
+                 m->slots[i].lane == lane && ready(m, i);
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+static void abandon_reload(ev_master_t *m, const char *why)
+{
+    ev_error("reload abandoned (%s): generation %d keeps serving", why, m->generation - 1);
+    for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++)
+        if (m->slots[i].pid && m->slots[i].generation == m->generation)
+            kill(m->slots[i].pid, SIGKILL); /* reaped later; not replaced: not current */
+    m->generation--;
+    m->reload_started = 0;
+    event_del(m->reloading);
+}
+
+static void on_reloading(evutil_socket_t fd, short what, void *arg)
+{
+    ev_master_t *m = arg;
+    (void)fd;
+    (void)what;
+    if (!m->reload_started || m->stopping)
+        return;
+    if (generation_ready(m)) {
+        m->reload_started = 0;
+        event_del(m->reloading);
+        signal_generation(m, m->generation, SIGQUIT);
+        ev_info("reload: generation %d serving, older ones draining", m->generation);
+    } else if (time(NULL) - m->reload_started > m->cfg->reload_timeout) {
+        abandon_reload(m, "new workers not ready in time");
+    }
+}
+
 static void reload(ev_master_t *m)
 {
     char err[2048];
+    if (m->reload_started) {
+        ev_warn("reload: one is already in progress; ignored");
+        return;
+    }
     ev_info("reload: checking scripts");
     if (ev_check_scripts(m->cfg, err, sizeof err) != 0) {
         ev_error("reload refused, old workers keep serving: %s", err);
         return;
     }
     m->generation++;
+    m->reload_started = time(NULL);
     top_up(m);
-    signal_generation(m, m->generation, SIGQUIT);
-    ev_info("reload: generation %d serving, older ones draining", m->generation);
+    struct timeval tick = {0, 100000};
+    event_add(m->reloading, &tick);
+}
+
+/* A worker whose loop has not beaten for worker_watchdog seconds is stuck
+ * (in C: a script that cannot be stopped ends itself, see slice.c). */
+static void watchdog(ev_master_t *m)
+{
+    int64_t now = monotonic_ms(), limit = (int64_t)m->cfg->worker_watchdog * 1000;
+    for (int i = 0; limit > 0 && i < EV_METRICS_MAX_WORKERS; i++) {
+        int64_t beat = ev_metrics_worker_beat_at(m->metrics, i);
+        if (m->slots[i].pid && beat && now - beat > limit) {
+            ev_error("worker %d (pid %d) has not answered for %lld s; killing it", i,
+                     (int)m->slots[i].pid, (long long)(now - beat) / 1000);
+            kill(m->slots[i].pid, SIGKILL);
+            ev_metrics_worker_beat(m->metrics, i, 0); /* once */
+        }
+    }
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -257,8 +349,10 @@ static void on_probe(evutil_socket_t fd, short what, void *arg)
     ev_master_t *m = arg;
     (void)fd;
     (void)what;
-    if (!m->stopping)
+    if (!m->stopping) {
+        watchdog(m);
         ev_health_probe(m->cfg, m->metrics);
+    }
 }
 
 /* $EVENTLY_HOME/evently.pid names the master, for `kill -HUP` and scripts. */
@@ -310,6 +404,7 @@ int ev_master_serve(const ev_config_t *cfg)
         sigaddset(&handled, sigs[i]);
     sigprocmask(SIG_UNBLOCK, &handled, NULL); /* held since start-up: ours now */
     m.respawn = evtimer_new(m.base, on_respawn, &m);
+    m.reloading = event_new(m.base, -1, EV_PERSIST, on_reloading, &m);
     probe = event_new(m.base, -1, EV_PERSIST, on_probe, &m);
     struct timeval sec = {1, 0};
     event_add(probe, &sec);
@@ -330,6 +425,8 @@ done:
         event_free(probe);
     if (m.respawn)
         event_free(m.respawn);
+    if (m.reloading)
+        event_free(m.reloading);
     for (int i = 0; i < m.lanes; i++)
         if (m.listen_fds[i] >= 0)
             close(m.listen_fds[i]);
@@ -349,6 +446,9 @@ int ev_check_scripts(const ev_config_t *cfg, char *err, size_t errlen)
     pid_t pid = fork();
     if (pid == 0) { /* a throwaway process: loading scripts leaves no trace here */
         close(pipefd[0]);
+        /* a script that never returns at load ends the check, not the master */
+        signal(SIGALRM, SIG_DFL);
+        alarm(SCRIPT_CHECK_TIMEOUT_S);
         ev_runtime_t rt = {.cfg = cfg, .worker_slot = -1};
         rt.base = event_base_new();
         lua_State *L = rt.base ? ev_runtime_new(&rt) : NULL;
@@ -377,7 +477,10 @@ int ev_check_scripts(const ev_config_t *cfg, char *err, size_t errlen)
         ;
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return 0;
-    if (!got)
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
+        snprintf(err, errlen, "the scripts did not finish loading within %d s",
+                 SCRIPT_CHECK_TIMEOUT_S);
+    else if (!got)
         snprintf(err, errlen, "script check process failed");
     return -1;
 }

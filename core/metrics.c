@@ -48,6 +48,7 @@ struct ev_metrics {
     counter_t counters[COUNTERS];
     int32_t worker_pid[EV_METRICS_MAX_WORKERS];
     uint64_t worker_lua_bytes[EV_METRICS_MAX_WORKERS];
+    int64_t worker_beat_ms[EV_METRICS_MAX_WORKERS];
     uint64_t dropped;
     ev_metrics_pool_t pools[EV_METRICS_MAX_WORKERS][EV_POOL_COUNT];
     int32_t component_state[8];
@@ -163,6 +164,7 @@ void ev_metrics_worker_set(ev_metrics_t *m, int slot, pid_t pid)
 {
     if (slot < 0 || slot >= EV_METRICS_MAX_WORKERS)
         return;
+    __atomic_store_n(&m->worker_beat_ms[slot], 0, __ATOMIC_RELEASE); /* a new worker: not ready */
     __atomic_store_n(&m->worker_pid[slot], (int32_t)pid, __ATOMIC_RELEASE);
     if (pid == 0) {
         __atomic_store_n(&m->worker_lua_bytes[slot], 0, __ATOMIC_RELEASE);
@@ -170,6 +172,19 @@ void ev_metrics_worker_set(ev_metrics_t *m, int slot, pid_t pid)
         for (int i = 0; i < GAUGES; i++) /* a dead worker's share is gone */
             __atomic_store_n(&m->gauges[slot][i].value, 0, __ATOMIC_RELAXED);
     }
+}
+
+void ev_metrics_worker_beat(ev_metrics_t *m, int slot, int64_t now_ms)
+{
+    if (slot >= 0 && slot < EV_METRICS_MAX_WORKERS)
+        __atomic_store_n(&m->worker_beat_ms[slot], now_ms, __ATOMIC_RELEASE);
+}
+
+int64_t ev_metrics_worker_beat_at(ev_metrics_t *m, int slot)
+{
+    if (slot < 0 || slot >= EV_METRICS_MAX_WORKERS)
+        return 0;
+    return __atomic_load_n(&m->worker_beat_ms[slot], __ATOMIC_ACQUIRE);
 }
 
 void ev_metrics_worker_memory(ev_metrics_t *m, int slot, uint64_t lua_bytes)
@@ -269,6 +284,8 @@ static const char *series_help(const char *name)
         {"evently_booking_gate_soldout_total", "Bookings refused by the sold-out gate."},
         {"evently_early_answers_total", "Requests answered from C before any Lua ran."},
         {"evently_outbox_published_total", "Outbox messages published."},
+        {"evently_password_jobs_refused_total", "Password hashes refused at once: the hasher queue was full."},
+        {"evently_rate_limited_total", "Requests refused by a rate limit (evently.limit)."},
         {"evently_websocket_closed_total", "WebSockets closed."},
         {"evently_websocket_opened_total", "WebSockets opened."},
         {"evently_worker_restarts_total", "Workers restarted by the master after they died."},

@@ -24,6 +24,10 @@ void ev_metrics_observe(ev_metrics_t *m, const char *method, const char *route, 
 void ev_metrics_worker_set(ev_metrics_t *m, int slot, pid_t pid);
 /* Worker side: its Lua heap size, refreshed now and then. */
 void ev_metrics_worker_memory(ev_metrics_t *m, int slot, uint64_t lua_bytes);
+/* A worker's heartbeat: its loop ran at now_ms (CLOCK_MONOTONIC, shared by all
+ * processes). 0 until the first beat, which also says the worker is ready. */
+void ev_metrics_worker_beat(ev_metrics_t *m, int slot, int64_t now_ms);
+int64_t ev_metrics_worker_beat_at(ev_metrics_t *m, int slot);
 /* Connection pool figures of one worker, refreshed once a second. */
 typedef enum { EV_POOL_DB, EV_POOL_REPLICA, EV_POOL_REDIS, EV_POOL_COUNT } ev_pool_kind_t;
 typedef struct {

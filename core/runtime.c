@@ -58,11 +58,41 @@ static void preload(lua_State *L, const char *name, lua_CFunction open)
     lua_pop(L, 1);
 }
 
+static int panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    ev_error("Lua panic: %s", msg ? msg : "(error object is not a string)");
+    return 0; /* Lua aborts */
+}
+
+/* Lua's allocator with a ceiling (lua_memory_max): past it an allocation
+ * fails, Lua collects and retries, then raises "not enough memory" in the
+ * script that asked. One runaway script cannot take the machine's memory. */
+static void *bounded_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    ev_runtime_t *rt = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        rt->lua_bytes -= old;
+        return NULL;
+    }
+    if (nsize > old && rt->lua_max && rt->lua_bytes - old + nsize > rt->lua_max)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p)
+        rt->lua_bytes = rt->lua_bytes - old + nsize;
+    return p;
+}
+
 lua_State *ev_runtime_new(ev_runtime_t *rt)
 {
-    lua_State *L = luaL_newstate();
+    rt->lua_bytes = 0;
+    rt->lua_max = rt->cfg ? rt->cfg->lua_memory_max : 0;
+    lua_State *L = lua_newstate(bounded_alloc, rt);
     if (!L)
         return NULL;
+    lua_atpanic(L, panic);
     /* Lua leaves the main thread's extra space uninitialised and every
      * coroutine.create copies it: NULL means "not an evently coroutine" */
     *(void **)lua_getextraspace(L) = NULL;

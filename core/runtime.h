@@ -33,6 +33,7 @@ struct ev_runtime {
     struct ev_inv *inventory;    /* reservation engine, created on first use */
     struct ev_early *early;      /* early-answer rules (evently.early), first use */
     struct ev_token_cache *tokens; /* tokens Lua validated lately (evently.early) */
+    size_t lua_bytes, lua_max;   /* the Lua heap and its ceiling (runtime.c's allocator) */
     /* Set by a worker, NULL elsewhere. http_request: the HTTP request the
      * coroutine is handling while it is unanswered, else NULL. http_detach:
      * that request's socket was taken over (WebSocket): its deadline stops

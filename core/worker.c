@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "co.h"
@@ -33,6 +34,7 @@
 #include "pg.h"
 #include "redis.h"
 #include "runtime.h"
+#include "slice.h"
 #include "token_cache.h"
 #include "ws.h"
 
@@ -196,7 +198,12 @@ static void on_done(ev_co_t *co, lua_State *T, int status, void *ud)
         request_free(r);
         return;
     }
-    if (status == LUA_OK && lua_gettop(T) >= 3) {
+    if (ev_slice_stopped(T)) {
+        /* the loop was frozen for the whole slice limit: say so, keep serving */
+        ev_error("[%s] handler ran past %d ms without yielding: stopped; answering 503",
+                 r->req->request_id, r->w->rt.cfg->script_slice_ms);
+        respond_problem(r->req, 503, "busy", "Service Unavailable", ev_co_route(co));
+    } else if (status == LUA_OK && lua_gettop(T) >= 3) {
         respond_from_lua(r->req, T);
     } else {
         const char *msg = lua_tostring(T, -1);
@@ -395,7 +402,16 @@ static void flush_counts(ev_worker_t *w)
     w->early_flushed = w->early_answers;
 }
 
-/* Once a second: this worker's Lua heap, pool figures and counts for /metrics. */
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Once a second: the heartbeat the master's watchdog reads (the first one
+ * says this worker is ready), this worker's Lua heap, pool figures and counts
+ * for /metrics. */
 static void on_mem_tick(evutil_socket_t fd, short what, void *arg)
 {
     ev_worker_t *w = arg;
@@ -403,6 +419,7 @@ static void on_mem_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (!w->rt.metrics)
         return;
+    ev_metrics_worker_beat(w->rt.metrics, w->rt.worker_slot, monotonic_ms());
     flush_counts(w);
     ev_metrics_worker_memory(w->rt.metrics, w->rt.worker_slot,
                              (uint64_t)lua_gc(w->L, LUA_GCCOUNT, 0) * 1024);
@@ -490,6 +507,8 @@ int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, 
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL); /* blocked by the master across fork */
+    if (ev_slice_start(cfg->script_slice_ms) != 0)
+        ev_warn("cannot watch scripts that do not yield: %s", strerror(errno));
     struct timeval sec = {1, 0};
     event_add(w.mem_tick, &sec);
     on_mem_tick(-1, 0, &w);
@@ -498,6 +517,7 @@ int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, 
     ev_info("worker %d stopped", slot);
     rc = 0;
 done:
+    ev_slice_stop();
     if (w.http)
         ev_http_server_free(w.http); /* aborts what is left after a drain timeout */
     struct event *evs[] = {w.sig_term, w.sig_quit, w.sig_int, w.drain_tick, w.mem_tick};

@@ -126,6 +126,10 @@ function M.dispatch(req)
     local err = status
     if problem.is(err) then
       status, body, headers = problem.response(err.status, err.kind, err.detail, err.extra)
+    elseif err == "not enough memory" then -- the worker's Lua heap is at lua_memory_max
+      log.error("handler for %s %s: Lua heap full", req.method, route.pattern)
+      status, body, headers = problem.response(503, "busy", "the server is short of memory; retry")
+      headers["Retry-After"] = "1"
     else
       log.error("handler for %s %s failed: %s", req.method, route.pattern, tostring(err))
       status, body, headers = problem.response(500, "internal", "the server failed; the request id helps find out why",

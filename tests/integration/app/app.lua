@@ -162,3 +162,17 @@ app.post("/fd-hog", function(req)
   time.after(secs, function() for _, f in ipairs(held) do f:close() end end)
   return { held = #held, pid = pid() }
 end)
+
+-- Runaway handlers (test_abuse_scripts.py): they never yield. The worker
+-- stops them at the slice limit and keeps serving.
+app.get("/spin", function() while true do end end)
+app.get("/spin-pcall", function()
+  while true do pcall(function() while true do end end) end
+end)
+app.get("/spin-pcall-xpcall", function()
+  while true do xpcall(function() while true do end end, function() while true do end end) end
+end)
+app.get("/hog-memory", function()
+  local t = {}
+  for i = 1, 1e9 do t[i] = ("x"):rep(1000) .. i end
+end)
