@@ -8,7 +8,9 @@
  *   time.now()                     wall clock, seconds with fractions
  *   time.monotonic()               monotonic seconds, for durations
  * sleep may run only in a request, timer or script coroutine. Timer bodies
- * that raise are logged with their traceback; the timer goes on. */
+ * that raise are logged with their traceback; the timer goes on. A worker
+ * holds at most MAX_PENDING timers: after/every raise beyond that, so a
+ * script that schedules one per request cannot grow the heap without bound. */
 #include <event2/event.h>
 #include <lauxlib.h>
 #include <math.h>
@@ -21,6 +23,9 @@
 #include "runtime.h"
 
 #define TIMER_MT "evently.timer"
+#define MAX_PENDING 100000
+
+static int pending; /* timers scheduled and not yet released, this process */
 
 static int push_slept(lua_State *co, void *data, ev_wake_t why)
 {
@@ -60,6 +65,7 @@ static void timer_release(ev_timer_t *t)
     if (t->fn_ref != LUA_NOREF) {
         luaL_unref(t->L, LUA_REGISTRYINDEX, t->fn_ref);
         t->fn_ref = LUA_NOREF;
+        pending--;
     }
     if (t->ev)
         event_del(t->ev);
@@ -132,6 +138,8 @@ static int start_timer(lua_State *L, int repeat)
     luaL_checktype(L, 2, LUA_TFUNCTION);
     if (repeat)
         luaL_argcheck(L, s >= 0.001, 1, "period must be at least 0.001 s");
+    if (pending >= MAX_PENDING)
+        return luaL_error(L, "time: %d timers already pending in this worker", MAX_PENDING);
     int nargs = lua_gettop(L) - 1;
     ev_runtime_t *rt = ev_runtime_get(L);
     ev_timer_t *t = lua_newuserdatauv(L, sizeof *t, 1);
@@ -153,6 +161,7 @@ static int start_timer(lua_State *L, int repeat)
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "handle");         /* anchors the handle while pending */
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    pending++;
     struct timeval tv = {(time_t)s, (suseconds_t)((s - floor(s)) * 1e6)};
     event_base_update_cache_time(rt->base); /* count from now, not from the loop's last wake */
     event_add(t->ev, &tv);

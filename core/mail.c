@@ -861,6 +861,10 @@ ev_mail_req_t *ev_mail_send(ev_mail_t *m, const ev_mail_opts_t *opts, const ev_m
                             ev_mail_cb cb, void *arg, char *err, size_t errlen)
 {
     char from_addr[ADDR_MAX], to_addr[ADDR_MAX];
+    if (m->pending >= EV_MAIL_MAX_PENDING) {
+        snprintf(err, errlen, "busy: %d mails already in flight", m->pending);
+        return NULL;
+    }
     ev_mail_req_t *q = calloc(1, sizeof *q);
     if (!q) {
         snprintf(err, errlen, "error: out of memory");

@@ -35,7 +35,12 @@ typedef struct {
  *   deferred     the server answered 4xx (transient)
  *   unavailable  no connection to the server, or it went away (transient)
  *   timeout      the whole send took longer than allowed (transient)
+ *   busy         EV_MAIL_MAX_PENDING sends are already in flight here (transient)
  *   error        anything else libcurl reports */
+/* Sends in flight per mail instance (a worker): past it ev_mail_send refuses
+ * at once with "busy", so a slow relay cannot make a worker keep every mail. */
+#define EV_MAIL_MAX_PENDING 1000
+
 typedef struct {
     int ok;
     int smtp_code;       /* the server's last reply code, 0 when none came */

@@ -48,4 +48,18 @@ describe("evently.time", function()
     assert.has_error(function() time.after("x", function() end) end)
     assert.has_error(function() time.every(0, function() end) end)
   end)
+
+  it("refuses a timer past 100,000 pending, and takes them again once some end", function()
+    local handles, err = {}, nil
+    for i = 1, 100001 do
+      local ok, h = pcall(time.after, 3600, function() end)
+      if not ok then err = h break end
+      handles[i] = h
+    end
+    assert.is_truthy(err and err:find("timers already pending", 1, true), tostring(err))
+    assert.is_true(#handles <= 100000)
+    for _, h in ipairs(handles) do h:cancel() end
+    local h = time.after(3600, function() end) -- room again
+    h:cancel()
+  end)
 end)

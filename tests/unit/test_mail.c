@@ -161,6 +161,34 @@ static void test_send_to_a_closed_port_is_unavailable(void **state)
     event_base_free(base);
 }
 
+/* A relay that never answers cannot make a worker keep every mail: past
+ * EV_MAIL_MAX_PENDING in flight, a send is refused at once with "busy". */
+static void test_sends_past_the_bound_are_refused_busy(void **state)
+{
+    (void)state;
+    struct event_base *base = event_base_new();
+    ev_mail_t *m = ev_mail_new(base);
+    assert_non_null(m);
+    static seen_t s[EV_MAIL_MAX_PENDING];
+    ev_mail_msg_t msg = {"a@b.c", "d@e.f", "s", "x", 1, NULL, 0};
+    ev_mail_opts_t opts = {"smtp://127.0.0.1:1", 5000, 2000};
+    static ev_mail_req_t *reqs[EV_MAIL_MAX_PENDING];
+    for (int i = 0; i < EV_MAIL_MAX_PENDING; i++) {
+        s[i] = (seen_t){0, 0, "", base};
+        reqs[i] = ev_mail_send(m, &opts, &msg, on_result, &s[i], err, sizeof err);
+        assert_non_null(reqs[i]);
+    }
+    seen_t over = {0, 0, "", base};
+    assert_null(ev_mail_send(m, &opts, &msg, on_result, &over, err, sizeof err));
+    assert_int_equal(strncmp(err, "busy: ", 6), 0);
+    ev_mail_cancel(reqs[0]); /* room again */
+    ev_mail_cancel(ev_mail_send(m, &opts, &msg, on_result, &over, err, sizeof err));
+    for (int i = 1; i < EV_MAIL_MAX_PENDING; i++)
+        ev_mail_cancel(reqs[i]);
+    ev_mail_free(m);
+    event_base_free(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -170,6 +198,7 @@ int main(void)
         cmocka_unit_test(test_refuses_header_injection),
         cmocka_unit_test(test_refuses_bad_addresses_and_owned_headers),
         cmocka_unit_test(test_send_to_a_closed_port_is_unavailable),
+        cmocka_unit_test(test_sends_past_the_bound_are_refused_busy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

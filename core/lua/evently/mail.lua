@@ -31,7 +31,7 @@ local log = require "evently.log"
 
 local M = {}
 
-local TRANSIENT = { unavailable = true, deferred = true, timeout = true }
+local TRANSIENT = { unavailable = true, deferred = true, timeout = true, busy = true }
 
 function M.kind(err)
   return type(err) == "string" and err:match("^(%a+)") or nil
