@@ -13,8 +13,11 @@
  * time. I/O is done here rather than by a bufferevent: one recv() per
  * readable event and one writev() per answer (a bufferevent adds an
  * ioctl(FIONREAD) to every read and an EV_WRITE registration to every
- * answer), with the output evbuffer used only when the socket is full. Every transport error is answered here with a problem
- * document and Connection: close.
+ * answer), with the output evbuffer used only when the socket is full. Every
+ * transport error is answered here with a problem document and Connection:
+ * close, and the connection then lingers (start_linger: write side shut,
+ * input dropped for a bounded time) so that a client still sending reads
+ * the answer instead of a reset.
  *
  * Upgrade: ev_http_upgrade() writes the 101 and hands fd and buffered bytes
  * to the new owner (core/ws.c); the connection struct then only waits to be
@@ -47,6 +50,14 @@
 #define FIRST_REQUEST_GRACE_MS 1000 /* a silent new connection is not closed for room sooner */
 #define SHED_BATCH 64 /* waiting connections answered 503 per shortage */
 #define SHED_LOG_S 5        /* at most one descriptor-shortage line per this many seconds */
+#define DRAIN_GRACE_S 1     /* draining: idle and lingering connections get this long */
+/* Lingering close after an error answer (start_linger): nginx's
+ * lingering_close with lingering_timeout 5 s and lingering_time 30 s, shorter
+ * here and bounded in bytes too, since the client is one we refused. */
+#define LINGER_QUIET_S 2         /* closed after this long without a byte */
+#define LINGER_TOTAL_S 10        /* ... after this long in all */
+#define LINGER_BYTES (16u << 20) /* ... or once this much was dropped */
+#define LINGER_READ 16384        /* at most this much dropped per readable event */
 
 struct ev_http_server {
     struct event_base *base;
@@ -56,6 +67,7 @@ struct ev_http_server {
     ev_http_log_fn log;
     void *arg;
     int nconns;
+    int nlinger;           /* of nconns, lingering: the first to close for room */
     int draining;
     ev_http_conn_t *conns, *oldest; /* all live connections, newest first */
     int reserve_fd;        /* held open to shed one connection when out of descriptors */
@@ -90,6 +102,9 @@ struct ev_http_conn {
     ev_http_req_t *req;      /* request with the handler, or NULL */
     int in_parse;            /* parse loop running: do not re-enter */
     int closing;             /* close once output is flushed */
+    int linger;              /* ... and linger first: input may still be on its way */
+    int lingering;           /* answered and shut for writing; discarding input */
+    size_t linger_bytes;     /* discarded so far */
     int keep_alive;
     int served;              /* a request has begun on this connection */
     long long opened_ms;     /* accepted at (the loop's cached clock) */
@@ -100,6 +115,7 @@ struct ev_http_conn {
 };
 
 static void conn_free(ev_http_conn_t *c);
+static void conn_close(ev_http_conn_t *c);
 static void conn_parse(ev_http_conn_t *c);
 static void conn_reading(ev_http_conn_t *c, int on);
 static void send_continue(ev_http_conn_t *c);
@@ -444,6 +460,7 @@ static void conn_fail(ev_http_conn_t *c, int status)
         conn_reading(c, 0);
     }
     c->closing = 1;
+    c->linger = 1; /* the client may be sending still: a body, the rest of its headers */
     if (c->deadline)
         event_del(c->deadline);
     ev_debug("http %s: answered %d and closing", c->peer, status);
@@ -500,9 +517,10 @@ void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *hea
     free(req);
     if (!keep) {
         c->closing = 1;
+        c->linger = evbuffer_get_length(c->in) > 0; /* pipelined requests we will not answer */
         conn_reading(c, 0);
         if (!c->in_parse && evbuffer_get_length(c->out) == 0)
-            conn_free(c); /* all written; else the write callback closes once flushed */
+            conn_close(c); /* all written; else the write callback closes once flushed */
         return;
     }
     /* idle time counts from the answer, not from the request's last bytes
@@ -678,6 +696,16 @@ static void dispatch(ev_http_conn_t *c)
     c->srv->handler(r, c->srv->arg);
 }
 
+/* The answer to a parse error: the limit a callback hit, else 431 for the
+ * parser's own header cap (reached before our count when a value arrives in
+ * one piece longer than max_header), else 400. */
+static int error_answer(const ev_http_conn_t *c)
+{
+    if (c->error_status)
+        return c->error_status;
+    return HTTP_PARSER_ERRNO(&c->parser) == HPE_HEADER_OVERFLOW ? 431 : 400;
+}
+
 /* Feeds buffered input to the parser until a request is complete, input runs
  * out or an error is answered. */
 static void conn_parse(ev_http_conn_t *c)
@@ -698,7 +726,7 @@ static void conn_parse(ev_http_conn_t *c)
             continue;
         }
         if (e != HPE_OK) {
-            conn_fail(c, c->error_status ? c->error_status : 400);
+            conn_fail(c, error_answer(c));
             break;
         }
         if (used < v.iov_len)
@@ -706,7 +734,7 @@ static void conn_parse(ev_http_conn_t *c)
     }
     c->in_parse = 0;
     if (c->closing && evbuffer_get_length(c->out) == 0)
-        conn_free(c);
+        conn_close(c);
 }
 
 /* ---- connection events ---- */
@@ -740,15 +768,79 @@ static void read_timed_out(ev_http_conn_t *c)
     if (c->mid_request) {
         conn_fail(c, 408);
         if (evbuffer_get_length(c->out) == 0)
-            conn_free(c); /* written at once: nothing left to flush */
+            conn_close(c); /* written at once: nothing left to flush */
         return;
     }
     conn_free(c); /* idle keep-alive connection */
 }
 
+/* Lingering close. Closing a socket with unread input makes the kernel send
+ * a reset, and a reset can destroy the answer in the client's buffer before
+ * it is read: a client still uploading would see "connection reset", not
+ * its 413. So, once an error answer is written, the write side is shut (the
+ * client reads the answer, then EOF) and input is read and dropped until the
+ * client's EOF, LINGER_QUIET_S without a byte, LINGER_TOTAL_S in all or
+ * LINGER_BYTES, whichever comes first; then the socket closes. Meanwhile the
+ * connection counts against max_connections and is the first closed when
+ * room is needed (evict_idle). ws.c start_linger does the same for
+ * WebSockets. */
+static void start_linger(ev_http_conn_t *c)
+{
+    ev_http_server_t *s = c->srv;
+    if (shutdown(c->fd, SHUT_WR) != 0) { /* the client is gone already */
+        conn_free(c);
+        return;
+    }
+    c->lingering = 1;
+    s->nlinger++;
+    event_del(c->wev);
+    evbuffer_drain(c->in, evbuffer_get_length(c->in));
+    dyn_free(&c->url); /* nothing of the request is needed any more */
+    dyn_free(&c->body);
+    dyn_free(&c->hdr);
+    struct timeval quiet = {LINGER_QUIET_S, 0};
+    struct timeval total = {s->draining ? DRAIN_GRACE_S : LINGER_TOTAL_S, 0};
+    event_add(c->rev, &quiet); /* persistent: each read re-arms the quiet time */
+    c->reading = 1;
+    event_add(c->deadline, &total);
+    ev_debug("http %s: lingering", c->peer);
+}
+
+/* One recv per readable event (level-triggered: the rest wakes us again), so
+ * a flooding client gets a turn like any other connection. */
+static void linger_read(ev_http_conn_t *c, short what)
+{
+    char sink[LINGER_READ];
+    ssize_t n = (what & EV_READ) ? recv(c->fd, sink, sizeof sink, 0) : 0;
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n > 0) {
+        c->linger_bytes += (size_t)n;
+        if (c->linger_bytes < LINGER_BYTES)
+            return;
+    }
+    ev_debug("http %s: lingered, %zu bytes dropped (%s)", c->peer, c->linger_bytes,
+             n > 0 ? "enough" : n == 0 && (what & EV_READ) ? "eof" : n == 0 ? "quiet" : "error");
+    conn_free(c);
+}
+
+/* The answer is out (or there is none): close, lingering first if input may
+ * still be on its way. */
+static void conn_close(ev_http_conn_t *c)
+{
+    if (c->linger && c->fd >= 0)
+        start_linger(c);
+    else
+        conn_free(c);
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     ev_http_conn_t *c = arg;
+    if (c->lingering) {
+        linger_read(c, what);
+        return;
+    }
     if (what & EV_TIMEOUT) {
         read_timed_out(c);
         return;
@@ -792,7 +884,7 @@ static void on_writable(evutil_socket_t fd, short what, void *arg)
         return; /* still full: the persistent event fires again */
     event_del(c->wev);
     if (c->closing)
-        conn_free(c);
+        conn_close(c);
     else if (!c->req && !c->reading)
         conn_reading(c, 1);
 }
@@ -802,10 +894,14 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
     ev_http_conn_t *c = arg;
     (void)fd;
     (void)what;
+    if (c->lingering) {
+        conn_free(c); /* LINGER_TOTAL_S is up */
+        return;
+    }
     if (!c->req)
         conn_fail(c, 408);
     if (c->closing && evbuffer_get_length(c->out) == 0)
-        conn_free(c);
+        conn_close(c);
 }
 
 static void conn_free(ev_http_conn_t *c)
@@ -839,6 +935,7 @@ static void conn_free(ev_http_conn_t *c)
     if (c->fd >= 0) {
         evutil_closesocket(c->fd);
         s->nconns--;
+        s->nlinger -= c->lingering;
     }
     dyn_free(&c->url);
     dyn_free(&c->body);
@@ -900,19 +997,23 @@ static int reusable(const ev_http_conn_t *c, long long now_ms)
            (c->served || now_ms - c->opened_ms >= FIRST_REQUEST_GRACE_MS);
 }
 
-/* Closes up to n reusable connections, the longest open first. */
+/* Closes up to n connections nothing is owed to, the longest open first:
+ * lingering ones before reusable ones (their answer is out already; only a
+ * courtesy to a client still sending is left). */
 static int evict_idle(ev_http_server_t *s, int n)
 {
     int closed = 0;
     long long now = loop_ms(s);
-    ev_http_conn_t *c = s->oldest;
-    while (c && closed < n) {
-        ev_http_conn_t *newer = c->prev;
-        if (reusable(c, now)) {
-            conn_free(c);
-            closed++;
+    for (int pass = s->nlinger > 0 ? 0 : 1; pass < 2; pass++) {
+        ev_http_conn_t *c = s->oldest;
+        while (c && closed < n) {
+            ev_http_conn_t *newer = c->prev;
+            if (pass == 0 ? c->lingering : reusable(c, now)) {
+                conn_free(c);
+                closed++;
+            }
+            c = newer;
         }
-        c = newer;
     }
     return closed;
 }
@@ -1056,10 +1157,13 @@ void ev_http_server_drain(ev_http_server_t *s)
      * keep-alive ones get a short grace instead of an immediate close: a
      * client may have a request on the wire right now, and closing on it
      * would reset the connection and lose that request. */
-    struct timeval grace = {1, 0};
-    for (ev_http_conn_t *c = s->conns; c; c = c->next)
-        if (!c->req && !c->closing && c->reading)
+    struct timeval grace = {DRAIN_GRACE_S, 0};
+    for (ev_http_conn_t *c = s->conns; c; c = c->next) {
+        if (c->lingering)
+            event_add(c->deadline, &grace); /* the worker waits for it: not LINGER_TOTAL_S */
+        else if (!c->req && !c->closing && c->reading)
             event_add(c->rev, &grace);
+    }
 }
 
 int ev_http_server_connections(const ev_http_server_t *s) { return s->nconns; }
@@ -1098,7 +1202,7 @@ int ev_http_parse_probe(const char *data, size_t len, const ev_http_limits_t *li
         }
         enum http_errno e = HTTP_PARSER_ERRNO(&c.parser);
         if (e != HPE_OK && e != HPE_PAUSED) {
-            result = -(c.error_status ? c.error_status : 400);
+            result = -error_answer(&c);
             break;
         }
         if (off >= len || used == 0) {

@@ -9,7 +9,9 @@
  *   ev_http_server_drain() stop accepting; connections close after their answer
  *   ev_http_server_free()
  * Errors of the transport itself (bad syntax, limits, timeouts) are answered
- * here with a problem document and never reach the handler. */
+ * here with a problem document and never reach the handler; the connection
+ * then closes after a bounded lingering close (the client can read the
+ * answer even while it is still sending). */
 #ifndef EV_HTTP_H
 #define EV_HTTP_H
 
@@ -23,7 +25,8 @@ struct evbuffer;
 typedef struct {
     size_t max_header;    /* request line + headers, bytes; over: 431 */
     size_t max_body;      /* bytes; over: 413 */
-    int max_connections;  /* per server; over: accepted and closed at once */
+    int max_connections;  /* per server, lingering ones included (they are the
+                             first closed for room); over: accepted and closed at once */
     int idle_timeout;     /* s between requests on a keep-alive connection */
     int read_timeout;     /* s for a whole request to arrive; over: 408 */
 } ev_http_limits_t;

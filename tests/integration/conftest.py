@@ -219,6 +219,7 @@ class Server:
     def __init__(self, name="srv", env=None, workers=2, scripts=APP_DIR, plugins_dir=None, nofile=None):
         self.name = name
         self.nofile = nofile  # RLIMIT_NOFILE (soft and hard) for the server, like `ulimit -n`
+        self.shared = False  # the session's shared server (the `server` fixture)
         self.root = make_root(name)
         self.home = os.path.join(self.root, "home")
         self.log_path = os.path.join(self.root, "server.log")
@@ -508,6 +509,9 @@ def _no_strays():
         pytest.exit("EVENTLY_BIN %s is not an executable; build it first" % BIN, returncode=2)
     yield
     strays = []
+    for s in _ALL_SERVERS:  # the shared server may still be up: pytest can end this fixture first
+        if s.shared and s.running():
+            s.stop()
     for s in _ALL_SERVERS:
         if s.running():
             strays.append((s.name, s.pid))
@@ -527,6 +531,7 @@ def _no_strays():
 def server():
     """The shared server: test app, 2 workers, small limits (SESSION_ENV)."""
     s = Server("main", env=SESSION_ENV, workers=2)
+    s.shared = True
     try:
         s.start()
     except Exception:

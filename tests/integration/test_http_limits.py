@@ -200,9 +200,13 @@ def test_connection_limit_answers_503_and_recovers(start_server):
     srv = start_server("maxconn", workers=1, env={"EVENTLY_MAX_CONNECTIONS": "2"})
     held = [srv.socket(), srv.socket()]
     try:
-        for s in held:  # make sure both are accepted and counted
-            s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert read_response(s.makefile("rb")).status == 200
+        # both busy with a request (an idle one would be closed to make room,
+        # as nginx reuses keep-alive connections: test_abuse_connections.py)
+        since = srv.log_size()
+        for i, s in enumerate(held):
+            s.sendall(b"GET /sleep?s=3&tag=held%d HTTP/1.1\r\nHost: t\r\n\r\n" % i)
+        for i in range(2):
+            srv.wait_log(r"sleep-start held%d" % i, since=since)
         with srv.socket() as s:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
             f = s.makefile("rb")
@@ -210,6 +214,8 @@ def test_connection_limit_answers_503_and_recovers(start_server):
             assert r.status == 503, r
             assert_closed(f)
         busy = r
+        for s in held:  # the busy ones are served in full
+            assert read_response(s.makefile("rb")).status == 200
     finally:
         for s in held:
             s.close()

@@ -9,7 +9,8 @@
  * The last group runs a real server on 127.0.0.1 (ephemeral port) to check
  * what the probe cannot see: the request handed to the handler (method,
  * path, query, lowercase headers, body), also when it arrives one byte per
- * read. */
+ * read; and the lingering close after an error answer (the client reads
+ * the answer and EOF while it is still sending, within bounds). */
 #define _DEFAULT_SOURCE
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +19,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <event2/event.h>
 #include <event2/util.h>
 #include <netinet/in.h>
@@ -287,6 +289,18 @@ static void answers_431_not_400_when_headers_exceed_a_max_header_above_80k(void 
     assert_probe(probe_with(t->p, 100 * 1024, 1024), -431);
 }
 
+/* A header value that arrives in one piece longer than the parser's own cap
+ * (2 * max_header + 1 KiB) trips that cap before our count sees the value: a
+ * server reading a header streamed at it gets such pieces. Still 431. */
+static void answers_431_when_one_piece_of_a_header_value_outgrows_the_parser_cap(void **state)
+{
+    (void)state;
+    text_t *t = request_buffer();
+    add(t, "GET / HTTP/1.1\r\nX-Big: ");
+    add_repeat(t, 'h', 40 * 1024); /* max_header 16 KiB: the parser's cap is 33 KiB */
+    assert_probe(probe(t->p), -431);
+}
+
 /* ---- bad syntax ---- */
 
 static void answers_400_for_garbage_bytes(void **state)
@@ -350,6 +364,7 @@ typedef struct {
 typedef struct {
     struct event_base *base;
     ev_http_server_t *srv;
+    struct sockaddr_in addr;
     int listen_fd, client;
     int nseen;
     seen_t seen[4];
@@ -382,7 +397,7 @@ static void on_request(ev_http_req_t *req, void *arg)
     ev_http_respond(req, 200, NULL, 0, "ok", 2, "/test");
 }
 
-static int server_setup(void **state)
+static int server_open(void **state, const ev_http_limits_t *l)
 {
     server_t *sv = calloc(1, sizeof *sv);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -395,13 +410,23 @@ static int server_setup(void **state)
         getsockname(sv->listen_fd, (struct sockaddr *)&sa, &salen) != 0)
         return -1;
     evutil_make_socket_nonblocking(sv->listen_fd);
-    sv->srv = ev_http_server_new(sv->base, sv->listen_fd, &limits, on_request, NULL, sv);
+    sv->srv = ev_http_server_new(sv->base, sv->listen_fd, l, on_request, NULL, sv);
+    sv->addr = sa;
     sv->client = socket(AF_INET, SOCK_STREAM, 0);
     if (!sv->srv || sv->client < 0 ||
         connect(sv->client, (struct sockaddr *)&sa, sizeof sa) != 0)
         return -1;
     *state = sv;
     return 0;
+}
+
+static int server_setup(void **state) { return server_open(state, &limits); }
+
+static int server_setup_two_connections(void **state)
+{
+    ev_http_limits_t l = limits;
+    l.max_connections = 2;
+    return server_open(state, &l);
 }
 
 static int server_teardown(void **state)
@@ -535,6 +560,134 @@ static void chunked_trailers_do_not_make_a_header_without_a_name(void **state)
         fail_msg("the first trailer was kept and the last one lost");
 }
 
+/* ---- lingering close ---- */
+
+#define BIG_POST "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"
+#define LINGER_BYTES (16u << 20) /* http.c */
+
+/* Reads from fd into out (NUL-terminated, starts empty or with what an
+ * earlier call read), turning the loop meanwhile, until `until` is in it
+ * (NULL: until EOF), EOF or about half a second; returns 1 at EOF. */
+static int read_from(server_t *sv, int fd, char *out, size_t cap, const char *until)
+{
+    size_t got = strlen(out);
+    for (int i = 0; i < 100; i++) {
+        if (until && strstr(out, until))
+            return 0;
+        pump(sv, 5);
+        ssize_t n = -1;
+        while (got + 1 < cap && (n = recv(fd, out + got, cap - 1 - got, MSG_DONTWAIT)) > 0) {
+            got += (size_t)n;
+            out[got] = '\0';
+        }
+        if (n == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int socket_error(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    return err;
+}
+
+static int connect_client(server_t *sv)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sv->addr, sizeof sv->addr), 0);
+    return fd;
+}
+
+/* Sends a request over max_body and part of its body from sv->client,
+ * reads the 413 and the EOF after it: the connection now lingers. */
+static void start_lingering(server_t *sv)
+{
+    char chunk[4096], answer[1024] = "";
+    memset(chunk, 'x', sizeof chunk);
+    assert_int_equal(write(sv->client, BIG_POST, strlen(BIG_POST)), (ssize_t)strlen(BIG_POST));
+    assert_int_equal(write(sv->client, chunk, sizeof chunk), (ssize_t)sizeof chunk);
+    int eof = read_from(sv, sv->client, answer, sizeof answer, NULL);
+    assert_memory_equal(answer, "HTTP/1.1 413 ", 13);
+    assert_non_null(strstr(answer, "\r\nConnection: close\r\n"));
+    assert_non_null(strstr(answer, "\"status\":413}"));
+    if (!eof)
+        fail_msg("no EOF after the 413: the write side was not shut");
+    assert_int_equal(ev_http_server_connections(sv->srv), 1);
+}
+
+static void wait_connections(server_t *sv, int n)
+{
+    for (int i = 0; i < 200 && ev_http_server_connections(sv->srv) != n; i++)
+        pump(sv, 5);
+}
+
+static void keeps_reading_after_a_413_so_the_client_sending_gets_no_reset(void **state)
+{
+    server_t *sv = *state;
+    start_lingering(sv);
+    char chunk[4096];
+    memset(chunk, 'x', sizeof chunk);
+    for (int i = 0; i < 64; i++) { /* the rest of the upload: read and dropped */
+        assert_int_equal(send(sv->client, chunk, sizeof chunk, MSG_NOSIGNAL), (ssize_t)sizeof chunk);
+        pump(sv, 1);
+    }
+    pump(sv, 20);
+    assert_int_equal(socket_error(sv->client), 0); /* a close with unread input would reset */
+    assert_int_equal(ev_http_server_connections(sv->srv), 1);
+    shutdown(sv->client, SHUT_WR);
+    wait_connections(sv, 0); /* the client's EOF ends it */
+    assert_int_equal(ev_http_server_connections(sv->srv), 0);
+}
+
+static void closes_a_lingering_connection_once_a_flooding_client_sent_16_mib(void **state)
+{
+    server_t *sv = *state;
+    start_lingering(sv);
+    char block[65536];
+    size_t sent = 0;
+    memset(block, 'x', sizeof block);
+    for (int i = 0; i < 5000 && ev_http_server_connections(sv->srv) > 0; i++) {
+        ssize_t n = send(sv->client, block, sizeof block, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0)
+            sent += (size_t)n;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK)
+            break;
+        pump(sv, 1);
+    }
+    assert_int_equal(ev_http_server_connections(sv->srv), 0);
+    if (sent < LINGER_BYTES || sent > 2 * LINGER_BYTES)
+        fail_msg("closed after %zu bytes sent (bound %u)", sent, LINGER_BYTES);
+}
+
+static void closes_a_lingering_connection_first_when_room_is_needed(void **state)
+{
+    server_t *sv = *state; /* max_connections 2 */
+    char answer[1024] = "";
+    start_lingering(sv);
+    int idle = connect_client(sv), fresh = -1;
+    const char *get = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_int_equal(write(idle, get, strlen(get)), (ssize_t)strlen(get));
+    read_from(sv, idle, answer, sizeof answer, "\r\n\r\nok");
+    assert_memory_equal(answer, "HTTP/1.1 200 ", 13);
+    assert_int_equal(ev_http_server_connections(sv->srv), 2); /* full: lingering + idle */
+    fresh = connect_client(sv);
+    answer[0] = '\0';
+    assert_int_equal(write(fresh, get, strlen(get)), (ssize_t)strlen(get));
+    read_from(sv, fresh, answer, sizeof answer, "\r\n\r\nok");
+    assert_memory_equal(answer, "HTTP/1.1 200 ", 13);
+    answer[0] = '\0';
+    assert_int_equal(write(idle, get, strlen(get)), (ssize_t)strlen(get));
+    int eof = read_from(sv, idle, answer, sizeof answer, "\r\n\r\nok");
+    close(idle);
+    close(fresh);
+    if (eof || strncmp(answer, "HTTP/1.1 200 ", 13) != 0)
+        fail_msg("the idle keep-alive connection was closed for room, not the lingering one");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -554,6 +707,7 @@ int main(void)
         cmocka_unit_test(answers_431_for_101_header_fields),
         cmocka_unit_test(accepts_headers_up_to_a_max_header_above_80k),
         cmocka_unit_test(answers_431_not_400_when_headers_exceed_a_max_header_above_80k),
+        cmocka_unit_test(answers_431_when_one_piece_of_a_header_value_outgrows_the_parser_cap),
         cmocka_unit_test(answers_400_for_garbage_bytes),
         cmocka_unit_test(answers_400_for_garbage_after_a_valid_request),
         cmocka_unit_test(answers_400_for_a_bad_content_length),
@@ -571,6 +725,12 @@ int main(void)
                                         server_setup, server_teardown),
         cmocka_unit_test_setup_teardown(chunked_trailers_do_not_make_a_header_without_a_name,
                                         server_setup, server_teardown),
+        cmocka_unit_test_setup_teardown(keeps_reading_after_a_413_so_the_client_sending_gets_no_reset,
+                                        server_setup, server_teardown),
+        cmocka_unit_test_setup_teardown(closes_a_lingering_connection_once_a_flooding_client_sent_16_mib,
+                                        server_setup, server_teardown),
+        cmocka_unit_test_setup_teardown(closes_a_lingering_connection_first_when_room_is_needed,
+                                        server_setup_two_connections, server_teardown),
     };
     int failed = cmocka_run_group_tests_name("probe", tests, NULL, free_request_buffer);
     return failed + cmocka_run_group_tests_name("server", server_tests, NULL, NULL);
