@@ -3,14 +3,21 @@
  *
  *   crypto.hash_password(pw) -> hash | nil, err     [yields] argon2id (libsodium's
  *                                                    interactive limits)
- *   crypto.verify_password(hash, pw) -> boolean     [yields]
+ *   crypto.verify_password(hash, pw) -> true | false | nil, err        [yields]
+ *       err "busy": hash_queue_max jobs already wait (answered at once);
+ *       "timeout": not done within hash_timeout_ms, queue wait included.
+ *       Callers must not read nil as a wrong password: the password was
+ *       never checked (answer 503, never 401).
  *   crypto.random_token(nbytes?) -> string          URL-safe base64, 32 bytes default
  *   crypto.sha256(s) -> hex string
  *   crypto.equal(a, b) -> boolean                   constant time
  * Argon2id costs ~50-100 ms of CPU and 64 MiB on purpose, so it never runs on
  * the event loop: jobs go to one hashing thread per worker and come back
  * through a pipe the loop watches; the calling coroutine waits meanwhile. A
- * request aborted mid-hash leaves the job to finish and be dropped. */
+ * request aborted mid-hash leaves the job to finish and be dropped.
+ * The queue is bounded: one thread does ~10-20 hashes a second, so an
+ * unbounded queue under a flood of logins makes every login wait seconds
+ * (and time out) instead of refusing the excess at once. */
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
@@ -45,6 +52,7 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     job_t *head, *tail;
+    int queued; /* jobs in head..tail, not yet taken by the thread */
     int pipe[2];
     struct event *ev;
 } pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .pipe = {-1, -1}};
@@ -69,6 +77,7 @@ static void *hasher(void *arg)
         pool.head = j->next;
         if (!pool.head)
             pool.tail = NULL;
+        pool.queued--;
         j->state = J_RUNNING;
         pthread_mutex_unlock(&pool.mu);
         size_t n = strlen(j->password);
@@ -154,6 +163,7 @@ static void job_cancel(void *data)
             *pp = j->next;
             if (pool.tail == j)
                 pool.tail = prev;
+            pool.queued--;
         }
         j->state = J_DONE;
         j->co = NULL;
@@ -173,6 +183,24 @@ static void job_release(void *data)
 
 static const ev_wait_ops_t job_ops = {"crypto.pwhash", job_push, job_cancel, job_release};
 
+/* Appends j unless the queue is full; 0 or -1 (full: j stays the caller's). */
+static int enqueue(job_t *j, int max_queued)
+{
+    pthread_mutex_lock(&pool.mu);
+    int full = pool.queued >= max_queued;
+    if (!full) {
+        if (pool.tail)
+            pool.tail->next = j;
+        else
+            pool.head = j;
+        pool.tail = j;
+        pool.queued++;
+        pthread_cond_signal(&pool.cv);
+    }
+    pthread_mutex_unlock(&pool.mu);
+    return full ? -1 : 0;
+}
+
 static int submit(lua_State *L, job_kind_t kind, const char *hash, const char *password)
 {
     ev_co_t *co = ev_co_current(L);
@@ -180,6 +208,8 @@ static int submit(lua_State *L, job_kind_t kind, const char *hash, const char *p
         return luaL_error(L, "crypto: must be called from a request, timer or script coroutine");
     if (start_pool(L) != 0)
         return luaL_error(L, "crypto: cannot start the hashing thread");
+    ev_runtime_t *rt = ev_runtime_get(L);
+    const ev_config_t *cfg = rt->cfg;
     job_t *j = calloc(1, sizeof *j);
     if (!j || !(j->password = strdup(password))) {
         free(j);
@@ -189,15 +219,15 @@ static int submit(lua_State *L, job_kind_t kind, const char *hash, const char *p
     j->co = co;
     if (hash)
         memcpy(j->hash, hash, strlen(hash) + 1);
-    pthread_mutex_lock(&pool.mu);
-    if (pool.tail)
-        pool.tail->next = j;
-    else
-        pool.head = j;
-    pool.tail = j;
-    pthread_cond_signal(&pool.cv);
-    pthread_mutex_unlock(&pool.mu);
-    return ev_co_wait(L, 30, &job_ops, j);
+    if (enqueue(j, cfg->hash_queue_max) != 0) {
+        job_free(j);
+        if (rt->metrics)
+            ev_metrics_count(rt->metrics, "evently_password_jobs_refused_total", 1);
+        luaL_pushfail(L);
+        lua_pushliteral(L, "busy");
+        return 2;
+    }
+    return ev_co_wait(L, cfg->hash_timeout_ms / 1000.0, &job_ops, j);
 }
 
 static int c_hash_password(lua_State *L)

@@ -221,6 +221,7 @@ static int rt_config(lua_State *L)
     lua_pushinteger(L, c->ws_max_per_user); lua_setfield(L, -2, "ws_max_per_user");
     lua_pushinteger(L, c->db_acquire_timeout_ms); lua_setfield(L, -2, "db_acquire_timeout_ms");
     lua_pushinteger(L, c->db_statement_timeout_ms); lua_setfield(L, -2, "db_statement_timeout_ms");
+    lua_pushinteger(L, c->hash_queue_max); lua_setfield(L, -2, "hash_queue_max");
     if (c->database_url) { lua_pushstring(L, c->database_url); lua_setfield(L, -2, "database_url"); }
     if (c->replica_url) { lua_pushstring(L, c->replica_url); lua_setfield(L, -2, "replica_url"); }
     if (c->redis_url) { lua_pushstring(L, c->redis_url); lua_setfield(L, -2, "redis_url"); }

@@ -10,7 +10,9 @@ local STR = { type = "string" }
 local TS = { type = "string", format = "date-time" }
 local NULL_TS = { type = { "string", "null" }, format = "date-time" }
 
-local function problem(desc) return { description = desc, content = { ["application/problem+json"] = { schema = ref("Problem") } } } end
+local function problem(desc, headers)
+  return { description = desc, headers = headers, content = { ["application/problem+json"] = { schema = ref("Problem") } } }
+end
 local function body(schema, desc) return { description = desc or "OK", content = { ["application/json"] = { schema = schema } } } end
 local function req(schema) return { required = true, content = { ["application/json"] = { schema = schema } } } end
 
@@ -23,7 +25,16 @@ local P = {
   ["413"] = problem("Body over the size limit"),
   ["422"] = problem("Invalid fields; errors[] names each"),
   ["503"] = problem("A dependency cannot answer now"),
+  -- API.md "Rate limits and overload"; the fields of draft-ietf-httpapi-ratelimit-headers
+  ["429"] = problem("A rate limit was hit (type rate-limited); wait Retry-After seconds", {
+    ["Retry-After"] = { required = true, description = "Seconds until a retry may pass", schema = { type = "integer", minimum = 1 } },
+    ["RateLimit-Policy"] = { description = 'The policy hit, e.g. "login-address";q=30;w=60', schema = STR },
+    ["RateLimit"] = { description = 'Its state, e.g. "login-address";r=0;t=2', schema = STR } }),
 }
+-- login and registration: the password hasher may be full (type busy, with Retry-After)
+local BUSY = problem("Busy (type busy: the password hasher is full; retry after Retry-After seconds) "
+  .. "or a dependency cannot answer now (type unavailable)",
+  { ["Retry-After"] = { description = "Seconds to wait (type busy)", schema = { type = "integer", minimum = 1 } } })
 local function with(codes, ok)
   local r = {}
   for k, v in pairs(ok) do r[k] = v end
@@ -44,6 +55,7 @@ end
 local schemas = {
   Problem = { type = "object", required = { "type", "title", "status" }, properties = {
     type = STR, title = STR, status = INT, detail = STR, request_id = STR, available = INT, sold = INT,
+    retry_after = INT, ["violated-policies"] = arr(STR),
     errors = arr({ type = "object", required = { "field", "message" }, properties = { field = STR, message = STR } }) } },
   User = { type = "object", required = { "id", "email", "name", "role", "created_at" }, properties = {
     id = INT, email = { type = "string", format = "email" }, name = STR,
@@ -78,14 +90,18 @@ local EventInputCreate = { allOf = { ref("EventInput"),
 
 local paths = {
   ["/api/v1/auth/register"] = { post = { tags = { "auth" }, summary = "Create an account (role user)",
+    description = "Limited per client address (rule `register-address`): past it 429 `rate-limited`.",
     requestBody = req({ type = "object", required = { "email", "password", "name" }, properties = {
       email = { type = "string", format = "email", maxLength = 254 }, password = { type = "string", minLength = 8, maxLength = 1024 },
       name = { type = "string", minLength = 1, maxLength = 200 } } }),
-    responses = with({ "400", "409", "413", "422", "503" }, { ["201"] = body({ type = "object",
+    responses = with({ "400", "409", "413", "422", "429" }, { ["503"] = BUSY, ["201"] = body({ type = "object",
       required = { "user", "token", "expires_at" }, properties = { user = ref("User"), token = STR, expires_at = TS } }, "Created") }) } },
   ["/api/v1/auth/login"] = { post = { tags = { "auth" }, summary = "Get a token",
+    description = "Limited per client address (every attempt, rule `login-address`) and per account (wrong "
+      .. "passwords, rules `login-account-address` and `login-account`): past a limit 429 `rate-limited`. "
+      .. "503 `busy` when the password could not be checked now: never 401 for a right password.",
     requestBody = req({ type = "object", required = { "email", "password" }, properties = { email = STR, password = STR } }),
-    responses = with({ "400", "401", "422", "503" }, { ["200"] = body({ type = "object",
+    responses = with({ "400", "401", "422", "429" }, { ["503"] = BUSY, ["200"] = body({ type = "object",
       required = { "token", "expires_at", "user" }, properties = { token = STR, expires_at = TS, user = ref("User") } }) }) } },
   ["/api/v1/auth/logout"] = { post = { tags = { "auth" }, summary = "Revoke the token at once", security = BEARER,
     responses = with({ "401", "503" }, { ["204"] = { description = "Logged out" } }) } },

@@ -6,7 +6,8 @@ local M = {}
 
 local PUBLIC = "id, email, name, role, created_at"
 
---- Creates a user with role "user". Returns user, or nil, "duplicate" | err.
+--- Creates a user with role "user". Returns user, or nil, "duplicate" |
+-- "busy" | "timeout" (the hasher could not take it now) | err.
 function M.register(email, password, name)
   local hash, herr = crypto.hash_password(password)
   if not hash then return nil, herr end
@@ -20,19 +21,29 @@ function M.register(email, password, name)
 end
 
 -- A hash of a random password: unknown emails are verified against it, so a
--- login takes the same time whether or not the account exists.
+-- login takes the same time whether or not the account exists. Made on the
+-- first unknown email; until the hasher can make it, that login is "busy".
 local decoy
 
---- Returns the user when email and password match, else nil (and err on failure).
+--- Returns the user when email and password match; nil when they do not;
+-- nil, err when the password could not be checked: "busy" | "timeout" (the
+-- hasher), or a database error. An unknown email is checked against the
+-- decoy, so it is busy exactly when a known one would be (no oracle).
 function M.authenticate(email, password)
   local row, err = db.one("SELECT " .. PUBLIC .. ", password_hash FROM users WHERE email = lower($1)", email)
   if err then return nil, err end
   if not row then
-    decoy = decoy or crypto.hash_password(crypto.random_token())
-    crypto.verify_password(decoy, password)
-    return nil
+    if not decoy then
+      local h, herr = crypto.hash_password(crypto.random_token())
+      if not h then return nil, herr end
+      decoy = decoy or h
+    end
+    local _, verr = crypto.verify_password(decoy, password)
+    return nil, verr
   end
-  if not crypto.verify_password(row.password_hash, password) then return nil end
+  local ok, verr = crypto.verify_password(row.password_hash, password)
+  if ok == nil then return nil, verr end
+  if not ok then return nil end
   row.password_hash = nil
   return row
 end

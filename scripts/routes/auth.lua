@@ -1,12 +1,24 @@
 -- POST /auth/register, /auth/login, /auth/logout (API.md "Auth and users").
 local problem = require "evently.problem"
+local limit = require "evently.limit"
 local validate = require "web.validate"
 local auth = require "web.auth"
 local users = require "domain.users"
 local tokens = require "domain.tokens"
 local rules = require "rules.auth"
+local auth_limits = require "domain.auth_limits"
 
 local EMAIL = "^[^@%s]+@[^@%s]+%.[^@%s]+$"
+
+-- 503 when the work could not be done now. The hasher's queue full or too
+-- slow ("busy", "timeout"): the password was never checked, so the answer is
+-- "come back", never 401 (API.md "Rate limits and overload").
+local function not_now(err, detail)
+  if err ~= "busy" and err ~= "timeout" then return problem.response(503, "unavailable", detail) end
+  local status, body, headers = problem.response(503, "busy", "too many password checks at once; retry shortly")
+  headers["Retry-After"] = "1"
+  return status, body, headers
+end
 
 return function(app, base)
   app.post(base .. "/auth/register", function(req)
@@ -15,9 +27,11 @@ return function(app, base)
     local password = v:string("password", { required = true, min = rules.min_password_length, max = rules.max_password_length })
     local name = v:string("name", { required = true, min = 1, max = 200 })
     v:check()
+    local allowed, info = auth_limits.register(limit.address(req.peer))
+    if not allowed then return limit.response(info) end
     local user, err = users.register(email, password, name)
     if err == "duplicate" then return problem.response(409, "email-taken", "an account with this email exists") end
-    if not user then return problem.response(503, "unavailable", "cannot register now") end
+    if not user then return not_now(err, "cannot register now") end
     local token, expires_at = tokens.issue(user.id)
     if not token then return problem.response(503, "unavailable", "cannot issue a token now") end
     return 201, { user = users.public(user), token = token, expires_at = expires_at }
@@ -28,9 +42,18 @@ return function(app, base)
     local email = v:string("email", { required = true, max = 254 })
     local password = v:string("password", { required = true, max = rules.max_password_length })
     v:check()
+    local attempt, info = auth_limits.login(limit.address(req.peer), email)
+    if not attempt then return limit.response(info) end
     local user, err = users.authenticate(email, password)
-    if err then return problem.response(503, "unavailable", "cannot log in now") end
-    if not user then return problem.response(401, "invalid-credentials", "wrong email or password") end
+    if err then
+      attempt:done("unchecked")
+      return not_now(err, "cannot log in now")
+    end
+    if not user then
+      attempt:done("failed")
+      return problem.response(401, "invalid-credentials", "wrong email or password")
+    end
+    attempt:done("ok")
     local token, expires_at = tokens.issue(user.id)
     if not token then return problem.response(503, "unavailable", "cannot issue a token now") end
     return 200, { token = token, expires_at = expires_at, user = users.public(user) }

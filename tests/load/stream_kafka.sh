@@ -33,7 +33,8 @@ setsid tests/kafka/broker.sh "$work/kafka" $kport $kctl >"$work/kafka.log" 2>&1 
 kpid=$!
 for _ in $(seq 1 120); do (exec 3<>/dev/tcp/127.0.0.1/$kport) 2>/dev/null && break; sleep 0.5; done
 
-EVENTLY_HOME=$work/home EVENTLY_ACCESS_LOG=off EVENTLY_DB_POOL_MAX=20 EVENTLY_KAFKA_BROKERS=$brokers \
+# the bench registers its buyers from one address: no register-address limit
+EVENTLY_HOME=$work/home EVENTLY_ACCESS_LOG=off EVENTLY_DB_POOL_MAX=20 EVENTLY_LIMIT_REGISTER_ADDRESS=off EVENTLY_KAFKA_BROKERS=$brokers \
   setsid "$bin" serve --port $port --workers 2 >"$work/ev.log" 2>&1 &
 for _ in $(seq 1 120); do curl -sf --max-time 2 "$base/health/ready" >/dev/null 2>&1 && break; sleep 0.5; done
 sql() { EVENTLY_HOME=$work/home "$bin" lua /dev/stdin 2>/dev/null <<LUA
