@@ -172,11 +172,14 @@ local paths = {
     description = "A WebSocket upgrade (RFC 6455: Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Version: 13, " ..
       "Sec-WebSocket-Key). The token comes as ?token= or Authorization: Bearer. After 101 the server pushes text " ..
       "messages, each the JSON object {type, payload, created_at}; it pings every 30 s and drops a peer that stays " ..
-      "silent; a client message over 64 KiB closes with 1009, a client that does not read its messages with 1008.",
+      "silent; a client message over 64 KiB closes with 1009, a client that does not read its messages with 1008. " ..
+      "Connects are limited per user (`ws-connect-user`) and per address (`ws-connect-address`): 429. A user holds " ..
+      "at most 8 sockets per worker (a new one closes the oldest with 1008); a full worker answers 503 `busy`. " ..
+      "A socket closes with 1008 when its token is revoked or expires, and with 1001 after 24 h.",
     security = { { bearer = json.empty_array }, { token = json.empty_array } },
     parameters = { { name = "token", ["in"] = "query", required = false, schema = STR,
       description = "The bearer token, for clients that cannot set headers on a WebSocket" } },
-    responses = with({ "401", "503" }, {
+    responses = with({ "401", "429", "503" }, {
       ["101"] = { description = "Switching Protocols: the connection is a WebSocket from here on" },
       ["400"] = problem("Not a valid WebSocket handshake (type bad-websocket-handshake)") }) } },
   ["/api/v1/notifications/{id}/read"] = { post = { tags = { "notifications" }, summary = "Mark read", security = BEARER,

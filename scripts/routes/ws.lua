@@ -11,6 +11,7 @@ local cache = require "evently.cache"
 local crypto = require "evently.crypto"
 local time = require "evently.time"
 local tokens = require "domain.tokens"
+local limit = require "evently.limit"
 local rules = require "rules.ws"
 
 local RETRY = 30    -- s: the database could not say; ask again
@@ -49,7 +50,11 @@ return function(app, base)
     if not req.headers.authorization and req.query.token then
       req.headers.authorization = "Bearer " .. req.query.token
     end
+    local ok, info = limit.check(rules.limits.connect_address, limit.address(req.peer))
+    if not ok then return limit.response(info) end
     local user = auth.user(req) -- 401 before any upgrade
+    ok, info = limit.check(rules.limits.connect_user, tostring(user.id))
+    if not ok then return limit.response(info) end
     local token = req.token
     local conn, err = ws.upgrade(req, { user_id = user.id })
     if not conn then return ws.bad_handshake(err) end

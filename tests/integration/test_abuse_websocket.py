@@ -18,10 +18,15 @@ from ws_client import CLOSE, PING, Client
 def api():
     scripts = os.path.join(make_root("ws-abuse-scripts"), "scripts")
     shutil.copytree(SCRIPTS, scripts)
-    with open(os.path.join(scripts, "rules", "ws.lua"), "w") as f:
-        f.write("return { token_recheck_seconds = 1 }\n")
+    rules = os.path.join(scripts, "rules", "ws.lua")
+    with open(rules) as f:
+        text = f.read()
+    assert "token_recheck_seconds = 300" in text
+    with open(rules, "w") as f:
+        f.write(text.replace("token_recheck_seconds = 300", "token_recheck_seconds = 1"))
     srv = start_api("api-ws-abuse", users=3, prefix="wsab", scripts=scripts, workers=1,
-                    env={"EVENTLY_WS_MAX_PER_WORKER": "40",
+                    env={"EVENTLY_WS_MAX_PER_WORKER": "40", "EVENTLY_LIMIT_WS_CONNECT_USER": "off",
+                         "EVENTLY_LIMIT_WS_CONNECT_ADDRESS": "off",
                          "EVENTLY_WS_MAX_LIFETIME": "3"})
     yield srv
     srv.stop_and_check()
@@ -139,3 +144,20 @@ def test_a_ping_flood_that_never_reads_is_throttled_and_the_worker_goes_on(api):
     assert rss_kib(pid) - rss0 < 50 * 1024
     assert api.get("/health").status == 200
     c.close()
+
+
+def test_websocket_connects_are_rate_limited_per_user_with_429():
+    srv = start_api("api-ws-connect-limit", users=1, prefix="wscl", workers=1,
+                    env={"EVENTLY_LIMIT_WS_CONNECT_USER": "3/60"})
+    try:
+        for _ in range(3):
+            c = Client(srv, BASE + "/ws", srv.users[0])
+            assert c.accepted()
+            c.close()
+        c = Client(srv, BASE + "/ws", srv.users[0])
+        assert c.status == 429, c.status
+        assert c.headers.get("retry-after") and "ws-connect-user" in c.headers.get("ratelimit-policy", "")
+        assert c.body()["type"].endswith("/rate-limited")
+        c.close()
+    finally:
+        srv.stop_and_check()
