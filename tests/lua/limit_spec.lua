@@ -87,6 +87,19 @@ describe("evently.limit #redis", function()
     assert.is_true((limit.check(fast, key)))
   end)
 
+  it("answers a refused key from memory until its retry time: hammering costs no Redis call", function()
+    local rule = { name = "spec-memo", limit = 1, window = 60 }
+    local key = fresh()
+    assert.is_true((limit.check(rule, key)))
+    assert.is_false((limit.check(rule, key)))       -- refused by Redis: remembered
+    redis.call("DEL", limit.key(rule, key))          -- Redis forgets (an operator's unblock)
+    local ok, info = limit.check(rule, key)
+    assert.is_false(ok)                              -- still refused, from memory
+    assert.is_true(info.retry_after >= 50)
+    limit.refund(rule, key)                          -- a refund asks Redis again
+    assert.is_true((limit.check(rule, key)))
+  end)
+
   describe("with Redis down", function()
     local dead
 

@@ -30,6 +30,9 @@
 -- attacker cycling random keys grows Redis by at most the keys of one window.
 -- The fallback table is per worker and bounded (MAX_LOCAL keys, oldest out),
 -- so during an outage a client gets up to workers x instances x limit.
+-- A key Redis refused is answered from this worker's memory until its retry
+-- time (bounded the same way): the refusal cannot end sooner, and a client
+-- hammering a limit it hit costs no round trip. A refund forgets it.
 local redis = require "evently.redis"
 local crypto = require "evently.crypto"
 local time = require "evently.time"
@@ -139,9 +142,41 @@ end
 
 local degraded = false -- logged once per outage, not once per request
 
+-- A refused key stays refused until its retry time: this worker answers it
+-- from memory until then, so a client hammering a limit it has hit costs no
+-- Redis round trip (bucket -> {until_ms, reset_ms}; bounded, oldest out).
+local refused, refused_order, rfirst, rlast = {}, {}, 1, 0
+
+local function refuse_until(k, retry_ms, reset_ms)
+  if refused[k] == nil then
+    if rlast - rfirst + 1 >= MAX_LOCAL then
+      refused[refused_order[rfirst]], refused_order[rfirst] = nil, nil
+      rfirst = rfirst + 1
+    end
+    rlast = rlast + 1
+    refused_order[rlast] = k
+  end
+  local now = math.floor(time.monotonic() * 1000)
+  refused[k] = { now + retry_ms, now + reset_ms }
+end
+
+local function still_refused(k)
+  local e = refused[k]
+  if not e then return nil end
+  local now = math.floor(time.monotonic() * 1000)
+  if now >= e[1] then return nil end
+  return { 0, 0, e[1] - now, e[2] - now }
+end
+
 local function step(r, key, cost, opts)
   if r.off then return { 1, r.limit, 0, 0 } end
   local k = bucket(r, key)
+  if cost < 0 then
+    if refused[k] then refused[k] = false end -- a refund: ask Redis again next time
+  else
+    local known = refused[k] and still_refused(k)
+    if known then return known end
+  end
   local args, o = { r.interval, r.span, cost }, { timeout = REDIS_TIMEOUT }
   local reply, err
   if opts and opts.redis then
@@ -152,6 +187,7 @@ local function step(r, key, cost, opts)
   if type(reply) == "table" then
     if degraded then log.info("limit: Redis answers again; limits are shared again") end
     degraded = false
+    if reply[1] ~= 1 and reply[3] > 0 then refuse_until(k, reply[3], reply[4]) end
     return reply
   end
   if not degraded then log.warn("limit: Redis cannot count (%s); each worker counts alone", tostring(err)) end
