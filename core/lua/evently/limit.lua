@@ -104,21 +104,26 @@ function M.key(rule, key) return bucket(resolve(rule), key) end
 
 ---------------------------------------------------------------- the fallback
 
--- key -> tat (ms, monotonic); order: keys oldest first, to evict at MAX_LOCAL.
--- A key whose tat has passed is a full bucket, so entries are never deleted.
-local tats, order, first, last = {}, {}, 1, 0
-
-local function remember(k, tat)
-  if tats[k] == nil then
-    if last - first + 1 >= MAX_LOCAL then
-      tats[order[first]], order[first] = nil, nil
-      first = first + 1
+-- A table of at most MAX_LOCAL keys: the oldest key goes to make room.
+-- Returns the table and its setter.
+local function bounded()
+  local t, order, first, last = {}, {}, 1, 0
+  return t, function(k, v)
+    if t[k] == nil then
+      if last - first + 1 >= MAX_LOCAL then
+        t[order[first]], order[first] = nil, nil
+        first = first + 1
+      end
+      last = last + 1
+      order[last] = k
     end
-    last = last + 1
-    order[last] = k
+    t[k] = v
   end
-  tats[k] = tat
 end
+
+-- key -> tat (ms, monotonic). A key whose tat has passed is a full bucket, so
+-- entries are never deleted, only pushed out.
+local tats, remember = bounded()
 
 -- The bucket step, as SCRIPT does it. Returns the new tat (nil: unchanged)
 -- and allowed, remaining, retry_ms, reset_ms.
@@ -145,19 +150,11 @@ local degraded = false -- logged once per outage, not once per request
 -- A refused key stays refused until its retry time: this worker answers it
 -- from memory until then, so a client hammering a limit it has hit costs no
 -- Redis round trip (bucket -> {until_ms, reset_ms}; bounded, oldest out).
-local refused, refused_order, rfirst, rlast = {}, {}, 1, 0
+local refused, set_refused = bounded()
 
 local function refuse_until(k, retry_ms, reset_ms)
-  if refused[k] == nil then
-    if rlast - rfirst + 1 >= MAX_LOCAL then
-      refused[refused_order[rfirst]], refused_order[rfirst] = nil, nil
-      rfirst = rfirst + 1
-    end
-    rlast = rlast + 1
-    refused_order[rlast] = k
-  end
   local now = math.floor(time.monotonic() * 1000)
-  refused[k] = { now + retry_ms, now + reset_ms }
+  set_refused(k, { now + retry_ms, now + reset_ms })
 end
 
 local function still_refused(k)
@@ -172,7 +169,7 @@ local function step(r, key, cost, opts)
   if r.off then return { 1, r.limit, 0, 0 } end
   local k = bucket(r, key)
   if cost < 0 then
-    if refused[k] then refused[k] = false end -- a refund: ask Redis again next time
+    if refused[k] then set_refused(k, false) end -- a refund: ask Redis again next time
   else
     local known = refused[k] and still_refused(k)
     if known then return known end
