@@ -56,3 +56,17 @@ def sql(api, query, *args):
     p = run_cli(["lua", script, query] + [str(a) for a in args], env=clean_env({"EVENTLY_HOME": api.home}))
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
+
+
+def assert_booking_invariants(api):
+    """For every event: confirmed seats never exceed capacity, and available
+    is exactly capacity - confirmed - held (issue 11: after every abuse test)."""
+    rows = sql(api, """SELECT e.id, e.capacity, e.available,
+        (SELECT coalesce(sum(quantity), 0) FROM bookings b WHERE b.event_id = e.id AND b.status = 'confirmed') AS confirmed,
+        (SELECT coalesce(sum(quantity), 0) FROM inventory_holds h WHERE h.pool = 'seats' AND h.key = e.id
+           AND h.state = 'held') AS held
+        FROM events e""")
+    bad = [r for r in rows if r["confirmed"] > r["capacity"]
+           or r["available"] != r["capacity"] - r["confirmed"] - r["held"]]
+    assert not bad, bad
+    return len(rows)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from api_support import BASE, problem, start_api
+from api_support import assert_booking_invariants, BASE, problem, start_api
 
 JSON = {"Content-Type": "application/json"}
 REGISTER = BASE + "/auth/register"
@@ -22,6 +22,7 @@ BAD_NUMBERS = ["0x10", "0X1f", "-0x10", "NaN", "-NaN", "Infinity", "-Infinity", 
 def api():
     srv = start_api("abuse-input", users=1, prefix="abuser")
     yield srv
+    assert_booking_invariants(srv)  # nothing the abuse did broke a seat count
     srv.stop_and_check()
 
 

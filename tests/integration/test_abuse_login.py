@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from api_support import BASE, SCRIPTS, problem
+from api_support import assert_booking_invariants, BASE, SCRIPTS, problem
 from conftest import MIGRATIONS, Response, Server, clean_env, run_cli, wait_for
 
 OWNER_PASSWORD = "the-owners-password"
@@ -134,6 +134,7 @@ def api():
     srv = Server("abuse", scripts=SCRIPTS, workers=2)
     srv.start()
     yield srv
+    assert_booking_invariants(srv)  # nothing the abuse did broke a seat count
     srv.stop_and_check()
 
 

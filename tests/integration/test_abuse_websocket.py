@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from api_support import BASE, SCRIPTS, problem, register, sql, start_api
+from api_support import assert_booking_invariants, BASE, SCRIPTS, problem, register, sql, start_api
 from conftest import make_root
 from ws_client import CLOSE, PING, Client
 
@@ -29,6 +29,7 @@ def api():
                          "EVENTLY_LIMIT_WS_CONNECT_ADDRESS": "off",
                          "EVENTLY_WS_MAX_LIFETIME": "3"})
     yield srv
+    assert_booking_invariants(srv)  # nothing the abuse did broke a seat count
     srv.stop_and_check()
 
 
