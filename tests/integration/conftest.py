@@ -503,6 +503,15 @@ def run_cli(args, env=None, timeout=120, cwd=None, input=None):
 # ---------------------------------------------------------------- fixtures
 
 
+# Stops of session-wide services (the Kafka brokers), run before the stray
+# check: pytest may end that check's fixture before theirs.
+_SESSION_STOPS = []
+
+
+def stop_at_session_end(fn):
+    _SESSION_STOPS.append(fn)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _no_strays():
     if not os.access(BIN, os.X_OK):
@@ -512,6 +521,8 @@ def _no_strays():
     for s in _ALL_SERVERS:  # the shared server may still be up: pytest can end this fixture first
         if s.shared and s.running():
             s.stop()
+    for stop in _SESSION_STOPS:
+        stop()
     for s in _ALL_SERVERS:
         if s.running():
             strays.append((s.name, s.pid))

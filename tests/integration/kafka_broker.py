@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, free_port, make_root
+from conftest import REPO, free_port, make_root, stop_at_session_end
 
 KAFKA_DIR = os.path.join(REPO, "tests", "kafka")
 
@@ -71,6 +71,7 @@ class Broker:
 @pytest.fixture(scope="session")
 def kafka():
     b = Broker().start()
+    stop_at_session_end(b.stop)  # idempotent: the fixture's own stop may come first
     try:
         yield b
     finally:
