@@ -748,6 +748,13 @@ static void conn_reading(ev_http_conn_t *c, int on)
         const ev_http_limits_t *l = &c->srv->limits;
         int t = c->served || l->read_timeout > l->idle_timeout ? l->idle_timeout : l->read_timeout;
         struct timeval idle = {t, 0};
+        /* libevent takes an expired event out of epoll until its callback
+         * runs; re-armed meanwhile by another callback of the same pass (an
+         * answer going out as its read timeout expired), it would keep only
+         * the timeout and never see the next request. Not watched for reads:
+         * start it afresh (no syscall when it is). */
+        if (!event_pending(c->rev, EV_READ, NULL))
+            event_del(c->rev);
         event_add(c->rev, &idle);
     } else if (!on && c->reading) {
         event_del(c->rev);

@@ -144,3 +144,30 @@ def test_client_disconnects_do_not_crash_anything(server):
         assert server.get("/sleep?s=0.01").status == 200
     assert server.worker_pids() == workers
     assert (server.metric("evently_worker_restarts_total") or 0) == restarts
+
+
+def test_an_answer_given_as_the_read_timeout_expires_keeps_the_connection_reading(start_server):
+    """The handler deadline and the connection's read timeout expire in the
+    same loop pass (read_timeout == handler_timeout): libevent has taken the
+    socket out of epoll for the timeout's callback, and the 504 re-arms the
+    event before that runs. The connection must still read its next request
+    (it used to keep only the timeout: the client waited, then got a reset).
+    Which of the two equal timers runs first is up to libevent's heap, so the
+    old bug showed on some rounds only (half the time in CI's ASan run)."""
+    import http.client
+    srv = start_server("same-deadlines", workers=1, env={
+        "EVENTLY_READ_TIMEOUT": "2", "EVENTLY_HANDLER_TIMEOUT": "2", "EVENTLY_IDLE_TIMEOUT": "3"})
+    for _ in range(6):
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=15)
+        try:
+            c.request("GET", "/too-slow")
+            r = c.getresponse()
+            r.read()
+            assert r.status == 504
+            t0 = time.monotonic()
+            c.request("GET", "/health")
+            r2 = c.getresponse()
+            r2.read()
+            assert r2.status == 200 and time.monotonic() - t0 < 1
+        finally:
+            c.close()
