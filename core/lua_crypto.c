@@ -1,4 +1,4 @@
-#define _GNU_SOURCE /* pipe2 */
+#define _GNU_SOURCE /* pipe2, gettid */
 /* lua_crypto.c - evently.crypto: passwords, tokens, digests (libsodium).
  *
  *   crypto.hash_password(pw) -> hash | nil, err     [yields] argon2id (libsodium's
@@ -26,9 +26,11 @@
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "co.h"
+#include "log.h"
 #include "runtime.h"
 
 typedef enum { JOB_HASH, JOB_VERIFY } job_kind_t;
@@ -66,9 +68,18 @@ static void job_free(job_t *j)
     free(j);
 }
 
+/* A login waits on this thread while the loop may be busy answering a flood
+ * (of 429s, say): the thread runs a little ahead of the loop, so a real user
+ * still gets the CPU for the hash. The work it can be given is bounded (the
+ * queue, the rate limits), so the priority cannot be turned against us.
+ * Without CAP_SYS_NICE the call fails and the thread stays as it was. */
+#define HASHER_NICE (-5)
+
 static void *hasher(void *arg)
 {
     (void)arg;
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), HASHER_NICE) != 0)
+        ev_debug("crypto: hashing thread keeps its priority: %s", strerror(errno));
     for (;;) {
         pthread_mutex_lock(&pool.mu);
         while (!pool.head)
