@@ -5,7 +5,8 @@
 # could create them before the cache bounded them). wrk books one hot event
 # (64 connections) on each in turn, three rounds (the first to run alternates),
 # each run on a fresh event.
-# Both databases grow the same way run by run, so their drift cancels.
+# Both databases grow the same way run by run, so their drift cancels; before
+# each run both servers' consumers have caught up with the previous runs.
 # Prints bookings/s of every run and the ratio sum(full) / sum(empty).
 # Goal: >= 0.9 (an invalidation that scanned the keyspace gave 8/s).
 #   usage: tests/load/keyspace.sh [seconds per run, default 8] [foreign keys, default 1000000]
@@ -43,8 +44,22 @@ local redis = require "evently.redis"
 io.write(tostring(redis.call("EVAL", arg[1], 0)))
 LUA
 }
+settle() { # both servers' consumers caught up: a run's event backlog must not eat the next run's CPU
+  local name lag
+  for _ in $(seq 1 120); do
+    lag=0
+    for name in empty full; do
+      lag=$((lag + $(curl -s "http://127.0.0.1:${port[$name]}/metrics" \
+        | awk '/^evently_consumer_lag/ {s += $2} END {print s + 0}')))
+    done
+    [ "$lag" -eq 0 ] && { sleep 2; return; }
+    sleep 1
+  done
+  echo "settle: consumers still $lag behind after 120 s" >&2
+}
 run() { # name round -> bookings/s
   local base=http://127.0.0.1:${port[$1]} ev rps p99 errs
+  settle
   ev=$(curl -s "$base/api/v1/events" -H "Authorization: Bearer $(cat "$work/$1.admin")" -H 'Content-Type: application/json' \
     -d '{"name":"Hot","venue":"Stadium","starts_at":"2031-01-01T20:00:00Z","capacity":10000000,"price_cents":100,"status":"published","max_per_booking":10}' \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
