@@ -315,6 +315,22 @@ static int literal(ck_t *c, const char *word, size_t n)
 
 static int value(ck_t *c, const seg_t *at, int depth);
 
+/* After a member or an item: 1 when a ',' says another follows, 0 when
+ * `close` ends the container, else the malformed answer (-1). */
+static int next_or_close(ck_t *c, char close, const char *expected)
+{
+    skip_ws(c);
+    if (c->pos < c->len && c->s[c->pos] == ',') {
+        c->pos++;
+        return 1;
+    }
+    if (c->pos < c->len && c->s[c->pos] == close) {
+        c->pos++;
+        return 0;
+    }
+    return malformed(c, c->pos, expected);
+}
+
 static int object(ck_t *c, const seg_t *at, int depth)
 {
     if (depth > EV_JSON_MAX_DEPTH)
@@ -344,16 +360,9 @@ static int object(ck_t *c, const seg_t *at, int depth)
         c->pos++;
         if (value(c, &member, depth) < 0)
             return -1;
-        skip_ws(c);
-        if (c->pos < c->len && c->s[c->pos] == ',') {
-            c->pos++;
-            continue;
-        }
-        if (c->pos < c->len && c->s[c->pos] == '}') {
-            c->pos++;
-            return 0;
-        }
-        return malformed(c, c->pos, "expected ',' or '}'");
+        int more = next_or_close(c, '}', "expected ',' or '}'");
+        if (more <= 0)
+            return more;
     }
 }
 
@@ -370,16 +379,9 @@ static int array(ck_t *c, const seg_t *at, int depth)
     for (seg_t item = {at, NULL, 0, 0};; item.index++) {
         if (value(c, &item, depth) < 0)
             return -1;
-        skip_ws(c);
-        if (c->pos < c->len && c->s[c->pos] == ',') {
-            c->pos++;
-            continue;
-        }
-        if (c->pos < c->len && c->s[c->pos] == ']') {
-            c->pos++;
-            return 0;
-        }
-        return malformed(c, c->pos, "expected ',' or ']'");
+        int more = next_or_close(c, ']', "expected ',' or ']'");
+        if (more <= 0)
+            return more;
     }
 }
 

@@ -17,6 +17,7 @@ import threading
 import time
 
 from conftest import MAX_BODY, MAX_HEADER, read_response, wait_for
+from test_http_limits import problem  # a transport error's problem document, Connection: close
 
 LINGER_TOTAL_S = 10
 LINGER_BYTES = 16 * 1024 * 1024
@@ -24,14 +25,6 @@ UPLOAD = 8 * 1024 * 1024
 CHUNK = 64 * 1024
 ROUNDS = 20
 
-
-def problem(r, status):
-    assert r is not None, "no answer"
-    assert r.status == status, r
-    assert r.header("content-type") == "application/problem+json"
-    assert r.header("connection") == "close"
-    assert r.json()["status"] == status
-    return r
 
 
 def upload_then_read(srv, head, body_len, chunk=CHUNK, filler=b"x", tail=b""):
