@@ -30,24 +30,46 @@
 #include <cJSON.h>
 #include <ctype.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "gate.h"
 #include "json.h"
+#include "refusals.h"
+
+/* Addresses a limited rule remembers at most (refusals.c: ~32 bytes each). */
+#define REFUSAL_SLOTS 16384
 
 typedef struct {
-    char *method, *path, *route, *pool, *key_field, *quantity_field, *content_type, *body;
+    ev_early_kind_t kind;
+    char *method, *path, *route;
+    /* when closed */
+    char *pool, *key_field, *quantity_field, *content_type, *body;
     char **unless_fields, **unless_headers; /* headers lowercased */
     size_t nunless_fields, nunless_headers;
-    ev_early_answer_t answer;
+    int status;
+    size_t body_len;
+    /* when limited */
+    char *policy;
+    int limit, window;
+    ev_refusals_t *refused;
 } rule_t;
+
+/* The answer ev_early_match() returns, written per match: rules move when
+ * one is added, and a 429's Retry-After varies. */
+typedef struct {
+    char body[512], retry[24], policy[160], ratelimit[160];
+    ev_http_header_t headers[4];
+    ev_early_answer_t answer;
+} answer_t;
 
 struct ev_early {
     rule_t *rules;
     size_t count;
     int hooked;
+    answer_t out;
 };
 
 /* ---- rules ---- */
@@ -64,11 +86,12 @@ static void strings_free(char **v, size_t n)
 static void rule_free(rule_t *r)
 {
     char *one[] = {r->method, r->path, r->route, r->pool, r->key_field, r->quantity_field,
-                   r->content_type, r->body};
+                   r->content_type, r->body, r->policy};
     for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
         free(one[i]);
     strings_free(r->unless_fields, r->nunless_fields);
     strings_free(r->unless_headers, r->nunless_headers);
+    ev_refusals_free(r->refused);
     memset(r, 0, sizeof *r);
 }
 
@@ -94,28 +117,50 @@ static char **copy_list(const char *const *v, size_t n, int lower)
     return d;
 }
 
-/* Copies every string of spec into r; -1 (r freed) when memory runs out. */
-static int rule_fill(rule_t *r, const ev_early_spec_t *s)
+static char *dup(const char *s) { return s ? copy(s, strlen(s), 0) : NULL; }
+
+/* The strings of a "when closed" spec; 0 when all are there. */
+static int fill_closed(rule_t *r, const ev_early_spec_t *s)
 {
     r->nunless_fields = s->nunless_fields;
     r->nunless_headers = s->nunless_headers;
-    r->method = copy(s->method, strlen(s->method), 0);
-    r->path = copy(s->path, strlen(s->path), 0);
-    r->route = copy(s->route, strlen(s->route), 0);
-    r->pool = copy(s->pool, strlen(s->pool), 0);
-    r->key_field = copy(s->key_field, strlen(s->key_field), 0);
-    r->quantity_field = copy(s->quantity_field, strlen(s->quantity_field), 0);
-    r->content_type = copy(s->content_type, strlen(s->content_type), 0);
-    r->body = copy(s->body, s->body_len, 0);
+    r->pool = dup(s->pool);
+    r->key_field = dup(s->key_field);
+    r->quantity_field = dup(s->quantity_field);
+    r->content_type = dup(s->content_type);
+    r->body = s->body ? copy(s->body, s->body_len, 0) : NULL;
     r->unless_fields = copy_list(s->unless_fields, s->nunless_fields, 0);
     r->unless_headers = copy_list(s->unless_headers, s->nunless_headers, 1);
-    if (!r->method || !r->path || !r->route || !r->pool || !r->key_field ||
-        !r->quantity_field || !r->content_type || !r->body || !r->unless_fields ||
-        !r->unless_headers) {
+    if (!r->pool || !r->key_field || !r->quantity_field || !r->content_type || !r->body ||
+        !r->unless_fields || !r->unless_headers)
+        return -1;
+    r->status = s->status;
+    r->body_len = s->body_len;
+    return 0;
+}
+
+static int fill_limited(rule_t *r, const ev_early_spec_t *s)
+{
+    r->policy = dup(s->policy);
+    r->limit = s->limit;
+    r->window = s->window;
+    r->refused = ev_refusals_new(REFUSAL_SLOTS);
+    return r->policy && r->refused ? 0 : -1;
+}
+
+/* Copies every string of spec into r; -1 (r freed) when memory runs out. */
+static int rule_fill(rule_t *r, const ev_early_spec_t *s)
+{
+    r->kind = s->kind;
+    r->method = dup(s->method);
+    r->path = dup(s->path);
+    r->route = dup(s->route);
+    int bad = !r->method || !r->path || !r->route ||
+              (s->kind == EV_EARLY_WHEN_CLOSED ? fill_closed(r, s) : fill_limited(r, s)) != 0;
+    if (bad) {
         rule_free(r);
         return -1;
     }
-    r->answer = (ev_early_answer_t){s->status, r->content_type, r->body, s->body_len, r->route};
     return 0;
 }
 
@@ -301,31 +346,119 @@ static int body_fields(const rule_t *r, const char *body, size_t len, int64_t *k
 int ev_early_body_fields(const ev_early_t *e, size_t rule, const char *body, size_t len,
                          int64_t *key, int64_t *quantity)
 {
-    return rule < e->count && body_fields(&e->rules[rule], body, len, key, quantity);
+    return rule < e->count && e->rules[rule].kind == EV_EARLY_WHEN_CLOSED &&
+           body_fields(&e->rules[rule], body, len, key, quantity);
+}
+
+/* ---- refusals ---- */
+
+int ev_early_refused(ev_early_t *e, const char *policy, const char *address, double retry,
+                     double now)
+{
+    int n = 0;
+    for (size_t i = 0; e && i < e->count; i++) {
+        rule_t *r = &e->rules[i];
+        if (r->kind == EV_EARLY_WHEN_LIMITED && strcmp(r->policy, policy) == 0 &&
+            ev_refusals_put(r->refused, address, retry, now) == 0)
+            n++;
+    }
+    return n;
+}
+
+void ev_early_unrefused(ev_early_t *e, const char *policy, const char *address)
+{
+    for (size_t i = 0; e && i < e->count; i++) {
+        rule_t *r = &e->rules[i];
+        if (r->kind == EV_EARLY_WHEN_LIMITED && strcmp(r->policy, policy) == 0)
+            ev_refusals_forget(r->refused, address);
+    }
+}
+
+/* evently.app decodes a JSON body before the route runs, answering 400/422
+ * when it cannot: such a body is Lua's to answer. Any Content-Type naming
+ * JSON counts (Lua joins repeated ones and looks for "json" in the lot). */
+static int body_decodes(const ev_http_req_t *req)
+{
+    if (req->body_len == 0)
+        return 1;
+    int json = 0;
+    for (size_t i = 0; i < req->nheaders && !json; i++) {
+        const ev_http_header_t *h = &req->headers[i];
+        if (h->name_len == 12 && memcmp(h->name, "content-type", 12) == 0)
+            for (size_t j = 0; j + 4 <= h->value_len && !json; j++)
+                json = strncasecmp(h->value + j, "json", 4) == 0;
+    }
+    return !json || (req->body_len <= EV_EARLY_MAX_BODY &&
+                     ev_json_check(req->body, req->body_len, NULL, NULL, NULL) == EV_JSON_OK);
+}
+
+/* limit.response(info) in C: the same members and headers. */
+static const ev_early_answer_t *closed_answer(ev_early_t *e, const rule_t *r)
+{
+    answer_t *a = &e->out;
+    a->headers[0] = (ev_http_header_t){"Content-Type", 12, r->content_type,
+                                       strlen(r->content_type)};
+    a->answer = (ev_early_answer_t){EV_EARLY_WHEN_CLOSED, r->status, a->headers, 1, r->body,
+                                    r->body_len, r->route};
+    return &a->answer;
+}
+
+static const ev_early_answer_t *limited_answer(ev_early_t *e, const rule_t *r, double retry)
+{
+    answer_t *a = &e->out;
+    long secs = (long)ceil(retry);
+    if (secs < 1)
+        secs = 1;
+    int n = snprintf(a->body, sizeof a->body,
+                     "{\"type\":\"https://evently.dev/problems/rate-limited\","
+                     "\"title\":\"Too Many Requests\",\"status\":429,"
+                     "\"detail\":\"too many requests; retry after %ld s\","
+                     "\"violated-policies\":[\"%s\"],\"retry_after\":%ld}",
+                     secs, r->policy, secs);
+    int rn = snprintf(a->retry, sizeof a->retry, "%ld", secs);
+    int pn = snprintf(a->policy, sizeof a->policy, "\"%s\";q=%d;w=%d", r->policy, r->limit,
+                      r->window);
+    int ln = snprintf(a->ratelimit, sizeof a->ratelimit, "\"%s\";r=0;t=%ld", r->policy, secs);
+    if (n < 0 || (size_t)n >= sizeof a->body || pn < 0 || (size_t)pn >= sizeof a->policy ||
+        ln < 0 || (size_t)ln >= sizeof a->ratelimit)
+        return NULL; /* a policy name too long for the buffers: Lua answers */
+    a->headers[0] = (ev_http_header_t){"Content-Type", 12, "application/problem+json", 24};
+    a->headers[1] = (ev_http_header_t){"Retry-After", 11, a->retry, (size_t)rn};
+    a->headers[2] = (ev_http_header_t){"RateLimit-Policy", 16, a->policy, (size_t)pn};
+    a->headers[3] = (ev_http_header_t){"RateLimit", 9, a->ratelimit, (size_t)ln};
+    a->answer = (ev_early_answer_t){EV_EARLY_WHEN_LIMITED, 429, a->headers, 4, a->body,
+                                    (size_t)n, r->route};
+    return &a->answer;
 }
 
 /* ---- matching ---- */
 
-static int match_rule(const rule_t *r, ev_token_cache_t *tokens, const ev_http_req_t *req,
-                      double now)
+static int match_closed(const rule_t *r, ev_token_cache_t *tokens, const ev_http_req_t *req,
+                        double now)
 {
     int64_t key, quantity;
-    if (strcmp(req->method, r->method) != 0 || strcmp(req->path, r->path) != 0)
-        return 0;
-    if (!headers_ok(r, req, tokens, now))
+    if (!tokens || !headers_ok(r, req, tokens, now))
         return 0;
     if (!body_fields(r, req->body, req->body_len, &key, &quantity) || quantity > 1000000)
         return 0;
     return ev_gate_closed(r->pool, key, (int)quantity);
 }
 
-const ev_early_answer_t *ev_early_match(const ev_early_t *e, ev_token_cache_t *tokens,
+const ev_early_answer_t *ev_early_match(ev_early_t *e, ev_token_cache_t *tokens,
                                         const ev_http_req_t *req, double now)
 {
-    if (!e || !tokens || e->hooked)
+    if (!e || e->hooked)
         return NULL;
-    for (size_t i = 0; i < e->count; i++)
-        if (match_rule(&e->rules[i], tokens, req, now))
-            return &e->rules[i].answer;
+    for (size_t i = 0; i < e->count; i++) {
+        const rule_t *r = &e->rules[i];
+        double retry;
+        if (strcmp(req->method, r->method) != 0 || strcmp(req->path, r->path) != 0)
+            continue;
+        if (r->kind == EV_EARLY_WHEN_CLOSED && match_closed(r, tokens, req, now))
+            return closed_answer(e, r);
+        if (r->kind == EV_EARLY_WHEN_LIMITED &&
+            ev_refusals_get(r->refused, req->peer, now, &retry) && body_decodes(req))
+            return limited_answer(e, r, retry);
+    }
     return NULL;
 }

@@ -9,6 +9,14 @@
  *       arguments raise (a script bug). Call it while the app loads: rules
  *       live as long as the worker, and a reload (new workers, scripts loaded
  *       afresh) replaces them all.
+ *   early.refuse_when_limited{ method=, path=, route=, policy=, limit=,
+ *       window= }                                              [-0, +0, v]
+ *       Adds a rule answering 429 to addresses policy refused (core/early.h).
+ *       evently.limit calls it (limit.answer_early) and feeds it:
+ *   early.refused(policy, address, retry) -> n                 [-0, +1, v]
+ *       policy refused address (limit.address form) for retry seconds; n
+ *       rules took it (0 when address is no address, e.g. an email).
+ *   early.unrefused(policy, address)   a refund: ask Lua again [-0, +0, v]
  *   early.clear()        drops every rule                   [-0, +0, -]
  *   early.count() -> n   rules registered                   [-0, +1, -]
  *   early.hooked(on)     request/response hooks exist: answer nothing early
@@ -23,7 +31,9 @@
  * pool:reopen().
  * The engines hang off the worker's runtime (ev_runtime_t.early, .tokens),
  * created on first use and freed with the runtime. */
+#include <ctype.h>
 #include <lauxlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "early.h"
@@ -57,7 +67,7 @@ static const char *spec_string(lua_State *L, const char *name, size_t *len)
     size_t n = 0;
     const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
     if (!s || n == 0)
-        luaL_error(L, "early.refuse_when_closed: %s must be a non-empty string", name);
+        luaL_error(L, "early rule: %s must be a non-empty string", name);
     lua_pop(L, 1); /* still referenced by the spec table: s stays valid */
     if (len)
         *len = n;
@@ -116,6 +126,59 @@ static int l_refuse_when_closed(lua_State *L)
     return 0;
 }
 
+static int l_refuse_when_limited(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    ev_early_t *e = early_of(L);
+    ev_early_spec_t s = {.kind = EV_EARLY_WHEN_LIMITED};
+    s.method = spec_string(L, "method", NULL);
+    s.path = spec_string(L, "path", NULL);
+    s.route = spec_string(L, "route", NULL);
+    size_t plen;
+    s.policy = spec_string(L, "policy", &plen);
+    for (const char *p = s.policy; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-')
+            return luaL_error(L, "early.refuse_when_limited: policy must match [%%w_-]+");
+    if (plen > 64)
+        return luaL_error(L, "early.refuse_when_limited: policy is at most 64 characters");
+    lua_getfield(L, 1, "limit");
+    lua_getfield(L, 1, "window");
+    int okl = 0, okw = 0;
+    lua_Integer limit = lua_tointegerx(L, -2, &okl), window = lua_tointegerx(L, -1, &okw);
+    lua_pop(L, 2);
+    if (!okl || !okw || limit < 1 || window < 1 || limit > INT32_MAX || window > INT32_MAX)
+        return luaL_error(L, "early.refuse_when_limited: limit and window must be integers >= 1");
+    s.limit = (int)limit;
+    s.window = (int)window;
+    if (ev_early_add(e, &s) != 0)
+        return luaL_error(L, "early: out of memory");
+    return 0;
+}
+
+static int l_refused(lua_State *L)
+{
+    const char *policy = luaL_checkstring(L, 1);
+    const char *address = luaL_checkstring(L, 2);
+    lua_Number retry = luaL_checknumber(L, 3);
+    luaL_argcheck(L, retry >= 0 && retry <= 86400 * 366, 3, "retry must be in [0, 1 year]");
+    ev_runtime_t *rt = ev_runtime_get(L);
+    int n = rt->early ? ev_early_refused(rt->early, policy, address, retry,
+                                         ev_token_cache_now())
+                      : 0;
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static int l_unrefused(lua_State *L)
+{
+    const char *policy = luaL_checkstring(L, 1);
+    const char *address = luaL_checkstring(L, 2);
+    ev_runtime_t *rt = ev_runtime_get(L);
+    if (rt->early)
+        ev_early_unrefused(rt->early, policy, address);
+    return 0;
+}
+
 static int l_clear(lua_State *L)
 {
     ev_runtime_t *rt = ev_runtime_get(L);
@@ -165,6 +228,9 @@ static int l_forget_token(lua_State *L)
 
 static const luaL_Reg early_funcs[] = {
     {"refuse_when_closed", l_refuse_when_closed},
+    {"refuse_when_limited", l_refuse_when_limited},
+    {"refused", l_refused},
+    {"unrefused", l_unrefused},
     {"clear", l_clear},
     {"count", l_count},
     {"hooked", l_hooked},

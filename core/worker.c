@@ -295,19 +295,21 @@ static void push_request(lua_State *T, const ev_http_req_t *req)
     lua_setfield(T, -2, "peer");
 }
 
-/* A request an early-answer rule answers (core/early.c): 1 when answered.
- * Every rule kind today is a sold-out gate refusal, counted as such. */
+/* A request an early-answer rule answers (core/early.c): 1 when answered,
+ * counted as the Lua route would count it. */
 static int answer_early(ev_worker_t *w, ev_http_req_t *req)
 {
     const ev_early_answer_t *a =
         ev_early_match(w->rt.early, w->rt.tokens, req, ev_token_cache_now());
     if (!a)
         return 0;
-    ev_http_header_t h = {"Content-Type", 12, a->content_type, strlen(a->content_type)};
     ev_debug("[%s] answered early: %d (%s)", req->request_id, a->status, a->route);
     w->early_answers++;
-    ev_gate_count_refusal();
-    ev_http_respond(req, a->status, &h, 1, a->body, a->body_len, a->route);
+    if (a->kind == EV_EARLY_WHEN_CLOSED)
+        ev_gate_count_refusal();
+    else if (w->rt.metrics)
+        ev_metrics_count(w->rt.metrics, "evently_rate_limited_total", 1);
+    ev_http_respond(req, a->status, a->headers, a->nheaders, a->body, a->body_len, a->route);
     return 1;
 }
 

@@ -1,5 +1,9 @@
 --- auth_limits: how hard login and registration may be tried (rules.auth
 -- limits; API.md "Rate limits and overload"), and the failed-login log.
+--   ok, info = auth_limits.login_address(address)       [yields]
+--       first thing in a login, before the body is read (the route's early
+--       answer relies on it: limit.answer_early); false: answer
+--       limit.response(info).
 --   attempt, info = auth_limits.login(address, email)   [yields]
 --       before the password is checked; nil, info when a limit refuses
 --       (answer limit.response(info)).
@@ -55,13 +59,15 @@ function Attempt:done(outcome)
   end
 end
 
+function M.login_address(address)
+  return limit.check(rules.limits.login_address, address)
+end
+
 function M.login(address, email)
   local l = rules.limits
   local account = email:lower()
   local pair = account .. "\0" .. address
-  local ok, info = limit.check(l.login_address, address)
-  if not ok then return nil, info end
-  ok, info = limit.check(l.login_account_address, pair)
+  local ok, info = limit.check(l.login_account_address, pair)
   if not ok then return nil, info end
   local took_account, ainfo = limit.check(l.login_account, account)
   if not took_account and not known(account, address) then

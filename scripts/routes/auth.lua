@@ -37,12 +37,18 @@ return function(app, base)
     return 201, { user = users.public(user), token = token, expires_at = expires_at }
   end, "auth.register")
 
+  -- Every attempt counts against its address before anything else is read,
+  -- so a refused address can be answered from C (limit.answer_early).
   app.post(base .. "/auth/login", function(req)
+    local address = limit.address(req.peer)
+    local allowed, info = auth_limits.login_address(address)
+    if not allowed then return limit.response(info) end
     local v = validate.new(req.json)
     local email = v:string("email", { required = true, max = 254 })
     local password = v:string("password", { required = true, max = rules.max_password_length })
     v:check()
-    local attempt, info = auth_limits.login(limit.address(req.peer), email)
+    local attempt
+    attempt, info = auth_limits.login(address, email)
     if not attempt then return limit.response(info) end
     local user, err = users.authenticate(email, password)
     if err then
@@ -58,6 +64,8 @@ return function(app, base)
     if not token then return problem.response(503, "unavailable", "cannot issue a token now") end
     return 200, { token = token, expires_at = expires_at, user = users.public(user) }
   end, "auth.login")
+  limit.answer_early{ method = "POST", path = base .. "/auth/login", route = "auth.login",
+    rule = rules.limits.login_address }
 
   app.post(base .. "/auth/logout", function(req)
     auth.user(req)

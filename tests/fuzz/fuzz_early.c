@@ -8,13 +8,20 @@
  *   - differential: whenever the matcher reads key and quantity from a body,
  *     evently.json (lua-cjson, what the Lua route reads) decodes the same
  *     bytes to an object with the same integers and no waitlist_entry_id.
- *     That is the matcher's promise: never answer where Lua would not. */
+ *     That is the matcher's promise: never answer where Lua would not.
+ *   - the same bytes as a login from a peer named by the authorization line
+ *     ("refuse when limited"): a 429 only for a peer that is a refused
+ *     address (127.0.0.1, or in 2001:db8:0:1::/64), only with a body
+ *     evently.json decodes when the Content-Type names JSON, and always a
+ *     body that is JSON. */
+#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "early.h"
 #include "gate.h"
@@ -44,9 +51,14 @@ static void setup(void)
         .unless_fields = fields, .nunless_fields = 1,
         .unless_headers = headers, .nunless_headers = 1,
         .status = 409, .content_type = "application/problem+json", .body = "{}", .body_len = 2};
+    ev_early_spec_t login = {
+        .kind = EV_EARLY_WHEN_LIMITED, .method = "POST", .path = "/api/v1/auth/login",
+        .route = "auth.login", .policy = "login-address", .limit = 30, .window = 60};
     rules = ev_early_new();
     tokens = ev_token_cache_new(8);
-    if (!rules || !tokens || ev_early_add(rules, &spec) != 0)
+    if (!rules || !tokens || ev_early_add(rules, &spec) != 0 || ev_early_add(rules, &login) != 0 ||
+        ev_early_refused(rules, "login-address", "127.0.0.1", 1e6, 0.0) != 1 ||
+        ev_early_refused(rules, "login-address", "2001:db8:0:1::/64", 1e6, 0.0) != 1)
         broken("setup");
     ev_token_cache_put(tokens, TOKEN, strlen(TOKEN), 1, 1e9, 0.0);
     ev_gate_close("seats", 42, 10, 1e6);
@@ -65,6 +77,11 @@ static void setup(void)
     if (luaL_loadstring(L, check) != LUA_OK)
         broken(lua_tostring(L, -1));
     lua_setglobal(L, "check");
+    const char *decodes = "local s = ...\n"
+                          "assert(json.decode(s) ~= nil, 'answered early a body Lua answers 400/422')\n";
+    if (luaL_loadstring(L, decodes) != LUA_OK)
+        broken(lua_tostring(L, -1));
+    lua_setglobal(L, "decodes");
 }
 
 /* The next line of [*p, end) as a NUL-terminated copy (freed by the caller). */
@@ -96,6 +113,46 @@ static void differential(const char *body, size_t len)
     lua_gc(L, LUA_GCSTEP, 0);
 }
 
+static void lua_decodes(const char *body, size_t len)
+{
+    lua_getglobal(L, "decodes");
+    lua_pushlstring(L, body, len);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+        broken(lua_tostring(L, -1));
+    lua_gc(L, LUA_GCSTEP, 0);
+}
+
+/* Read independently of refusals.c: is peer one of the refused addresses? */
+static int refused_peer(const char *peer)
+{
+    unsigned char a[16];
+    static const unsigned char v4[4] = {127, 0, 0, 1};
+    static const unsigned char mapped[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1};
+    static const unsigned char net[8] = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 1};
+    if (inet_pton(AF_INET, peer, a) == 1)
+        return memcmp(a, v4, 4) == 0;
+    return inet_pton(AF_INET6, peer, a) == 1 &&
+           (memcmp(a, mapped, 16) == 0 || memcmp(a, net, 8) == 0);
+}
+
+/* The same request as a login from peer. */
+static void login(ev_http_req_t *req, const char *peer, const char *ctype)
+{
+    req->path = "/api/v1/auth/login";
+    req->peer = peer;
+    const ev_early_answer_t *a = ev_early_match(rules, tokens, req, 1.0);
+    if (!a)
+        return;
+    if (a->status != 429 || !refused_peer(peer))
+        broken("answered a login from an address nobody refused");
+    int json = 0;
+    for (const char *c = ctype; *c && !json; c++)
+        json = strncasecmp(c, "json", 4) == 0;
+    if (json && req->body_len > 0)
+        lua_decodes(req->body, req->body_len);
+    lua_decodes(a->body, a->body_len);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!L)
@@ -125,6 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             broken("answered for a token it does not know");
     }
     differential(body, req.body_len);
+    login(&req, auth, ctype);
     free(auth);
     free(ctype);
     free(extra);

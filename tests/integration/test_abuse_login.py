@@ -15,7 +15,7 @@ import time
 import pytest
 
 from api_support import assert_booking_invariants, BASE, SCRIPTS, problem
-from conftest import MIGRATIONS, Response, Server, clean_env, run_cli, wait_for
+from conftest import MIGRATIONS, Response, Server, clean_env, metric_value, run_cli, wait_for
 
 OWNER_PASSWORD = "the-owners-password"
 
@@ -234,6 +234,52 @@ def test_a_failed_login_logs_the_account_without_forging_lines(api):
     log = api.wait_log(r'login failed: account "x@example\.com\\x0a2030[^"\n]*" from 127\.0\.0\.40')
     assert "\\x1b[31m\\x22" in log.group(0)
     assert not any(line.startswith(forged) for line in api.log_text().splitlines())
+
+
+def test_a_refused_address_is_answered_from_c_as_lua_answers_it():
+    """limit.answer_early: once Lua refused an address, that worker answers its
+    logins 429 before any Lua runs, with the same document and headers, and
+    leaves to Lua what Lua answers first (a body it cannot decode). 3 logins
+    per 600 s, so the refusal outlasts the test."""
+    srv = Server("abuse-early", scripts=SCRIPTS, workers=1,
+                 env={"EVENTLY_LIMIT_LOGIN_ADDRESS": "3/600"})
+    srv.start()
+    try:
+        c = Client(srv, "127.0.0.70")
+        for i in range(3):
+            assert c.login("nobody%d@example.com" % i, "wrong-password").status == 401
+        def early():
+            return metric_value(srv.metrics(), "evently_early_answers_total") or 0
+
+        before = early()
+        from_lua = c.login("nobody@example.com", "wrong-password")  # Lua asks Redis, tells C
+        from_c = [c.login("nobody%d@example.com" % i, "wrong-password") for i in range(20)]
+        srv.metrics_when(lambda t: metric_value(t, "evently_early_answers_total") or 0,
+                         ready=lambda v: v >= before + 20)
+        assert early() == before + 20  # Lua's refusal was Lua's; the 20 after it C's
+        for r in [from_lua] + from_c:
+            assert assert_rate_limited(r, {"login-address"}) == "login-address"
+            assert r.header("RateLimit-Policy") == '"login-address";q=3;w=600'
+            assert 190 <= int(r.header("Retry-After")) <= 200, r
+        lua_doc, c_doc = from_lua.json(), from_c[-1].json()
+        assert set(lua_doc) == set(c_doc), (lua_doc, c_doc)
+        for k in lua_doc:
+            if k not in ("retry_after", "detail"):
+                assert lua_doc[k] == c_doc[k], k
+        assert c_doc["detail"] == "too many requests; retry after %d s" % c_doc["retry_after"]
+        assert c_doc["retry_after"] == int(from_c[-1].header("Retry-After"))
+        # what the dispatcher answers before the route is still the dispatcher's
+        raw = http.client.HTTPConnection(srv.host, srv.port, timeout=30, source_address=("127.0.0.70", 0))
+        raw.request("POST", BASE + "/auth/login", body=b'{"email": 01}', headers={"Content-Type": "application/json"})
+        r = raw.getresponse()
+        assert r.status == 400 and b"malformed-json" in r.read()
+        raw.close()
+        # another address, and another route from this one, are not refused
+        assert Client(srv, "127.0.0.71").login("nobody@example.com", "wrong-password").status == 401
+        assert c.register("early-user@example.com").status == 201
+    finally:
+        c.close()
+        srv.stop_and_check()
 
 
 def start_hash_server(name, **env):

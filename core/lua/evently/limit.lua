@@ -19,6 +19,12 @@
 --       and RateLimit (draft-ietf-httpapi-ratelimit-headers).
 --   limit.address(peer) -> string   the client's key: an IPv4 address as is, an
 --       IPv6 address cut to its /64 (one subscriber holds a whole /64).
+--   limit.answer_early{method=, path=, route=, rule=}
+--       while a check of rule refuses an address, this worker answers that
+--       address's method+path requests 429 from C, before any Lua runs
+--       (core/early.h "refuse when limited"). The route must check rule with
+--       limit.address(req.peer) first thing, so C answers only what it would.
+--       Call it while the app loads (as the routes register).
 --   limit.key(rule, key) -> string  the Redis key (operators DEL it to unblock)
 -- Runs in a request, timer or script coroutine.
 --
@@ -39,6 +45,7 @@ local time = require "evently.time"
 local log = require "evently.log"
 local runtime = require "evently.runtime"
 local problem = require "evently.problem"
+local early = require "evently.early"
 
 local M = {}
 
@@ -165,14 +172,28 @@ local function still_refused(k)
   return { 0, 0, e[1] - now, e[2] - now }
 end
 
+-- Rules with an early answer hear of every refusal and refund of an address.
+local function tell_early(r, key, res)
+  if not r.early then return end
+  if res then
+    if res[1] ~= 1 and res[3] > 0 then early.refused(r.name, key, res[3] / 1000) end
+  else
+    early.unrefused(r.name, key)
+  end
+end
+
 local function step(r, key, cost, opts)
   if r.off then return { 1, r.limit, 0, 0 } end
   local k = bucket(r, key)
   if cost < 0 then
     if refused[k] then set_refused(k, false) end -- a refund: ask Redis again next time
+    tell_early(r, key, nil)
   else
     local known = refused[k] and still_refused(k)
-    if known then return known end
+    if known then
+      tell_early(r, key, known)
+      return known
+    end
   end
   local args, o = { r.interval, r.span, cost }, { timeout = REDIS_TIMEOUT }
   local reply, err
@@ -184,13 +205,17 @@ local function step(r, key, cost, opts)
   if type(reply) == "table" then
     if degraded then log.info("limit: Redis answers again; limits are shared again") end
     degraded = false
-    if reply[1] ~= 1 and reply[3] > 0 then refuse_until(k, reply[3], reply[4]) end
+    if reply[1] ~= 1 and reply[3] > 0 then
+      refuse_until(k, reply[3], reply[4])
+      tell_early(r, key, reply)
+    end
     return reply
   end
   if not degraded then log.warn("limit: Redis cannot count (%s); each worker counts alone", tostring(err)) end
   degraded = true
   local res = local_step(k, r, cost)
   res.fallback = true
+  tell_early(r, key, res)
   return res
 end
 
@@ -219,6 +244,16 @@ function M.refund(rule, key, opts)
   step(resolve(rule), key, -1, opts)
 end
 
+function M.answer_early(spec)
+  if type(spec) ~= "table" then error("limit.answer_early: a table is required", 2) end
+  local r = resolve(spec.rule)
+  if r.off then return end
+  early.refuse_when_limited{ method = spec.method, path = spec.path, route = spec.route,
+    policy = r.name, limit = r.limit, window = math.ceil(r.window) }
+  r.early = true
+end
+
+-- M.response() and core/early.c's limited_answer() write the same answer.
 function M.response(info, detail)
   local status, body, headers = problem.response(429, "rate-limited",
     detail or "too many requests; retry after " .. info.retry_after .. " s",
