@@ -28,6 +28,30 @@ describe("evently.stream #pg", function()
     assert.are.equal(0, stream.lag("spec-order-" .. tag, "booking-cancelled"))
   end)
 
+  it("moves past other topics' rows, so a rare topic's pass reads only what is new", function()
+    local group = "spec-rare-" .. tag
+    local seen = {}
+    stream.consume{ topic = "event-cancelled", group = group, now = true,
+      handler = function(msg) if msg.payload.rare == tag then seen[#seen + 1] = msg.payload.n end end }
+    -- 2,500 rows of another topic (more than one pass reads), then one of its own
+    assert(db.query([[INSERT INTO outbox (event_type, aggregate_id, payload)
+      SELECT 'booking.confirmed', 1, jsonb_build_object('n', g) FROM generate_series(1, 2500) g]]))
+    emit("event.cancelled", 1, { rare = tag, n = 1 }) -- not `tag`: other groups of the topic read it too
+    assert.is_true(wait_for(function() return #seen == 1 end))
+    assert.are.same({ 1 }, seen)
+    -- more of the other topic only: the position still moves (within a second)
+    assert(db.query([[INSERT INTO outbox (event_type, aggregate_id, payload)
+      SELECT 'booking.confirmed', 1, '{}' FROM generate_series(1, 10)]]))
+    local function behind()
+      return db.value([[SELECT count(*) FROM outbox o, stream_offsets s
+        WHERE s.consumer_group = $1 AND s.topic = 'event-cancelled'
+          AND (o.txid, o.id) > (s.last_txid, s.last_id)]], group)
+    end
+    assert.is_true(wait_for(function() return behind() == 0 end, 5), "position stayed behind: " .. tostring(behind()))
+    assert.are.equal(0, stream.lag(group, "event-cancelled"))
+    assert.are.same({ 1 }, seen)
+  end)
+
   it("retries a failing handler and dead-letters a message that keeps failing, then goes on", function()
     local group = "spec-dlq-" .. tag
     local attempts, after = {}, {}

@@ -1,7 +1,7 @@
 --- evently.stream: consumers of the domain events in the outbox, the same
 -- for scripts whether Kafka runs or not.
 --   stream.consume{ topic = "booking-cancelled", group = "waitlist", handler = fn,
---                   retries = 5, batch = 50 }
+--                   retries = 5, batch = 200 }
 --     handler(msg) runs in its own coroutine with every platform API; msg is
 --     { id, topic, type, key (the event id), payload (table), created_at }.
 --     Returning normally acknowledges; raising (or returning nil, err) retries
@@ -11,7 +11,9 @@
 --     (stream_processed, one statement per batch of up to 200) and skips a
 --     message the relay published twice; in
 --     process the group's position moves with each batch, so only a crash
---     mid-batch hands messages over again.
+--     mid-batch hands messages over again. In process, `batch` is how many
+--     outbox rows (of any topic) a pass reads; its topic's among them are
+--     handed over.
 --     With transactional = true the handler is handler(msg, tx): it runs in
 --     the transaction that records msg.id as handled, so effects it writes
 --     through tx happen exactly once.
@@ -31,9 +33,11 @@
 -- group's position. One worker of one instance holds a group's position at a
 -- time through a lease renewed as it goes (like a Kafka partition owned by
 -- one member of the group), without holding a database connection while its
--- handlers run; dead letters go to the dead_letters table.
--- Both wake up on NOTIFY evently_outbox (a trigger on the outbox) and poll
--- once a second besides, in case a notification was missed.
+-- handlers run; dead letters go to the dead_letters table. The position
+-- moves past other topics' rows too, so a pass reads only what is new.
+-- Both wake up on NOTIFY evently_outbox (a trigger on the outbox), at most
+-- every 50 ms per consumer, and poll once a second besides, in case a
+-- notification was missed.
 local db = require "evently.db"
 local json = require "evently.json"
 local time = require "evently.time"
@@ -166,46 +170,89 @@ local function run_in_process(c, msg)
   end
 end
 
--- One pass: take or renew the group's lease, hand the next messages over in
--- order, move the position. Returns how many were handled, or nil when
--- another worker holds the group.
+-- A pass reads the next c.batch outbox rows after the group's position in
+-- (txid, id) order, of any topic, hands over the rows of its own topic among
+-- them, and moves the position past all it read: a consumer of a rare topic
+-- does not read the same tail of other topics' rows again on every pass, so
+-- a pass costs the rows written since the last one, however long the outbox.
+local SPAN = [[WITH span AS MATERIALIZED (
+    SELECT id, txid, event_type, aggregate_id, payload, created_at FROM outbox
+    WHERE (txid, id) > ($1, $2) AND txid < txid_snapshot_xmin(txid_current_snapshot())
+    ORDER BY txid, id LIMIT $4),
+  tail AS (SELECT txid, id, (SELECT count(*) FROM span) AS n FROM span ORDER BY txid DESC, id DESC LIMIT 1),
+  hits AS (SELECT * FROM span WHERE outbox_topic_matches($3, event_type))
+  SELECT tail.txid AS tail_txid, tail.id AS tail_id, tail.n AS scanned,
+         h.id, h.txid, h.event_type, h.aggregate_id, h.payload, h.created_at
+  FROM tail LEFT JOIN hits h ON true
+  ORDER BY h.txid, h.id]]
+-- A woken consumer passes at most this often: a NOTIFY per booking batch
+-- (hundreds a second on a hot event) must not mean a query per consumer each.
+local MIN_GAP = 0.05
+-- A position that moved past other topics' rows only is written at most this
+-- often (one handed over is written at once): losing it costs a re-read.
+local SAVE_EVERY = 1.0
+
+-- The group's position as this worker holds it (c.pos), taken with the lease;
+-- false when another worker holds the group.
+local function hold(c)
+  if c.pos then return true end
+  local pos, err = claim(c)
+  if not pos then
+    if err then error(err, 0) end
+    return false
+  end
+  c.pos, c.saved_at, c.dirty = { pos.last_txid, pos.last_id }, time.monotonic(), false
+  return true
+end
+
+-- Writes c.pos and renews the lease; raises when the lease was lost.
+local function save(c)
+  if not advance(c, c.pos[1], c.pos[2]) then error("lease lost", 0) end
+  c.saved_at, c.dirty = time.monotonic(), false
+end
+
+-- One pass. Returns how many messages were handled and whether more are
+-- waiting, or nil when another worker holds the group.
 local function pass(c)
-  local handled, elsewhere = 0, false
+  local handled, more, elsewhere = 0, false, false
   local ok, err = pcall(function()
-    local pos, cerr = claim(c)
-    if not pos then
-      if cerr then error(cerr, 0) end
-      elsewhere = true
+    if not hold(c) then elsewhere = true; return end
+    local rows = assert(db.query(SPAN, c.pos[1], c.pos[2], c.topic, c.batch))
+    if #rows == 0 then -- nothing new; the lease still wants renewing
+      if time.monotonic() - c.saved_at > LEASE / 3 then save(c) end
       return
     end
-    local rows = assert(db.query([[SELECT id, txid, event_type, aggregate_id, payload, created_at FROM outbox
-      WHERE (txid, id) > ($1, $2) AND txid < txid_snapshot_xmin(txid_current_snapshot())
-        AND outbox_topic_matches($3, event_type)
-      ORDER BY txid, id LIMIT $4]], pos.last_txid, pos.last_id, c.topic, c.batch))
-    local renewed = time.monotonic()
-    for _, row in ipairs(rows) do
-      if time.monotonic() - renewed > LEASE / 3 then -- a long batch keeps its lease
-        if not advance(c, nil, nil) then error("lease lost", 0) end
-        renewed = time.monotonic()
-      end
+    local hits = rows[1].id ~= db.null and #rows or 0
+    for i = 1, hits do
+      local row = rows[i]
+      if time.monotonic() - c.saved_at > LEASE / 3 then save(c) end -- a long batch keeps its lease
       run_in_process(c, { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
         payload = row.payload, created_at = row.created_at })
       handled = handled + 1
+      c.pos, c.dirty = { row.txid, row.id }, true
     end
-    if #rows > 0 and not advance(c, rows[#rows].txid, rows[#rows].id) then error("lease lost", 0) end
+    c.pos, c.dirty = { rows[1].tail_txid, rows[1].tail_id }, true -- past every row read
+    more = rows[1].scanned == c.batch
+    if c.dirty and (handled > 0 or time.monotonic() - c.saved_at > SAVE_EVERY) then save(c) end
   end)
-  if not ok then log.warn("stream %s/%s: %s", c.group, c.topic, tostring(err)) end
+  if not ok then
+    c.pos = nil -- the database's position is the truth again
+    log.warn("stream %s/%s: %s", c.group, c.topic, tostring(err))
+  end
   if elsewhere then return nil end
-  return handled
+  return handled, more
 end
 
 local function loop(c)
   while true do
-    local n = pass(c)
+    local started = time.monotonic()
+    local n, more = pass(c)
     if n == nil then
       time.sleep(POLL) -- another worker owns the group: check now and then, not on every NOTIFY
-    elseif n < c.batch then
+    elseif not more then
       nap(POLL)
+      local since = time.monotonic() - started
+      if since < MIN_GAP then time.sleep(MIN_GAP - since) end
     end
   end
 end
@@ -376,7 +423,7 @@ function M.consume(spec)
   if type(spec.group) ~= "string" or spec.group == "" then error("stream.consume: group required", 2) end
   if type(spec.handler) ~= "function" then error("stream.consume: handler must be a function", 2) end
   local c = { topic = spec.topic, group = spec.group, handler = spec.handler,
-    retries = spec.retries or 5, batch = spec.batch or 50, transactional = spec.transactional == true }
+    retries = spec.retries or 5, batch = spec.batch or 200, transactional = spec.transactional == true }
   consumers[#consumers + 1] = c
   clean_records_hourly()
   if kafka.enabled() then
