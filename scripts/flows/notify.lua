@@ -27,6 +27,19 @@ local function push(msg)
   return true
 end
 
+-- A batch's pushes in one Redis round trip: a hot event's confirmations
+-- come hundreds a second, and a round trip each would hold the consumer up.
+local function push_all(msgs)
+  local items = {}
+  for _, msg in ipairs(msgs) do
+    for _, uid in ipairs(recipients.of(msg)) do items[#items + 1] = { uid, message(msg) } end
+  end
+  local ws = require "evently.ws"
+  local ok, err = ws.publish_many(items)
+  if not ok then return nil, "websocket fan-out: " .. tostring(err) end
+  return true
+end
+
 local function mail_one(msg, user, event, mail, templates)
   local done, err = db.one("SELECT 1 AS x FROM sent_emails WHERE message_id = $1 AND user_id = $2", msg.id, user.id)
   if err then return nil, err end
@@ -54,7 +67,7 @@ end
 
 function M.start()
   for _, topic in ipairs(TOPICS) do
-    stream.consume { topic = topic, group = "notify-websocket", handler = push }
+    stream.consume { topic = topic, group = "notify-websocket", handler = push, batch_handler = push_all }
     stream.consume { topic = topic, group = "notify-email", handler = email, retries = 8 }
   end
   log.debug("notification flows consuming %d topics", #TOPICS)

@@ -16,7 +16,7 @@ bin=${EVENTLY_BIN:-build/evently}
 work=$(mktemp -d); chmod 755 "$work"
 port=18651
 base=http://127.0.0.1:$port
-trap 'kill $client 2>/dev/null; kill $(cat $work/home/evently.pid 2>/dev/null) 2>/dev/null; sleep 3; rm -rf $work' EXIT
+trap 'kill $client 2>/dev/null || true; kill $(cat $work/home/evently.pid 2>/dev/null) 2>/dev/null; sleep 3; rm -rf $work' EXIT
 client=
 ulimit -n "$(ulimit -Hn)"
 "$bin" version

@@ -52,6 +52,36 @@ describe("evently.stream #pg", function()
     assert.are.same({ 1 }, seen)
   end)
 
+  it("hands a batch to batch_handler together, and one by one to handler when the batch fails", function()
+    local group = "spec-together-" .. tag
+    local batches, single, fail_next = {}, {}, false
+    stream.consume{ topic = "waitlist-notification", group = group, now = true,
+      batch_handler = function(msgs)
+        local mine = {}
+        for _, m in ipairs(msgs) do if m.payload.together == tag then mine[#mine + 1] = m.payload.n end end
+        if #mine == 0 then return true end
+        if fail_next then fail_next = false; return nil, "the batch fails" end
+        batches[#batches + 1] = mine
+        return true
+      end,
+      handler = function(msg) if msg.payload.together == tag then single[#single + 1] = msg.payload.n end end }
+    assert(db.query([[INSERT INTO outbox (event_type, aggregate_id, payload)
+      SELECT 'waitlist.offered', 3, jsonb_build_object('together', $1::text, 'n', g) FROM generate_series(1, 5) g]], tag))
+    assert.is_true(wait_for(function() return #batches == 1 end))
+    assert.are.same({ { 1, 2, 3, 4, 5 } }, batches) -- one statement's rows: one batch
+    assert.are.same({}, single)
+    fail_next = true
+    emit("waitlist.offered", 3, { together = tag, n = 6 })
+    emit("waitlist.expired", 3, { together = tag, n = 7 })
+    assert.is_true(wait_for(function() return #single == 2 end))
+    assert.are.same({ 6, 7 }, single)
+    assert.are.equal(1, #batches)
+    assert.has_error(function()
+      stream.consume{ topic = "waitlist-notification", group = group .. "-tx", transactional = true,
+        handler = function() end, batch_handler = function() end }
+    end)
+  end)
+
   it("retries a failing handler and dead-letters a message that keeps failing, then goes on", function()
     local group = "spec-dlq-" .. tag
     local attempts, after = {}, {}

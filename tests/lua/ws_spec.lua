@@ -57,6 +57,23 @@ describe("evently.ws", function()
     assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$", doc.created_at)
   end)
 
+  it("publishes many in one pipeline, in order, and checks every item first #redis", function()
+    local got = {}
+    local h = assert(redis.subscribe(ws.CHANNEL, function(_, msg) got[#got + 1] = msg end))
+    local before = redis.stats().commands
+    assert.is_true(ws.publish_many({ { 7, { type = "a" } }, { "8", { type = "b", payload = { n = 2 } } } }))
+    assert.are.equal(2, redis.stats().commands - before) -- two PUBLISHes, nothing else
+    assert.is_true(ws.publish_many({}))
+    assert(wait_until(2, function() return #got == 2 end))
+    h:unsubscribe()
+    assert.matches('^7\n{.*"type":"a"', got[1])
+    assert.matches('^8\n{.*"n":2', got[2])
+    assert.has_error(function() ws.publish_many({ { 7, "text" } }) end)
+    local ok, err = ws.publish_many({ { 7, { type = "x" } }, { 7, { type = "x", payload = { f = print } } } })
+    assert.is_nil(ok)
+    assert.matches("^invalid", err)
+  end)
+
   it("counts no connections in a process that upgraded none", function()
     assert.are.equal(0, ws.connections())
     assert.are.equal(0, ws.connections(42))

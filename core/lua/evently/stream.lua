@@ -17,6 +17,11 @@
 --     With transactional = true the handler is handler(msg, tx): it runs in
 --     the transaction that records msg.id as handled, so effects it writes
 --     through tx happen exactly once.
+--     batch_handler = fn(msgs) (not with transactional): the messages of a
+--     batch are handed over together first (e.g. to send them in one round
+--     trip); returning normally acknowledges them all; raising or returning
+--     nil, err hands each to handler(msg) instead, with its retries and dead
+--     letters.
 --   stream.relay()          starts the outbox relay (Kafka mode; no-op otherwise)
 --   stream.metrics_text()   consumer lag lines for /metrics
 --   Topics: booking-confirmed, booking-cancelled, waitlist-notification,
@@ -60,22 +65,34 @@ M.TOPICS = TOPICS
 -- ---------------------------------------------------------------- wake-ups
 
 -- One event per generation: every napping consumer waits on the current one,
--- a NOTIFY sets it and the next nap starts a new one.
+-- a NOTIFY sets it and the next nap starts a new one. A NOTIFY that came
+-- while a loop was busy (its pass already running) must not be lost: the
+-- loop notes the count before its pass and naps only if none came since, or
+-- rows committed then would wait for the next NOTIFY or the poll.
 local current
 local listening = false
+local notified = 0
 
 local function wake_all()
+  notified = notified + 1
   local ev = current
   current = nil
   if ev then ev:set() end
 end
 
--- Waits for the next NOTIFY evently_outbox or `timeout` seconds.
-local function nap(timeout)
+-- The NOTIFY count now: a loop takes it before its pass.
+local function mark()
   if not listening then
     listening = true
     db.listen("evently_outbox", wake_all)
   end
+  return notified
+end
+
+-- Waits for the next NOTIFY evently_outbox or `timeout` seconds, unless one
+-- came since mark() gave `seen`.
+local function nap(timeout, seen)
+  if notified ~= seen then return end
   current = current or sync.event()
   current:wait(timeout)
 end
@@ -92,6 +109,16 @@ local function persist(what, fn)
     log.warn("stream: %s: %s; again in %.1f s", what, tostring(v), backoff)
     time.sleep(backoff); backoff = math.min(backoff * 2, 5)
   end
+end
+
+-- A batch through c.batch_handler: true when it took them all.
+local function handle_together(c, msgs)
+  if not c.batch_handler then return false end
+  local ok, v, err = pcall(c.batch_handler, msgs)
+  if ok and (v ~= nil or err == nil) then return true end
+  log.info("stream %s/%s: a batch of %d failed together (%s); one by one instead", c.group, c.topic, #msgs,
+    tostring(ok and err or v))
+  return false
 end
 
 local function deliver(c, msg)
@@ -223,13 +250,20 @@ local function pass(c)
       return
     end
     local hits = rows[1].id ~= db.null and #rows or 0
+    local msgs = {}
     for i = 1, hits do
       local row = rows[i]
-      if time.monotonic() - c.saved_at > LEASE / 3 then save(c) end -- a long batch keeps its lease
-      run_in_process(c, { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
-        payload = row.payload, created_at = row.created_at })
+      msgs[i] = { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
+        payload = row.payload, created_at = row.created_at }
+    end
+    local together = hits > 0 and handle_together(c, msgs)
+    for i = 1, hits do
+      if not together then
+        if time.monotonic() - c.saved_at > LEASE / 3 then save(c) end -- a long batch keeps its lease
+        run_in_process(c, msgs[i])
+      end
       handled = handled + 1
-      c.pos, c.dirty = { row.txid, row.id }, true
+      c.pos, c.dirty = { rows[i].txid, rows[i].id }, true
     end
     c.pos, c.dirty = { rows[1].tail_txid, rows[1].tail_id }, true -- past every row read
     more = rows[1].scanned == c.batch
@@ -245,12 +279,12 @@ end
 
 local function loop(c)
   while true do
-    local started = time.monotonic()
+    local started, seen = time.monotonic(), mark()
     local n, more = pass(c)
     if n == nil then
       time.sleep(POLL) -- another worker owns the group: check now and then, not on every NOTIFY
     elseif not more then
-      nap(POLL)
+      nap(POLL, seen)
       local since = time.monotonic() - started
       if since < MIN_GAP then time.sleep(MIN_GAP - since) end
     end
@@ -294,8 +328,20 @@ local function kafka_before(g)
       for _, r in ipairs(rows) do set[r.once] = true end
       return set
     end)
+    local together = {} -- consumer -> its messages of this batch, for batch_handler
     for _, k in ipairs(batch) do
       if k.stream and done[k.topic .. "/" .. k.stream.id] then k.skip = true end
+      local c = g.by_topic[k.topic]
+      if k.stream and not k.skip and c and c.batch_handler then
+        together[c] = together[c] or { msgs = {}, ks = {} }
+        table.insert(together[c].msgs, k.stream)
+        table.insert(together[c].ks, k)
+      end
+    end
+    for c, t in pairs(together) do
+      if handle_together(c, t.msgs) then
+        for _, k in ipairs(t.ks) do k.together = true end
+      end
     end
   end
 end
@@ -321,6 +367,7 @@ end
 local function kafka_dispatch(g)
   return function(k)
     if not k.stream then error("not an outbox message: " .. tostring(k.value):sub(1, 200), 0) end
+    if k.together then return true end -- its batch_handler took it
     local c = g.by_topic[k.topic]
     local ok, why
     if c.transactional then ok, why = deliver_tx(c, k.stream) else ok, why = deliver(c, k.stream) end
@@ -386,13 +433,14 @@ end
 local function relay_loop()
   local backoff = 0.2
   while true do
+    local seen = mark()
     local n, failed = relay_pass()
     if failed then
       time.sleep(backoff); backoff = math.min(backoff * 2, 5)
     else
       backoff = 0.2
       if n > 0 then runtime.count("evently_outbox_published_total", n) end
-      if n < RELAY_BATCH then nap(POLL) end
+      if n < RELAY_BATCH then nap(POLL, seen) end
     end
   end
 end
@@ -422,7 +470,10 @@ function M.consume(spec)
   if type(spec) ~= "table" or not TOPICS[spec.topic] then error("stream.consume: unknown topic", 2) end
   if type(spec.group) ~= "string" or spec.group == "" then error("stream.consume: group required", 2) end
   if type(spec.handler) ~= "function" then error("stream.consume: handler must be a function", 2) end
-  local c = { topic = spec.topic, group = spec.group, handler = spec.handler,
+  if spec.batch_handler ~= nil and (type(spec.batch_handler) ~= "function" or spec.transactional) then
+    error("stream.consume: batch_handler must be a function, and not with transactional", 2)
+  end
+  local c = { topic = spec.topic, group = spec.group, handler = spec.handler, batch_handler = spec.batch_handler,
     retries = spec.retries or 5, batch = spec.batch or 200, transactional = spec.transactional == true }
   consumers[#consumers + 1] = c
   clean_records_hourly()

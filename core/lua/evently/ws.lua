@@ -30,6 +30,11 @@
 --       effort: users not connected get nothing); nil, err when Redis cannot
 --       (err.kind "unavailable", "timeout", ...); a msg JSON cannot encode: nil,
 --       "invalid: ...". Runs in any coroutine.
+--   ok, err = ws.publish_many(items)
+--       items = {{user_id, msg}, ...}: ws.publish for each, sent to Redis back to
+--       back and answered together (one round trip, not one per item). true
+--       once Redis took them all; nil, err when it did not take them all (the
+--       first error; some may have gone: delivery is best effort).
 --   ws.connections(user_id?) -> number of open registered connections in this worker
 local core = require "evently.ws.core"
 local json = require "evently.json"
@@ -175,12 +180,13 @@ local function rfc3339_now()
   return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(now)) .. string.format(".%03dZ", ms)
 end
 
-function M.publish(user_id, msg)
+-- The line ws.publish sends for (user_id, msg), or nil, err.
+local function line_of(user_id, msg, level)
   if type(user_id) ~= "number" and type(user_id) ~= "string" then
-    error("ws.publish: user_id must be a number or a string", 2)
+    error("ws.publish: user_id must be a number or a string", level + 1)
   end
   if type(msg) ~= "table" or type(msg.type) ~= "string" then
-    error("ws.publish: msg must be a table with a string type", 2)
+    error("ws.publish: msg must be a table with a string type", level + 1)
   end
   local doc = {
     type = msg.type,
@@ -189,10 +195,44 @@ function M.publish(user_id, msg)
   }
   local text, err = json.encode(doc)
   if not text then return nil, "invalid: " .. tostring(err) end
-  local ok_r, redis = pcall(require, "evently.redis")
-  if not ok_r then return nil, "unavailable: " .. tostring(redis) end
-  local n, perr = redis.publish(CHANNEL, tostring(user_id) .. "\n" .. text)
+  return tostring(user_id) .. "\n" .. text
+end
+
+local function redis_client()
+  local ok, redis = pcall(require, "evently.redis")
+  if not ok then return nil, "unavailable: " .. tostring(redis) end
+  return redis
+end
+
+function M.publish(user_id, msg)
+  local line, err = line_of(user_id, msg, 2)
+  if not line then return nil, err end
+  local redis, rerr = redis_client()
+  if not redis then return nil, rerr end
+  local n, perr = redis.publish(CHANNEL, line)
   if not n then return nil, perr end
+  return true
+end
+
+function M.publish_many(items)
+  if type(items) ~= "table" then error("ws.publish_many: a list of {user_id, msg} expected", 2) end
+  local lines = {}
+  for i, item in ipairs(items) do
+    if type(item) ~= "table" then error("ws.publish_many: item " .. i .. " is not {user_id, msg}", 2) end
+    local line, err = line_of(item[1], item[2], 2)
+    if not line then return nil, err end
+    lines[i] = line
+  end
+  if #lines == 0 then return true end
+  local redis, rerr = redis_client()
+  if not redis then return nil, rerr end
+  local results, perr = redis.pipeline(function(p)
+    for _, line in ipairs(lines) do p:call("PUBLISH", CHANNEL, line) end
+  end)
+  if not results then return nil, perr end
+  for _, r in ipairs(results) do
+    if r[1] == nil then return nil, r[2] end
+  end
   return true
 end
 
