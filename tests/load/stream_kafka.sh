@@ -14,7 +14,9 @@
 #     the relay has published (and marked) them all. Each row goes to its topic
 #     and analytics-events, so Kafka receives twice as many messages.
 #  3. Baseline: kafka-producer-perf-test (ProducerPerformance) sending as many
-#     records of the same size, acks=all, idempotent, to the same broker.
+#     records of the same size, acks=all, idempotent, to the same broker, with
+#     batch.size=1000000 (librdkafka's default, so the relay's: the Java
+#     client's 16 KB default would make the baseline, not the relay, slow).
 #   usage: tests/load/stream_kafka.sh [seconds, default 10]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -134,7 +136,7 @@ relay_rate=$(echo "scale=0; $n / ($t1 - $t0)" | bc)
 java -Xmx512m -cp "tests/kafka/target/lib/*" -Dlog4j.configuration=file:/dev/null \
   org.apache.kafka.tools.ProducerPerformance --topic perf-baseline --num-records $((2 * n)) \
   --record-size "$size" --throughput -1 \
-  --producer-props bootstrap.servers=$brokers acks=all enable.idempotence=true linger.ms=2 \
+  --producer-props bootstrap.servers=$brokers acks=all enable.idempotence=true linger.ms=2 batch.size=1000000 \
   >"$work/perf.txt" 2>&1 || true
 perf=$(tail -1 "$work/perf.txt")
 perf_rate=$(sed -nE 's/^[0-9]+ records sent, ([0-9.]+) records\/sec.*/\1/p' "$work/perf.txt" | tail -1)

@@ -53,7 +53,7 @@ local kafka = require "evently.kafka"
 
 local M = {}
 local POLL = 1.0
-local RELAY_BATCH = 1000
+local RELAY_BATCH = 5000
 local RELAY_LOCK = 72010   -- pg advisory lock key of the one relay
 
 -- The topics; which event types go to which is Postgres' outbox_topic()
