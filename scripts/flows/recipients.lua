@@ -3,13 +3,17 @@ local db = require "evently.db"
 
 local M = {}
 
+-- The holders told of an event's cancellation: one notification row each
+-- (domain.notify), found through notifications_event_cancelled_idx.
+M.HOLDERS = [[SELECT DISTINCT user_id FROM notifications
+  WHERE type = 'event.cancelled' AND payload->>'event_id' = $1::text ORDER BY user_id]]
+
 -- booking.cancelled with reason event.cancelled is told by event.cancelled
 -- itself, once per holder, not once per booking.
 function M.of(msg)
   local p = msg.payload or {}
   if msg.type == "event.cancelled" then
-    local rows = assert(db.query([[SELECT DISTINCT user_id FROM notifications
-      WHERE type = 'event.cancelled' AND payload->>'event_id' = $1::text ORDER BY user_id]], p.event_id))
+    local rows = assert(db.query(M.HOLDERS, p.event_id))
     local out = {}
     for i, r in ipairs(rows) do out[i] = r.user_id end
     return out
