@@ -49,6 +49,7 @@ typedef struct {
     struct ev_request *spare; /* finished request contexts, reused */
     int nspare;
     unsigned long long early_answers, early_flushed; /* answered in C; flushed to /metrics */
+    unsigned long long early_limited, limited_flushed; /* of which 429 rate-limited */
     unsigned long long refusals_flushed;             /* ev_gate_refusals() flushed so far */
 } ev_worker_t;
 
@@ -307,8 +308,8 @@ static int answer_early(ev_worker_t *w, ev_http_req_t *req)
     w->early_answers++;
     if (a->kind == EV_EARLY_WHEN_CLOSED)
         ev_gate_count_refusal();
-    else if (w->rt.metrics)
-        ev_metrics_count(w->rt.metrics, "evently_rate_limited_total", 1);
+    else
+        w->early_limited++; /* flushed once a second, as the shared region wants */
     ev_http_respond(req, a->status, a->headers, a->nheaders, a->body, a->body_len, a->route);
     return 1;
 }
@@ -402,6 +403,10 @@ static void flush_counts(ev_worker_t *w)
         ev_metrics_count(w->rt.metrics, "evently_early_answers_total",
                          w->early_answers - w->early_flushed);
     w->early_flushed = w->early_answers;
+    if (w->early_limited > w->limited_flushed)
+        ev_metrics_count(w->rt.metrics, "evently_rate_limited_total",
+                         w->early_limited - w->limited_flushed);
+    w->limited_flushed = w->early_limited;
 }
 
 static int64_t monotonic_ms(void)
