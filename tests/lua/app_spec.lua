@@ -69,6 +69,17 @@ describe("evently.app dispatch", function()
     assert.are.equal("spec-1", cjson.decode(body).request_id)
   end)
 
+  it("answers a body that cannot be sent with a 500 problem", function()
+    app.get("/nan", function() return { ratio = 0 / 0 } end)
+    app.get("/fn", function() return 200, print end)
+    for _, path in ipairs({ "/nan", "/fn" }) do
+      local s, h, body = app.dispatch(request("GET", path))
+      assert.are.equal(500, s)
+      assert.are.equal("application/problem+json", h["Content-Type"])
+      assert.are.equal("https://evently.dev/problems/internal", cjson.decode(body).type)
+    end
+  end)
+
   it("answers problem.raise with that problem and its extra members", function()
     local s, _, body = app.dispatch(request("GET", "/conflict"))
     local doc = cjson.decode(body)

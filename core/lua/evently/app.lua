@@ -53,7 +53,9 @@ M.parse_query = parse_query
 local JSON_HEADERS = { ["Content-Type"] = "application/json" }
 local TEXT_HEADERS = { ["Content-Type"] = "text/plain; charset=utf-8" }
 
--- Normalises what a handler returned into status, headers, body string.
+-- Normalises what a handler returned into status, headers, body string; nil
+-- and a reason when the body cannot be sent (no pcall on the way of every
+-- answer: json.encode returns its failure).
 local function finish(status, body, headers)
   if type(status) ~= "number" then
     status, body, headers = 200, status, nil
@@ -64,7 +66,7 @@ local function finish(status, body, headers)
   local kind = type(body)
   if kind == "table" then
     local text, err = json.encode(body)
-    if not text then error("response body cannot be encoded as JSON: " .. err, 0) end
+    if not text then return nil, "response body cannot be encoded as JSON: " .. err end
     if headers then
       if not headers["Content-Type"] and not headers["content-type"] then headers["Content-Type"] = "application/json" end
       return status, headers, text
@@ -73,7 +75,7 @@ local function finish(status, body, headers)
   elseif kind == "string" then
     return status, headers or TEXT_HEADERS, body
   end
-  error("handler returned a " .. kind .. " body", 0)
+  return nil, "handler returned a " .. kind .. " body"
 end
 
 local function traceback(err)
@@ -136,9 +138,9 @@ function M.dispatch(req)
         { request_id = req.id })
     end
   end
-  local okf, s, h, text = pcall(finish, status, body, headers)
-  if not okf then
-    log.error("handler for %s %s: %s", req.method, route.pattern, tostring(s))
+  local s, h, text = finish(status, body, headers)
+  if not s then
+    log.error("handler for %s %s: %s", req.method, route.pattern, h)
     s, h, text = 500, { ["Content-Type"] = "application/problem+json" },
       json.encode(problem.document(500, "internal", nil, { request_id = req.id }))
   end
