@@ -1,7 +1,7 @@
 /* co.c - coroutines waiting on C-side I/O; see co.h for the contract.
  *
  * The coroutine's lua_State extra space holds its ev_co_t*, so a C function
- * finds "who is calling" in O(1) with no table lookup. ev_co_resume() is the
+ * finds "who is calling" in O(1) with no table lookup. co_resume() is the
  * only place that calls lua_resume; it also finishes the coroutine, so every
  * path (return, error, abort) releases the registry anchor exactly once. */
 #include "co.h"
@@ -15,13 +15,13 @@
 #include "slice.h"
 
 struct ev_co {
-    lua_State *L;           /* the thread */
-    lua_State *M;           /* the main thread: owns the anchor */
-    int wake_done;          /* the timer fires to deliver a deferred EV_WAKE_DONE */
-    void *pool;             /* co_pool_t of M, where it goes when finished */
-    int ref;                /* registry anchor of the thread */
+    lua_State *L;  /* the thread */
+    lua_State *M;  /* the main thread: owns the anchor */
+    int wake_done; /* the timer fires to deliver a deferred EV_WAKE_DONE */
+    void *pool;    /* co_pool_t of M, where it goes when finished */
+    int ref;       /* registry anchor of the thread */
     struct event_base *base;
-    struct event *timer;    /* the wait's timeout */
+    struct event *timer;      /* the wait's timeout */
     const ev_wait_ops_t *ops; /* the wait in progress, or NULL */
     void *data;
     ev_co_done_fn done;
@@ -32,13 +32,25 @@ struct ev_co {
 
 static int live;
 
-int ev_co_live(void) { return live; }
+int ev_co_live(void)
+{
+    return live;
+}
 
-static ev_co_t **slot(lua_State *L) { return (ev_co_t **)lua_getextraspace(L); }
+static ev_co_t **slot(lua_State *L)
+{
+    return (ev_co_t **)lua_getextraspace(L);
+}
 
-ev_co_t *ev_co_current(lua_State *L) { return *slot(L); }
+ev_co_t *ev_co_current(lua_State *L)
+{
+    return *slot(L);
+}
 
-lua_State *ev_co_state(ev_co_t *co) { return co->L; }
+lua_State *ev_co_state(ev_co_t *co)
+{
+    return co->L;
+}
 
 void *ev_co_owner(const ev_co_t *co, ev_co_done_fn done)
 {
@@ -54,7 +66,10 @@ void ev_co_set_tag(ev_co_t *co, const char *tag)
     co->tag[n] = '\0';
 }
 
-const char *ev_co_tag(const ev_co_t *co) { return co->tag; }
+const char *ev_co_tag(const ev_co_t *co)
+{
+    return co->tag;
+}
 
 void ev_co_set_route(ev_co_t *co, const char *route)
 {
@@ -65,7 +80,10 @@ void ev_co_set_route(ev_co_t *co, const char *route)
     co->route[n] = '\0';
 }
 
-const char *ev_co_route(const ev_co_t *co) { return co->route[0] ? co->route : NULL; }
+const char *ev_co_route(const ev_co_t *co)
+{
+    return co->route[0] ? co->route : NULL;
+}
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg);
 
@@ -215,7 +233,10 @@ static void co_resume(ev_co_t *co, int nargs)
     co_free(co, status);
 }
 
-void ev_co_start(ev_co_t *co, int nargs) { co_resume(co, nargs); }
+void ev_co_start(ev_co_t *co, int nargs)
+{
+    co_resume(co, nargs);
+}
 
 int ev_co_wait(lua_State *L, double timeout_s, const ev_wait_ops_t *ops, void *data)
 {
@@ -328,6 +349,6 @@ void ev_co_abort(ev_co_t *co)
         ops->release(co->data);
     ev_debug("co %s: aborted", co->tag);
     co->done = NULL;
-    lua_resetthread(co->L); /* runs pending <close> variables */
-    co_free(co, LUA_ERRRUN);  /* never reused: see co_free */
+    lua_resetthread(co->L);  /* runs pending <close> variables */
+    co_free(co, LUA_ERRRUN); /* never reused: see co_free */
 }

@@ -11,7 +11,7 @@
  * calls ev_co_wake(co, EV_WAKE_DONE). The timer calls ev_co_wake(co,
  * EV_WAKE_TIMEOUT) after ops->cancel has stopped the I/O. Either way
  * ops->push pushes the operation's results onto the coroutine and the one
- * resume point, ev_co_resume(), runs Lua on. Nothing resumes twice: the
+ * resume point, co_resume() in co.c, runs Lua on. Nothing resumes twice: the
  * first wake clears the wait. ev_co_abort() (client gone, worker stopping)
  * cancels the I/O and closes the thread so its <close> variables run. */
 #ifndef EV_CO_H
@@ -24,11 +24,11 @@ struct event_base;
 typedef enum { EV_WAKE_DONE, EV_WAKE_TIMEOUT } ev_wake_t;
 
 typedef struct {
-    const char *name;                          /* for debug logs: "sleep", "pg.query" */
+    const char *name; /* for debug logs: "sleep", "pg.query" */
     /* pushes the results and returns how many; runs protected on the main
      * thread (values are moved to the coroutine), so it may raise */
     int (*push)(lua_State *L, void *data, ev_wake_t why);
-    void (*cancel)(void *data);                /* stop the I/O; may be NULL */
+    void (*cancel)(void *data); /* stop the I/O; may be NULL */
     /* called exactly once when the wait is over, after push or after an
      * abort's cancel: frees data; may be NULL */
     void (*release)(void *data);

@@ -37,6 +37,7 @@
 
 #include "gate.h"
 #include "json.h"
+#include "problem.h"
 #include "refusals.h"
 
 /* Addresses a limited rule remembers at most (refusals.c: ~32 bytes each). */
@@ -74,7 +75,10 @@ struct ev_early {
 
 /* ---- rules ---- */
 
-ev_early_t *ev_early_new(void) { return calloc(1, sizeof(ev_early_t)); }
+ev_early_t *ev_early_new(void)
+{
+    return calloc(1, sizeof(ev_early_t));
+}
 
 static void strings_free(char **v, size_t n)
 {
@@ -85,8 +89,8 @@ static void strings_free(char **v, size_t n)
 
 static void rule_free(rule_t *r)
 {
-    char *one[] = {r->method, r->path, r->route, r->pool, r->key_field, r->quantity_field,
-                   r->content_type, r->body, r->policy};
+    char *one[] = {r->method,         r->path,         r->route, r->pool,  r->key_field,
+                   r->quantity_field, r->content_type, r->body,  r->policy};
     for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
         free(one[i]);
     strings_free(r->unless_fields, r->nunless_fields);
@@ -117,7 +121,10 @@ static char **copy_list(const char *const *v, size_t n, int lower)
     return d;
 }
 
-static char *dup(const char *s) { return s ? copy(s, strlen(s), 0) : NULL; }
+static char *dup(const char *s)
+{
+    return s ? copy(s, strlen(s), 0) : NULL;
+}
 
 /* The strings of a "when closed" spec; 0 when all are there. */
 static int fill_closed(rule_t *r, const ev_early_spec_t *s)
@@ -194,14 +201,26 @@ void ev_early_free(ev_early_t *e)
     free(e);
 }
 
-size_t ev_early_count(const ev_early_t *e) { return e->count; }
-void ev_early_set_hooked(ev_early_t *e, int hooked) { e->hooked = hooked; }
+size_t ev_early_count(const ev_early_t *e)
+{
+    return e->count;
+}
+void ev_early_set_hooked(ev_early_t *e, int hooked)
+{
+    e->hooked = hooked;
+}
 
 /* ---- the Authorization header, as auth.lua reads it ---- */
 
 /* Lua's %s in the C locale */
-static int lua_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
-static int token_char(char c) { return isalnum((unsigned char)c) || c == '_' || c == '-'; }
+static int lua_space(char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+static int token_char(char c)
+{
+    return isalnum((unsigned char)c) || c == '_' || c == '-';
+}
 
 int ev_early_bearer(const char *v, const char **token, size_t *len)
 {
@@ -396,10 +415,10 @@ static int body_decodes(const ev_http_req_t *req)
 static const ev_early_answer_t *closed_answer(ev_early_t *e, const rule_t *r)
 {
     answer_t *a = &e->out;
-    a->headers[0] = (ev_http_header_t){"Content-Type", 12, r->content_type,
-                                       strlen(r->content_type)};
+    a->headers[0] =
+        (ev_http_header_t){"Content-Type", 12, r->content_type, strlen(r->content_type)};
     a->answer = (ev_early_answer_t){EV_EARLY_WHEN_CLOSED, r->status, a->headers, 1, r->body,
-                                    r->body_len, r->route};
+                                    r->body_len,          r->route};
     return &a->answer;
 }
 
@@ -409,15 +428,17 @@ static const ev_early_answer_t *limited_answer(ev_early_t *e, const rule_t *r, d
     long secs = (long)ceil(retry);
     if (secs < 1)
         secs = 1;
-    int n = snprintf(a->body, sizeof a->body,
-                     "{\"type\":\"https://evently.dev/problems/rate-limited\","
-                     "\"title\":\"Too Many Requests\",\"status\":429,"
-                     "\"detail\":\"too many requests; retry after %ld s\","
-                     "\"violated-policies\":[\"%s\"],\"retry_after\":%ld}",
-                     secs, r->policy, secs);
+    char detail[64], members[256];
+    snprintf(detail, sizeof detail, "too many requests; retry after %ld s", secs);
+    int mn = snprintf(members, sizeof members, "\"violated-policies\":[\"%s\"],\"retry_after\":%ld",
+                      r->policy, secs);
+    int n = mn < 0 || (size_t)mn >= sizeof members
+                ? -1
+                : ev_problem_body(a->body, sizeof a->body, 429, "Too Many Requests", "rate-limited",
+                                  detail, members);
     int rn = snprintf(a->retry, sizeof a->retry, "%ld", secs);
-    int pn = snprintf(a->policy, sizeof a->policy, "\"%s\";q=%d;w=%d", r->policy, r->limit,
-                      r->window);
+    int pn =
+        snprintf(a->policy, sizeof a->policy, "\"%s\";q=%d;w=%d", r->policy, r->limit, r->window);
     int ln = snprintf(a->ratelimit, sizeof a->ratelimit, "\"%s\";r=0;t=%ld", r->policy, secs);
     if (n < 0 || (size_t)n >= sizeof a->body || pn < 0 || (size_t)pn >= sizeof a->policy ||
         ln < 0 || (size_t)ln >= sizeof a->ratelimit)
@@ -426,8 +447,8 @@ static const ev_early_answer_t *limited_answer(ev_early_t *e, const rule_t *r, d
     a->headers[1] = (ev_http_header_t){"Retry-After", 11, a->retry, (size_t)rn};
     a->headers[2] = (ev_http_header_t){"RateLimit-Policy", 16, a->policy, (size_t)pn};
     a->headers[3] = (ev_http_header_t){"RateLimit", 9, a->ratelimit, (size_t)ln};
-    a->answer = (ev_early_answer_t){EV_EARLY_WHEN_LIMITED, 429, a->headers, 4, a->body,
-                                    (size_t)n, r->route};
+    a->answer = (ev_early_answer_t){
+        EV_EARLY_WHEN_LIMITED, 429, a->headers, 4, a->body, (size_t)n, r->route};
     return &a->answer;
 }
 

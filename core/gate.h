@@ -1,11 +1,30 @@
 /* gate.h - the sold-out gate: this worker's memory of pools known empty.
  *
- * An inventory pool (a named pool, one key: "seats", event 42) that a
- * statement found with nothing left is closed here for a few seconds; a take
- * of at most max_quantity is then refused without a round trip. The gate only
- * ever refuses: Postgres decides every sale, and any give-back reopens the
- * pool at once (ev_gate_open, reached on every worker by the cache's
- * invalidation fan-out). Each worker is one process: the table is its own. */
+ * The design, in one place. A pool key ("seats", event 42) that a take found
+ * with nothing left is "closed" for a few seconds: a take of at most
+ * max_quantity is then refused without a round trip. The gate only ever
+ * refuses; Postgres decides every sale.
+ *
+ * What closes it:
+ *   - a batch that leaves the pool at 0 (inventory.c, dispatch), unless the
+ *     pool was reopened while the batch ran (ev_gate_changes);
+ *   - the shared mark: that batch also marks the event in Redis
+ *     (scripts/domain/soldout_mark.lua); a worker whose own batches have not
+ *     found units lately (ev_inv_recently_open) reads the mark, one read per
+ *     key at a time, and closes its gate from it (domain/seats.lua, gated()).
+ * What opens it: every give-back (cancellation, offer expiry, capacity
+ * change) calls ev_gate_open after its commit on every worker (the cache's
+ * invalidation fan-out) and stamps the Redis mark "open"; closings expire.
+ *
+ * Where it is asked, each for requests the one before cannot answer:
+ *   1. early.c, before any Lua: plain bookings with a known token;
+ *   2. the booking route, before validation (scripts/routes/bookings.lua):
+ *      what early.c left (a token C had not seen, hooks registered);
+ *   3. domain/seats.lua's gated(), before a take is queued: every take,
+ *      idempotent ones and waitlist conversions too, and the shared mark;
+ *   4. the engine, when a batch starts (inventory.c, fill): claims queued
+ *      before the gate closed.
+ * Each worker is one process: the table is its own. */
 #ifndef EV_GATE_H
 #define EV_GATE_H
 

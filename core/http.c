@@ -23,6 +23,7 @@
  * to the new owner (core/ws.c); the connection struct then only waits to be
  * freed (at once, or when the parse loop that dispatched it unwinds). */
 #include "http.h"
+#include "problem.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -44,20 +45,20 @@
 
 #include "log.h"
 
-#define MAX_HEADERS 100
-#define EVICT_BATCH 16      /* idle connections closed per descriptor shortage */
-#define ACCEPT_PAUSE_MS 100 /* accepting rests this long when nothing could be closed */
+#define MAX_HEADERS            100
+#define EVICT_BATCH            16   /* idle connections closed per descriptor shortage */
+#define ACCEPT_PAUSE_MS        100  /* accepting rests this long when nothing could be closed */
 #define FIRST_REQUEST_GRACE_MS 1000 /* a silent new connection is not closed for room sooner */
-#define SHED_BATCH 64 /* waiting connections answered 503 per shortage */
-#define SHED_LOG_S 5        /* at most one descriptor-shortage line per this many seconds */
-#define DRAIN_GRACE_S 1     /* draining: idle and lingering connections get this long */
+#define SHED_BATCH             64   /* waiting connections answered 503 per shortage */
+#define SHED_LOG_S             5    /* at most one descriptor-shortage line per this many seconds */
+#define DRAIN_GRACE_S          1    /* draining: idle and lingering connections get this long */
 /* Lingering close after an error answer (start_linger): nginx's
  * lingering_close with lingering_timeout 5 s and lingering_time 30 s, shorter
  * here and bounded in bytes too, since the client is one we refused. */
-#define LINGER_QUIET_S 2         /* closed after this long without a byte */
-#define LINGER_TOTAL_S 10        /* ... after this long in all */
-#define LINGER_BYTES (16u << 20) /* ... or once this much was dropped */
-#define LINGER_READ 16384        /* at most this much dropped per readable event */
+#define LINGER_QUIET_S 2           /* closed after this long without a byte */
+#define LINGER_TOTAL_S 10          /* ... after this long in all */
+#define LINGER_BYTES   (16u << 20) /* ... or once this much was dropped */
+#define LINGER_READ    16384       /* at most this much dropped per readable event */
 
 struct ev_http_server {
     struct event_base *base;
@@ -67,12 +68,12 @@ struct ev_http_server {
     ev_http_log_fn log;
     void *arg;
     int nconns;
-    int nlinger;           /* of nconns, lingering: the first to close for room */
+    int nlinger; /* of nconns, lingering: the first to close for room */
     int draining;
     ev_http_conn_t *conns, *oldest; /* all live connections, newest first */
-    int reserve_fd;        /* held open to shed one connection when out of descriptors */
-    struct event *resume;  /* re-enables accepting after a pause (descriptors ran out) */
-    time_t shed_logged;    /* descriptor shortage: one log line per SHED_LOG_S */
+    int reserve_fd;                 /* held open to shed one connection when out of descriptors */
+    struct event *resume;           /* re-enables accepting after a pause (descriptors ran out) */
+    time_t shed_logged;             /* descriptor shortage: one log line per SHED_LOG_S */
     unsigned long shed_since;
     unsigned long long next_id;
     char id_prefix[17];
@@ -85,33 +86,33 @@ typedef struct {
 
 struct ev_http_conn {
     ev_http_server_t *srv;
-    int fd;                  /* -1 in probe mode */
+    int fd; /* -1 in offline mode */
     struct evbuffer *in, *out;
-    struct event *rev;       /* readable, persistent, with the idle timeout */
-    struct event *wev;       /* writable, while output is queued */
-    int reading;             /* rev is added */
+    struct event *rev; /* readable, persistent, with the idle timeout */
+    struct event *wev; /* writable, while output is queued */
+    int reading;       /* rev is added */
     http_parser parser;
     dynbuf_t url, body, hdr; /* hdr: "name\0value\0" pairs */
     size_t header_bytes;
     size_t nheaders;
-    int in_value;            /* last header callback was a value */
-    int mid_request;         /* some bytes of a request have arrived */
-    int headers_done;        /* later header callbacks are chunked trailers */
-    int error_status;        /* a limit was hit while parsing: answer this */
-    int complete;            /* a whole request is waiting to be handled */
-    ev_http_req_t *req;      /* request with the handler, or NULL */
-    int in_parse;            /* parse loop running: do not re-enter */
-    int closing;             /* close once output is flushed */
-    int linger;              /* ... and linger first: input may still be on its way */
-    int lingering;           /* answered and shut for writing; discarding input */
-    size_t linger_bytes;     /* discarded so far */
+    int in_value;        /* last header callback was a value */
+    int mid_request;     /* some bytes of a request have arrived */
+    int headers_done;    /* later header callbacks are chunked trailers */
+    int error_status;    /* a limit was hit while parsing: answer this */
+    int complete;        /* a whole request is waiting to be handled */
+    ev_http_req_t *req;  /* request with the handler, or NULL */
+    int in_parse;        /* parse loop running: do not re-enter */
+    int closing;         /* close once output is flushed */
+    int linger;          /* ... and linger first: input may still be on its way */
+    int lingering;       /* answered and shut for writing; discarding input */
+    size_t linger_bytes; /* discarded so far */
     int keep_alive;
-    int served;              /* a request has begun on this connection */
-    long long opened_ms;     /* accepted at (the loop's cached clock) */
+    int served;          /* a request has begun on this connection */
+    long long opened_ms; /* accepted at (the loop's cached clock) */
     struct event *deadline;
     char peer[64];
     ev_http_conn_t *prev, *next;
-    int probe_count;         /* requests seen, probe mode (bev == NULL) */
+    int offline_count; /* requests seen, offline mode (bev == NULL) */
 };
 
 static void conn_free(ev_http_conn_t *c);
@@ -140,7 +141,10 @@ static int dyn_append(dynbuf_t *b, const char *p, size_t n)
     return 0;
 }
 
-static void dyn_reset(dynbuf_t *b) { b->len = 0; }
+static void dyn_reset(dynbuf_t *b)
+{
+    b->len = 0;
+}
 
 static void dyn_free(dynbuf_t *b)
 {
@@ -353,7 +357,10 @@ static void head_add(head_t *h, const char *s, size_t n)
     h->len += n;
 }
 
-static void head_str(head_t *h, const char *s) { head_add(h, s, strlen(s)); }
+static void head_str(head_t *h, const char *s)
+{
+    head_add(h, s, strlen(s));
+}
 
 static void head_num(head_t *h, size_t v)
 {
@@ -442,14 +449,15 @@ static void send_continue(ev_http_conn_t *c)
 /* Answers a transport error and closes; the request never reached the handler. */
 static void conn_fail(ev_http_conn_t *c, int status)
 {
-    static const char *types[] = {
-        [0] = "bad-request", [1] = "request-timeout", [2] = "payload-too-large",
-        [3] = "header-too-large", [4] = "unavailable"};
+    static const char *types[] = {[0] = "bad-request",
+                                  [1] = "request-timeout",
+                                  [2] = "payload-too-large",
+                                  [3] = "header-too-large",
+                                  [4] = "unavailable"};
     int t = status == 408 ? 1 : status == 413 ? 2 : status == 431 ? 3 : status == 503 ? 4 : 0;
     char body[256];
-    int n = snprintf(body, sizeof body,
-                     "{\"type\":\"https://evently.dev/problems/%s\",\"title\":\"%s\",\"status\":%d}",
-                     types[t], ev_http_reason(status), status);
+    int n =
+        ev_problem_body(body, sizeof body, status, ev_http_reason(status), types[t], NULL, NULL);
     if (c->fd >= 0) {
         char buf[512], id[72];
         head_t h = {buf, 0, sizeof buf, 0};
@@ -534,8 +542,8 @@ void ev_http_respond(ev_http_req_t *req, int status, const ev_http_header_t *hea
 }
 
 /* The 101 head: no Content-Length (a 1xx has no body) and Connection: Upgrade. */
-static void write_upgrade_head(head_t *h, const ev_http_req_t *req,
-                               const ev_http_header_t *headers, size_t nheaders)
+static void write_upgrade_head(head_t *h, const ev_http_req_t *req, const ev_http_header_t *headers,
+                               size_t nheaders)
 {
     head_str(h, "HTTP/1.1 101 Switching Protocols\r\nServer: evently\r\nDate: ");
     head_str(h, http_date());
@@ -625,8 +633,8 @@ static void make_request_id(ev_http_server_t *s, char *out)
 /* Lays the request out in one allocation: struct, header array, strings. */
 static ev_http_req_t *req_build(ev_http_conn_t *c)
 {
-    size_t size = sizeof(ev_http_req_t) + c->nheaders * sizeof(ev_http_header_t) + c->url.len +
-                  1 + c->body.len + 1;
+    size_t size = sizeof(ev_http_req_t) + c->nheaders * sizeof(ev_http_header_t) + c->url.len + 1 +
+                  c->body.len + 1;
     ev_http_req_t *r = calloc(1, size);
     if (!r)
         return NULL;
@@ -681,8 +689,8 @@ static void dispatch(ev_http_conn_t *c)
     c->complete = 0;
     if (c->deadline)
         event_del(c->deadline);
-    if (c->fd < 0) { /* probe mode */
-        c->probe_count++;
+    if (c->fd < 0) { /* offline mode */
+        c->offline_count++;
         http_parser_pause(&c->parser, 0);
         return;
     }
@@ -827,7 +835,10 @@ static void linger_read(ev_http_conn_t *c, short what)
             return;
     }
     ev_debug("http %s: lingered, %zu bytes dropped (%s)", c->peer, c->linger_bytes,
-             n > 0 ? "enough" : n == 0 && (what & EV_READ) ? "eof" : n == 0 ? "quiet" : "error");
+             n > 0                        ? "enough"
+             : n == 0 && (what & EV_READ) ? "eof"
+             : n == 0                     ? "quiet"
+                                          : "error");
     conn_free(c);
 }
 
@@ -965,9 +976,8 @@ static void peer_name(const struct sockaddr *sa, char *buf, size_t cap)
 static void refuse(ev_http_server_t *s, int fd, const char *why)
 {
     char body[256];
-    int blen = snprintf(body, sizeof body,
-                        "{\"type\":\"https://evently.dev/problems/unavailable\","
-                        "\"title\":\"Service Unavailable\",\"status\":503,\"detail\":\"%s\"}", why);
+    int blen =
+        ev_problem_body(body, sizeof body, 503, ev_http_reason(503), "unavailable", why, NULL);
     char buf[512];
     head_t h = {buf, 0, sizeof buf, 0};
     char id[40];
@@ -1085,7 +1095,8 @@ static void shed_waiting(ev_http_server_t *s)
 {
     for (int i = 0; i < SHED_BATCH && s->reserve_fd >= 0; i++) {
         close(s->reserve_fd);
-        int fd = accept4(evconnlistener_get_fd(s->listener), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd =
+            accept4(evconnlistener_get_fd(s->listener), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0)
             refuse(s, fd, "out of descriptors");
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -1117,7 +1128,8 @@ static void on_listen_error(struct evconnlistener *l, void *arg)
     time_t now = time(NULL);
     if (now - s->shed_logged >= SHED_LOG_S) {
         ev_warn("accept: %s with %d connections open: closed idle ones or shed new ones "
-                "(%lu times since the last such line)", strerror(err), s->nconns, s->shed_since);
+                "(%lu times since the last such line)",
+                strerror(err), s->nconns, s->shed_since);
         s->shed_logged = now;
         s->shed_since = 0;
     }
@@ -1173,7 +1185,10 @@ void ev_http_server_drain(ev_http_server_t *s)
     }
 }
 
-int ev_http_server_connections(const ev_http_server_t *s) { return s->nconns; }
+int ev_http_server_connections(const ev_http_server_t *s)
+{
+    return s->nconns;
+}
 
 void ev_http_server_free(ev_http_server_t *s)
 {
@@ -1190,7 +1205,7 @@ void ev_http_server_free(ev_http_server_t *s)
     free(s);
 }
 
-int ev_http_parse_probe(const char *data, size_t len, const ev_http_limits_t *limits)
+int ev_http_parse_offline(const char *data, size_t len, const ev_http_limits_t *limits)
 {
     ev_http_server_t s = {.limits = *limits};
     http_parser_set_max_header_size((uint32_t)limits->max_header * 2 + 1024);
@@ -1213,7 +1228,7 @@ int ev_http_parse_probe(const char *data, size_t len, const ev_http_limits_t *li
             break;
         }
         if (off >= len || used == 0) {
-            result = c.probe_count;
+            result = c.offline_count;
             break;
         }
     }

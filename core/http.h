@@ -23,16 +23,16 @@ struct event_base;
 struct evbuffer;
 
 typedef struct {
-    size_t max_header;    /* request line + headers, bytes; over: 431 */
-    size_t max_body;      /* bytes; over: 413 */
-    int max_connections;  /* per server, lingering ones included (they are the
+    size_t max_header;   /* request line + headers, bytes; over: 431 */
+    size_t max_body;     /* bytes; over: 413 */
+    int max_connections; /* per server, lingering ones included (they are the
                              first closed for room); over: accepted and closed at once */
-    int idle_timeout;     /* s between requests on a keep-alive connection */
-    int read_timeout;     /* s for a whole request to arrive; over: 408 */
+    int idle_timeout;    /* s between requests on a keep-alive connection */
+    int read_timeout;    /* s for a whole request to arrive; over: 408 */
 } ev_http_limits_t;
 
 typedef struct {
-    const char *name;     /* lowercase */
+    const char *name; /* lowercase */
     size_t name_len;
     const char *value;
     size_t value_len;
@@ -45,17 +45,17 @@ typedef struct ev_http_req ev_http_req_t;
 struct ev_http_req {
     ev_http_conn_t *conn;
     const char *method;
-    char *path;            /* raw path, without query */
-    char *query;           /* raw query string without '?', or NULL */
+    char *path;  /* raw path, without query */
+    char *query; /* raw query string without '?', or NULL */
     ev_http_header_t *headers;
     size_t nheaders;
-    char *body;            /* NUL-terminated copy; body_len bytes */
+    char *body; /* NUL-terminated copy; body_len bytes */
     size_t body_len;
     char request_id[72];
     struct timeval start;
-    const char *peer;      /* textual remote address */
+    const char *peer;                     /* textual remote address */
     void (*on_abort)(ev_http_req_t *req); /* client gone before the answer */
-    void *ud;              /* the owner's per-request state */
+    void *ud;                             /* the owner's per-request state */
 };
 
 typedef void (*ev_http_handler_fn)(ev_http_req_t *req, void *arg);
@@ -87,6 +87,6 @@ void ev_http_server_free(ev_http_server_t *s);
 /* Feeds raw bytes through a connection-less parser and reports what the
  * server would do with them; used by the fuzz harness and unit tests.
  * Returns the number of complete requests parsed, or -status on an error answer. */
-int ev_http_parse_probe(const char *data, size_t len, const ev_http_limits_t *limits);
+int ev_http_parse_offline(const char *data, size_t len, const ev_http_limits_t *limits);
 
 #endif

@@ -17,24 +17,20 @@
 #include <time.h>
 
 #include "gate.h"
+#include "inventory_sql.h"
 #include "log.h"
 #include "pg.h"
 
 #define KEY_BUCKETS 256
-#define KEYS_KEPT 1024 /* row states kept before idle ones are dropped */
-#define RETRIES 2 /* a deadlock or serialization failure is retried, not answered */
+#define KEYS_KEPT   1024 /* row states kept before idle ones are dropped */
+#define RETRIES     2    /* a deadlock or serialization failure is retried, not answered */
 
-/* ---- definitions and their statements ---- */
-
-enum { S_BATCH, S_BATCH_LIMITED, S_LOCK, S_HOLD, S_CONFIRM, S_RELEASE, S_GIVE_BACK, S_RESIZE,
-       S_AVAILABLE, S_SWEEP, S_COUNT };
-static const char *const OPS[S_COUNT] = {"batch", "batch_limited", "lock", "hold", "confirm",
-                                         "release", "give_back", "resize", "available", "sweep"};
+/* ---- definitions and their statements (composed by inventory_sql.c) ---- */
 
 typedef struct pooldef {
     char *name;
-    char *sql[S_COUNT];
-    int refs;             /* the registry's and each running batch's */
+    char *sql[EV_INV_SQL_COUNT];
+    int refs; /* the registry's and each running batch's */
     struct pooldef *next;
 } pooldef_t;
 
@@ -46,14 +42,14 @@ struct ev_inv_claim {
     keystate_t *ks;
     int64_t owner;
     int quantity, limit;
-    char *tag;                 /* the caller's label for this claim (granted.tag), or NULL */
+    char *tag; /* the caller's label for this claim (granted.tag), or NULL */
     ev_inv_claim_fn fn;
     void *arg;
     int started, withdrawn;
-    int alone;                 /* its batch failed: it goes again in a batch of its own */
-    double deadline;           /* monotonic: withdrawn (BUSY) if not started by then */
-    struct event *timer;       /* the queue deadline */
-    ev_inv_claim_t *next;      /* queue, then batch order */
+    int alone;            /* its batch failed: it goes again in a batch of its own */
+    double deadline;      /* monotonic: withdrawn (BUSY) if not started by then */
+    struct event *timer;  /* the queue deadline */
+    ev_inv_claim_t *next; /* queue, then batch order */
 };
 
 struct keystate {
@@ -61,24 +57,31 @@ struct keystate {
     int64_t key;
     ev_inv_claim_t *head, *tail;
     batch_t *running;
-    double open_until;         /* a batch found units left: skip the shared gate */
+    double open_until; /* a batch found units left: skip the shared gate */
     struct event *kick;
     keystate_t *next;
 };
+
+/* What a batch sends. Without an owner limit one statement takes and commits
+ * (STEP_ALONE); with one, a transaction: BEGIN, the row lock, the take,
+ * COMMIT. A deadlock or serialization failure inside it rolls back and
+ * starts again from BEGIN. */
+typedef enum { STEP_ALONE, STEP_BEGIN, STEP_LOCK, STEP_TAKE, STEP_COMMIT, STEP_ROLLBACK } step_t;
 
 struct batch {
     ev_inv_t *inv;
     keystate_t *ks;
     pooldef_t *def;
     ev_inv_claim_t **claims;
-    int n, limit, step, attempts;
-    int committing;            /* the statement that commits was sent: outcome open until answered */
-    unsigned changes;          /* gate reopen count when the batch started */
+    int n, limit, attempts;
+    step_t step;
+    int committing;   /* the statement that commits was sent: outcome open until answered */
+    unsigned changes; /* gate reopen count when the batch started */
     long long started_ms;
     ev_pg_conn_t *conn;
     ev_pg_waiter_t *waiter;
-    PGresult *res;             /* the batch statement's rows, until COMMIT */
-    struct event *timer;       /* last resort */
+    PGresult *res;       /* the batch statement's rows, until COMMIT */
+    struct event *timer; /* last resort */
     char *seqs, *owners, *qtys, *tags;
     char keybuf[24], limitbuf[16];
 };
@@ -93,172 +96,11 @@ struct ev_inv {
     ev_inv_stats_t stats;
 };
 
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...)
-{
-    va_list ap;
-    char *s = NULL;
-    va_start(ap, f);
-    if (vasprintf(&s, f, ap) < 0)
-        s = NULL;
-    va_end(ap);
-    return s;
-}
-
-static int ident_ok(const char *s, int dots)
-{
-    if (!s || !*s || strlen(s) > 63)
-        return 0;
-    for (const char *p = s; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' ||
-              (dots && *p == '.')))
-            return 0;
-    return 1;
-}
-
-/* The walk: claims in arrival order against what is left; a claim that does
- * not fit is skipped and later smaller ones may still fit. With a limit the
- * owner's held total (read after the row lock) also bounds it. */
-static char *compose_batch(const ev_inv_def_t *d, int limited)
-{
-    const char *open = d->open ? d->open : "true";
-    const char *maxc = d->max_claim ? d->max_claim : "2147483647";
-    const char *cols = d->columns ? d->columns : "";
-    const char *comma = d->columns ? ", " : "";
-    char *held = limited ? fmt("held AS (%s),\n", d->owner_held) : strdup("");
-    char *over = limited ? strdup("(q.quantity + coalesce((SELECT h.held FROM held h WHERE h.owner = q.owner), 0)) > $6::int")
-                         : strdup("false");
-    char *heldv = limited ? strdup("coalesce((SELECT h.held FROM held h WHERE h.owner = q.owner), 0)")
-                          : strdup("0");
-    char *record = d->record ? fmt("recorded AS (%s),\n", d->record)
-                             : strdup("recorded AS (SELECT granted.id FROM granted),\n");
-    for (int i = 0; record && i < EV_INV_AFTERS && d->after[i]; i++) {
-        char *more = fmt("%safter_%d AS (%s),\n", record, i + 1, d->after[i]);
-        free(record);
-        record = more;
-    }
-    char *ids = d->record ? fmt("nextval('%s')", d->record_seq) : strdup("q.seq::bigint");
-    char touch[80] = "";
-    if (d->touch)
-        snprintf(touch, sizeof touch, ", %s = now()", d->touch);
-    char *s = NULL;
-    if (held && over && heldv && record && ids)
-        s = fmt("WITH RECURSIVE\n"
-                "req AS (SELECT * FROM unnest($2::int[], $3::bigint[], $4::int[], $5::text[]) AS t(seq, owner, quantity, tag)),\n"
-                "pool AS (SELECT %s AS key, %s AS available, (%s)::int AS max_claim%s%s FROM %s\n"
-                "  WHERE %s = $1 AND (%s) FOR UPDATE),\n"
-                "%s"
-                "walk AS (\n"
-                "  SELECT 0 AS seq, pool.available AS left_after, 0 AS took, false AS over, 0 AS held FROM pool\n"
-                "  UNION ALL\n"
-                "  SELECT q.seq,\n"
-                "    CASE WHEN f.fits THEN w.left_after - q.quantity ELSE w.left_after END,\n"
-                "    CASE WHEN f.fits THEN q.quantity ELSE 0 END, f.over, f.held\n"
-                "  FROM walk w JOIN req q ON q.seq = w.seq + 1 CROSS JOIN pool\n"
-                "  CROSS JOIN LATERAL (SELECT %s AS over, %s AS held) o\n"
-                "  CROSS JOIN LATERAL (SELECT o.over, o.held, q.quantity <= w.left_after\n"
-                "      AND q.quantity <= pool.max_claim AND NOT o.over AS fits) f),\n"
-                "granted AS MATERIALIZED (\n"
-                "  SELECT q.seq, q.owner, q.quantity, q.tag, %s AS id%s%s\n"
-                "  FROM walk w JOIN req q USING (seq) CROSS JOIN pool WHERE w.took > 0),\n"
-                "taken AS (\n"
-                "  UPDATE %s t SET %s = t.%s - s.total%s FROM (SELECT sum(quantity) AS total FROM granted) s\n"
-                "  WHERE t.%s = $1 AND s.total > 0 RETURNING t.%s),\n"
-                "%s"
-                "last AS (SELECT min(left_after) AS left_after FROM walk)\n"
-                "SELECT w.seq AS inv_seq, w.took AS inv_took, w.over AS inv_over, w.held AS inv_held,\n"
-                "       last.left_after AS inv_left, pool.max_claim AS inv_max, r.*\n"
-                "FROM walk w CROSS JOIN pool CROSS JOIN last\n"
-                "  LEFT JOIN granted g ON g.seq = w.seq LEFT JOIN recorded r ON r.id = g.id\n"
-                "WHERE w.seq > 0",
-                d->key, d->available, maxc, comma, cols, d->table, d->key, open, held, over,
-                heldv, ids, comma, cols, d->table, d->available, d->available, touch, d->key,
-                d->available, record);
-    free(held);
-    free(over);
-    free(heldv);
-    free(record);
-    free(ids);
-    return s;
-}
-
-static int compose(const ev_inv_def_t *d, pooldef_t *p)
-{
-    const char *open = d->open ? d->open : "true";
-    const char *maxc = d->max_claim ? d->max_claim : "2147483647";
-    char t[80] = "", tt[84] = ""; /* ", touch = now()" for plain and aliased updates */
-    if (d->touch) {
-        snprintf(t, sizeof t, ", %s = now()", d->touch);
-        snprintf(tt, sizeof tt, ", %s = now()", d->touch);
-    }
-    p->sql[S_BATCH] = compose_batch(d, 0);
-    p->sql[S_BATCH_LIMITED] = d->owner_held ? compose_batch(d, 1) : strdup("");
-    p->sql[S_LOCK] = fmt("SELECT 1 FROM %s WHERE %s = $1 FOR UPDATE", d->table, d->key);
-    /* hold: $1 key, $2 owner, $3 quantity, $4 seconds */
-    p->sql[S_HOLD] = fmt(
-        "WITH p AS (UPDATE %s SET %s = %s - $3%s WHERE %s = $1 AND %s >= $3 AND $3 >= 1\n"
-        "  AND $3 <= (%s) AND (%s) RETURNING %s AS key, %s AS available)\n"
-        "INSERT INTO inventory_holds (pool, key, owner, quantity, expires_at)\n"
-        "SELECT '%s', p.key, $2, $3, now() + make_interval(secs => $4) FROM p\n"
-        "RETURNING id, pool, key, owner, quantity, state, expires_at, created_at",
-        d->table, d->available, d->available, t, d->key, d->available, maxc, open, d->key,
-        d->available, d->name);
-    /* confirm: $1 hold id, $2 owner (NULL: any) */
-    p->sql[S_CONFIRM] = fmt(
-        "UPDATE inventory_holds SET state = 'confirmed', settled_at = now()\n"
-        "WHERE id = $1 AND pool = '%s' AND state = 'held' AND expires_at > now()\n"
-        "  AND ($2::bigint IS NULL OR owner = $2)\n"
-        "RETURNING id, pool, key, owner, quantity, state, expires_at, created_at", d->name);
-    /* release: $1 hold id, $2 owner (NULL: any); the units go back at once */
-    p->sql[S_RELEASE] = fmt(
-        "WITH h AS (UPDATE inventory_holds SET state = 'released', settled_at = now()\n"
-        "  WHERE id = $1 AND pool = '%s' AND state = 'held' AND ($2::bigint IS NULL OR owner = $2)\n"
-        "  RETURNING id, key, owner, quantity),\n"
-        "p AS (UPDATE %s t SET %s = t.%s + h.quantity%s FROM h WHERE t.%s = h.key RETURNING t.%s AS available)\n"
-        "SELECT h.id, h.key, h.owner, h.quantity, p.available FROM h, p",
-        d->name, d->table, d->available, d->available, tt, d->key, d->available);
-    /* give_back: $1 key, $2 quantity; never more than is taken (capacity less
-     * available less what holds keep: those come back through their hold) */
-    p->sql[S_GIVE_BACK] = fmt(
-        "UPDATE %s SET %s = %s + $2%s WHERE %s = $1 AND $2 >= 1\n"
-        "  AND %s + $2 + (SELECT coalesce(sum(quantity), 0) FROM inventory_holds\n"
-        "                 WHERE pool = '%s' AND key = $1 AND state = 'held') <= %s\n"
-        "RETURNING %s AS available",
-        d->table, d->available, d->available, t, d->key, d->available, d->name, d->capacity,
-        d->available);
-    /* resize: $1 key, $2 capacity; never below what is taken or held */
-    p->sql[S_RESIZE] = fmt(
-        "UPDATE %s SET %s = %s + ($2 - %s), %s = $2%s WHERE %s = $1 AND %s - %s <= $2\n"
-        "RETURNING %s AS capacity, %s AS available",
-        d->table, d->available, d->available, d->capacity, d->capacity, t, d->key, d->capacity,
-        d->available, d->capacity, d->available);
-    p->sql[S_AVAILABLE] = fmt("SELECT %s AS available, %s AS capacity FROM %s WHERE %s = $1",
-                              d->available, d->capacity, d->table, d->key);
-    /* sweep: up to $1 overdue holds, each exactly once (state flip under the
-     * row lock; SKIP LOCKED lets sweepers on every worker share the work) */
-    p->sql[S_SWEEP] = fmt(
-        "WITH h AS (UPDATE inventory_holds SET state = 'expired', settled_at = now()\n"
-        "  WHERE id IN (SELECT id FROM inventory_holds WHERE pool = '%s' AND state = 'held'\n"
-        "               AND expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)\n"
-        "    AND state = 'held'\n"
-        "  RETURNING id, key, owner, quantity),\n"
-        "back AS (UPDATE %s t SET %s = t.%s + s.total%s\n"
-        "  FROM (SELECT key, sum(quantity) AS total FROM h GROUP BY key) s WHERE t.%s = s.key\n"
-        "  RETURNING t.%s AS key, t.%s AS available)\n"
-        "SELECT h.id, h.key, h.owner, h.quantity, back.available FROM h JOIN back ON back.key = h.key\n"
-        "ORDER BY h.id",
-        d->name, d->table, d->available, d->available, tt, d->key, d->key, d->available);
-    for (int i = 0; i < S_COUNT; i++)
-        if (!p->sql[i])
-            return -1;
-    return 0;
-}
-
 static void def_unref(pooldef_t *p)
 {
     if (!p || --p->refs > 0)
         return;
-    for (int i = 0; i < S_COUNT; i++)
+    for (int i = 0; i < EV_INV_SQL_COUNT; i++)
         free(p->sql[i]);
     free(p->name);
     free(p);
@@ -274,12 +116,7 @@ static pooldef_t *def_find(ev_inv_t *inv, const char *name)
 
 int ev_inv_define(ev_inv_t *inv, const ev_inv_def_t *d, char *err, size_t errlen)
 {
-    const char *bad = !ident_ok(d->name, 0) ? "name" : !ident_ok(d->table, 1) ? "table"
-                    : !ident_ok(d->key, 0) ? "key" : !ident_ok(d->available, 0) ? "available"
-                    : !ident_ok(d->capacity, 0) ? "capacity"
-                    : d->touch && !ident_ok(d->touch, 0) ? "touch"
-                    : d->record && !ident_ok(d->record_seq, 1) ? "record_seq"
-                    : d->after[0] && !d->record ? "after (needs record)" : NULL;
+    const char *bad = ev_inv_sql_check(d);
     if (bad) {
         snprintf(err, errlen, "inventory: bad or missing %s", bad);
         return -1;
@@ -290,7 +127,7 @@ int ev_inv_define(ev_inv_t *inv, const ev_inv_def_t *d, char *err, size_t errlen
         return -1;
     }
     p->refs = 1;
-    if (!(p->name = strdup(d->name)) || compose(d, p) != 0) {
+    if (!(p->name = strdup(d->name)) || ev_inv_sql_compose(d, p->sql) != 0) {
         snprintf(err, errlen, "inventory: out of memory");
         def_unref(p);
         return -1;
@@ -311,12 +148,8 @@ int ev_inv_define(ev_inv_t *inv, const ev_inv_def_t *d, char *err, size_t errlen
 const char *ev_inv_sql(ev_inv_t *inv, const char *pool, const char *op)
 {
     pooldef_t *p = def_find(inv, pool);
-    if (!p)
-        return NULL;
-    for (int i = 0; i < S_COUNT; i++)
-        if (strcmp(OPS[i], op) == 0)
-            return p->sql[i];
-    return NULL;
+    int i = ev_inv_sql_op(op);
+    return p && i >= 0 ? p->sql[i] : NULL;
 }
 
 /* ---- time ---- */
@@ -463,8 +296,13 @@ ev_inv_claim_t *ev_inv_take(ev_inv_t *inv, const char *pool, int64_t key, int64_
     ev_inv_claim_t *c = k ? calloc(1, sizeof *c) : NULL;
     if (!c)
         return NULL;
-    *c = (ev_inv_claim_t){.inv = inv, .ks = k, .owner = owner, .quantity = quantity,
-                          .limit = limit, .fn = fn, .arg = arg};
+    *c = (ev_inv_claim_t){.inv = inv,
+                          .ks = k,
+                          .owner = owner,
+                          .quantity = quantity,
+                          .limit = limit,
+                          .fn = fn,
+                          .arg = arg};
     c->timer = evtimer_new(inv->base, on_queue_deadline, c);
     if (!c->timer || (tag && !(c->tag = strdup(tag)))) {
         if (c->timer)
@@ -624,8 +462,8 @@ static void batch_free(batch_t *b)
 static void fail_all(batch_t *b, ev_inv_outcome_t o, const char *err, const char *sqlstate)
 {
     for (int i = 0; i < b->n; i++) {
-        ev_inv_result_t r = {.outcome = o, .err = err, .sqlstate = sqlstate,
-                             .started_ms = b->started_ms};
+        ev_inv_result_t r = {
+            .outcome = o, .err = err, .sqlstate = sqlstate, .started_ms = b->started_ms};
         answer(b->claims[i], &r);
     }
     b->n = 0;
@@ -634,6 +472,15 @@ static void fail_all(batch_t *b, ev_inv_outcome_t o, const char *err, const char
 static int field(const PGresult *res, int row, int col)
 {
     return col < 0 || PQgetisnull(res, row, col) ? 0 : atoi(PQgetvalue(res, row, col));
+}
+
+ev_inv_outcome_t ev_inv_classify(int took, int quantity, int max, int over)
+{
+    if (took > 0)
+        return EV_INV_GRANTED;
+    if (quantity > max)
+        return EV_INV_TOO_MANY;
+    return over ? EV_INV_OVER_LIMIT : EV_INV_SOLD_OUT;
 }
 
 /* Hands each claim its answer from the committed batch rows. */
@@ -668,19 +515,21 @@ static void dispatch(batch_t *b)
         ev_inv_claim_t *c = b->claims[i];
         int row = row_of[i + 1] - 1;
         /* "emptied" goes to one claim whose caller is still there */
-        ev_inv_result_t r = {.outcome = EV_INV_CLOSED, .res = res, .row = row, .max = max,
-                             .started_ms = b->started_ms, .emptied = emptied && !c->withdrawn};
+        ev_inv_result_t r = {.outcome = EV_INV_CLOSED,
+                             .res = res,
+                             .row = row,
+                             .max = max,
+                             .started_ms = b->started_ms,
+                             .emptied = emptied && !c->withdrawn};
         if (r.emptied)
             emptied = 0;
         if (row >= 0) {
-            if (field(res, row, ctook) > 0)
-                r.outcome = EV_INV_GRANTED;
-            else if (c->quantity > max)
-                r.outcome = EV_INV_TOO_MANY, r.info = max;
-            else if (PQgetvalue(res, row, cover)[0] == 't')
-                r.outcome = EV_INV_OVER_LIMIT, r.info = field(res, row, cheld);
-            else
-                r.outcome = EV_INV_SOLD_OUT, r.info = left;
+            r.outcome = ev_inv_classify(field(res, row, ctook), c->quantity, max,
+                                        PQgetvalue(res, row, cover)[0] == 't');
+            r.info = r.outcome == EV_INV_TOO_MANY     ? max
+                     : r.outcome == EV_INV_OVER_LIMIT ? field(res, row, cheld)
+                     : r.outcome == EV_INV_SOLD_OUT   ? left
+                                                      : 0;
         }
         answer(c, &r);
     }
@@ -727,7 +576,26 @@ static void requeue_alone(batch_t *b)
     b->n = 0;
 }
 
-/* Steps: 0 batch alone; limited: 1 BEGIN, 2 lock, 3 batch, 4 COMMIT. */
+/* The statements whose rows answer the claims, and those that commit. */
+static int takes(step_t s)
+{
+    return s == STEP_ALONE || s == STEP_TAKE;
+}
+static int commits(step_t s)
+{
+    return s == STEP_ALONE || s == STEP_COMMIT;
+}
+
+static step_t next_step(step_t s)
+{
+    switch (s) {
+    case STEP_BEGIN: return STEP_LOCK;
+    case STEP_LOCK: return STEP_TAKE;
+    case STEP_TAKE: return STEP_COMMIT;
+    default: return STEP_BEGIN; /* after a ROLLBACK: again from BEGIN */
+    }
+}
+
 static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
 {
     batch_t *b = arg;
@@ -742,11 +610,11 @@ static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
             snprintf(msg, sizeof msg, "sql: %s", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
         if (!err && retryable(sqlstate) && b->attempts < RETRIES) {
             b->attempts++;
-            if (b->step == 0) { /* a single statement: nothing was taken, send it again */
+            if (b->step == STEP_ALONE) { /* nothing was taken: send it again */
                 batch_step(b);
                 return;
             }
-            b->step = 9; /* ROLLBACK, then again from BEGIN */
+            b->step = STEP_ROLLBACK;
             b->committing = 0;
             if (ev_pg_query(b->conn, "ROLLBACK", 0, NULL, on_step, b) == 0)
                 return;
@@ -757,7 +625,7 @@ static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
             return;
         }
         /* data and integrity errors (classes 22, 23) may be one claim's doing */
-        if (!err && b->n > 1 && (b->step == 0 || b->step == 3) && sqlstate &&
+        if (!err && b->n > 1 && takes(b->step) && sqlstate &&
             (strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0)) {
             requeue_alone(b);
             finish(b);
@@ -770,49 +638,42 @@ static void on_step(ev_pg_conn_t *c, PGresult *res, const char *err, void *arg)
         finish(b);
         return;
     }
-    if (b->step == 9) { /* rolled back: again from BEGIN */
-        b->step = 1;
-        batch_step(b);
-        return;
-    }
-    if (b->step == 0 || b->step == 3) {
+    if (takes(b->step)) {
         if (b->res) /* a retried transaction's earlier rows */
             PQclear(b->res);
         b->res = PQcopyResult(res, PG_COPYRES_ATTRS | PG_COPYRES_TUPLES);
-        if (!b->res) { /* step 0 committed already; step 3's transaction dies with finish() */
-            fail_all(b, b->step == 0 ? EV_INV_UNKNOWN : EV_INV_ERROR, "out of memory", NULL);
+        if (!b->res) { /* ALONE committed already; TAKE's transaction dies with finish() */
+            fail_all(b, b->step == STEP_ALONE ? EV_INV_UNKNOWN : EV_INV_ERROR, "out of memory",
+                     NULL);
             finish(b);
             return;
         }
     }
-    if (b->step == 0 || b->step == 4) {
+    if (commits(b->step)) {
         b->inv->stats.batches++;
         dispatch(b);
         finish(b);
         return;
     }
-    b->step++;
+    b->step = next_step(b->step);
     batch_step(b);
 }
 
 static void batch_step(batch_t *b)
 {
     const char *v[6] = {b->keybuf, b->seqs, b->owners, b->qtys, b->tags, b->limitbuf};
+    char **sql = b->def->sql;
     int rc;
     switch (b->step) {
-    case 1:
-        rc = ev_pg_query(b->conn, "BEGIN", 0, NULL, on_step, b);
+    case STEP_ALONE: rc = ev_pg_query(b->conn, sql[EV_INV_SQL_BATCH], 5, v, on_step, b); break;
+    case STEP_BEGIN: rc = ev_pg_query(b->conn, "BEGIN", 0, NULL, on_step, b); break;
+    case STEP_LOCK: rc = ev_pg_query(b->conn, sql[EV_INV_SQL_LOCK], 1, v, on_step, b); break;
+    case STEP_TAKE:
+        rc = ev_pg_query(b->conn, sql[EV_INV_SQL_BATCH_LIMITED], 6, v, on_step, b);
         break;
-    case 2:
-        rc = ev_pg_query(b->conn, b->def->sql[S_LOCK], 1, v, on_step, b);
-        break;
-    case 4:
-        rc = ev_pg_query(b->conn, "COMMIT", 0, NULL, on_step, b);
-        break;
-    default:
-        rc = ev_pg_query(b->conn, b->def->sql[b->step == 3 ? S_BATCH_LIMITED : S_BATCH],
-                         b->step == 3 ? 6 : 5, v, on_step, b);
-        break;
+    case STEP_COMMIT: rc = ev_pg_query(b->conn, "COMMIT", 0, NULL, on_step, b); break;
+    case STEP_ROLLBACK:
+    default: rc = ev_pg_query(b->conn, "ROLLBACK", 0, NULL, on_step, b); break;
     }
     if (rc != 0) { /* nothing was sent, so nothing of this batch committed */
         ev_pg_abandon(b->conn);
@@ -821,7 +682,7 @@ static void batch_step(batch_t *b)
         batch_free(b);
         return;
     }
-    b->committing = b->step == 0 || b->step == 4;
+    b->committing = commits(b->step);
 }
 
 static void on_conn(ev_pg_conn_t *c, const char *err, void *arg)
@@ -844,14 +705,15 @@ static void on_batch_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     batch_t *b = arg;
-    ev_warn("inventory: a batch of %d claims on %s/%lld did not answer in time", b->n,
-             b->ks->pool, (long long)b->ks->key);
+    ev_warn("inventory: a batch of %d claims on %s/%lld did not answer in time", b->n, b->ks->pool,
+            (long long)b->ks->key);
     if (b->conn)
         ev_pg_abandon(b->conn);
     b->conn = NULL;
     /* only a committing statement in flight may have taken anything; an open
      * transaction dies with its connection (rolled back) */
-    fail_all(b, b->committing ? EV_INV_UNKNOWN : EV_INV_ERROR, "timeout: the batch did not answer", NULL);
+    fail_all(b, b->committing ? EV_INV_UNKNOWN : EV_INV_ERROR, "timeout: the batch did not answer",
+             NULL);
     batch_free(b);
 }
 
@@ -875,12 +737,17 @@ static void start_batch(evutil_socket_t fd, short what, void *arg)
         while (k->head) { /* cannot serve them: say so rather than leave them waiting */
             ev_inv_claim_t *c = k->head;
             unlink_claim(c);
-            answer_simple(c, EV_INV_ERROR, 0, def ? "unavailable: out of memory" : "unavailable: no such pool");
+            answer_simple(c, EV_INV_ERROR, 0,
+                          def ? "unavailable: out of memory" : "unavailable: no such pool");
         }
         return;
     }
-    *b = (batch_t){.inv = inv, .ks = k, .def = def, .claims = b->claims,
-                   .limit = k->head->limit, .changes = ev_gate_changes(k->pool, k->key),
+    *b = (batch_t){.inv = inv,
+                   .ks = k,
+                   .def = def,
+                   .claims = b->claims,
+                   .limit = k->head->limit,
+                   .changes = ev_gate_changes(k->pool, k->key),
                    .started_ms = wall_ms()};
     def->refs++;
     k->running = b;
@@ -896,7 +763,7 @@ static void start_batch(evutil_socket_t fd, short what, void *arg)
     b->tags = tag_array(b);
     snprintf(b->keybuf, sizeof b->keybuf, "%lld", (long long)k->key);
     snprintf(b->limitbuf, sizeof b->limitbuf, "%d", b->limit);
-    b->step = b->limit > 0 && def->sql[S_BATCH_LIMITED][0] ? 1 : 0;
+    b->step = b->limit > 0 && def->sql[EV_INV_SQL_BATCH_LIMITED][0] ? STEP_BEGIN : STEP_ALONE;
     b->timer = evtimer_new(inv->base, on_batch_deadline, b);
     if (!b->seqs || !b->owners || !b->qtys || !b->tags || !b->timer) {
         fail_all(b, EV_INV_ERROR, "unavailable: out of memory", NULL);
@@ -937,8 +804,14 @@ ev_inv_t *ev_inv_new(struct event_base *base, ev_pg_pool_t *db, const ev_inv_opt
     return inv;
 }
 
-void ev_inv_set_db(ev_inv_t *inv, ev_pg_pool_t *db) { inv->db = db; }
-int ev_inv_has_db(const ev_inv_t *inv) { return inv->db != NULL; }
+void ev_inv_set_db(ev_inv_t *inv, ev_pg_pool_t *db)
+{
+    inv->db = db;
+}
+int ev_inv_has_db(const ev_inv_t *inv)
+{
+    return inv->db != NULL;
+}
 
 /* By now the callers (the worker's coroutines) are gone: nobody is called. */
 void ev_inv_free(ev_inv_t *inv)

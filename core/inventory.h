@@ -38,14 +38,14 @@ typedef struct ev_inv ev_inv_t;
 typedef struct ev_inv_claim ev_inv_claim_t;
 
 typedef struct {
-    const char *name;       /* pool name: [a-z0-9_]+, also stored with holds */
-    const char *table;      /* [a-z0-9_.]+ identifiers only */
-    const char *key;        /* the row's key column (bigint) */
-    const char *available;  /* integer column, CHECK >= 0 */
-    const char *capacity;   /* integer column */
-    const char *open;       /* SQL predicate over the row, or NULL (always) */
-    const char *max_claim;  /* SQL expression over the row bounding one claim, or NULL */
-    const char *columns;    /* row columns the record reads (g.<col>), or NULL */
+    const char *name;      /* pool name: [a-z0-9_]+, also stored with holds */
+    const char *table;     /* [a-z0-9_.]+ identifiers only */
+    const char *key;       /* the row's key column (bigint) */
+    const char *available; /* integer column, CHECK >= 0 */
+    const char *capacity;  /* integer column */
+    const char *open;      /* SQL predicate over the row, or NULL (always) */
+    const char *max_claim; /* SQL expression over the row bounding one claim, or NULL */
+    const char *columns;   /* row columns the record reads (g.<col>), or NULL */
     /* take's caller rows: SQL reading CTE granted(seq, owner, quantity, tag, id,
      * <columns>) and RETURNING an "id" column equal to granted.id (and any
      * others, handed back per claim); $1 is the pool row's key. NULL: none. */
@@ -57,18 +57,18 @@ typedef struct {
     /* Owner limit: SQL giving (owner, held) for the row $1 and owners $3, or
      * NULL: no limit. The limit itself is passed with each batch ($6). */
     const char *owner_held;
-    const char *touch;      /* timestamp column set to now() by every change, or NULL */
+    const char *touch; /* timestamp column set to now() by every change, or NULL */
 } ev_inv_def_t;
 
 typedef enum {
-    EV_INV_GRANTED,     /* res/row: the claim's record row (or the batch row) */
-    EV_INV_SOLD_OUT,    /* info: what was left */
-    EV_INV_TOO_MANY,    /* info: the per-claim bound */
-    EV_INV_OVER_LIMIT,  /* info: what the owner holds already */
-    EV_INV_CLOSED,      /* no such row, or its open predicate is false */
-    EV_INV_BUSY,        /* withdrawn before its batch started: not taken */
-    EV_INV_UNKNOWN,     /* its batch never answered: may have been taken */
-    EV_INV_ERROR,       /* err: "kind: message" (timeout, unavailable, sql) */
+    EV_INV_GRANTED,    /* res/row: the claim's record row (or the batch row) */
+    EV_INV_SOLD_OUT,   /* info: what was left */
+    EV_INV_TOO_MANY,   /* info: the per-claim bound */
+    EV_INV_OVER_LIMIT, /* info: what the owner holds already */
+    EV_INV_CLOSED,     /* no such row, or its open predicate is false */
+    EV_INV_BUSY,       /* withdrawn before its batch started: not taken */
+    EV_INV_UNKNOWN,    /* its batch never answered: may have been taken */
+    EV_INV_ERROR,      /* err: "kind: message" (timeout, unavailable, sql) */
 } ev_inv_outcome_t;
 
 typedef struct {
@@ -86,9 +86,9 @@ typedef struct {
 typedef void (*ev_inv_claim_fn)(ev_inv_claim_t *c, const ev_inv_result_t *r, void *arg);
 
 typedef struct {
-    double gate_seconds;   /* how long an emptied pool stays gated, default 1 */
-    double batch_seconds;  /* last-resort bound on one batch (then UNKNOWN) */
-    int max_batch;         /* claims per statement, default 500 */
+    double gate_seconds;  /* how long an emptied pool stays gated, default 1 */
+    double batch_seconds; /* last-resort bound on one batch (then UNKNOWN) */
+    int max_batch;        /* claims per statement, default 500 */
 } ev_inv_opts_t;
 
 ev_inv_t *ev_inv_new(struct event_base *base, struct ev_pg_pool *db, const ev_inv_opts_t *o);
@@ -103,6 +103,12 @@ int ev_inv_define(ev_inv_t *inv, const ev_inv_def_t *def, char *err, size_t errl
 /* The composed statement op ("hold", "confirm", "release", "give_back",
  * "resize", "available", "sweep", "batch", "lock") of a pool, or NULL. */
 const char *ev_inv_sql(ev_inv_t *inv, const char *pool, const char *op);
+
+/* One claim's outcome from its row of the batch statement (inv_took,
+ * inv_over and inv_max): GRANTED, TOO_MANY, OVER_LIMIT or SOLD_OUT. The one
+ * reading of that row, for coalesced takes and for a take inside the
+ * caller's transaction alike (Lua's pool:take_in). */
+ev_inv_outcome_t ev_inv_classify(int took, int quantity, int max, int over);
 
 /* Queues a take. tag: the caller's label, granted.tag in the statement (say,
  * an idempotency key whose answer the record stores), or NULL. limit: the owner limit for this claim's batch (<= 0: none;
@@ -123,7 +129,7 @@ int ev_inv_recently_open(ev_inv_t *inv, const char *pool, int64_t key);
 
 typedef struct {
     unsigned long long batches, claims, gated, busy;
-    int rows;  /* row states kept now */
+    int rows; /* row states kept now */
 } ev_inv_stats_t;
 void ev_inv_stats(const ev_inv_t *inv, ev_inv_stats_t *out);
 

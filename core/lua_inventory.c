@@ -31,9 +31,9 @@
 
 typedef struct {
     ev_co_t *co;
-    ev_inv_claim_t *claim;  /* NULL once answered */
+    ev_inv_claim_t *claim; /* NULL once answered */
     ev_inv_outcome_t outcome;
-    const PGresult *res;    /* borrowed while the push runs */
+    const PGresult *res; /* borrowed while the push runs */
     int row, info, max, emptied;
     long long started_ms;
     char err[300];
@@ -49,7 +49,8 @@ static ev_inv_t *engine(lua_State *L)
         return rt->inventory;
     const ev_config_t *c = rt->cfg;
     /* the last resort: a connection wait plus two statements' worth */
-    ev_inv_opts_t o = {1.0, (c->db_acquire_timeout_ms + 2.0 * c->db_statement_timeout_ms) / 1000.0 + 5, 500};
+    ev_inv_opts_t o = {
+        1.0, (c->db_acquire_timeout_ms + 2.0 * c->db_statement_timeout_ms) / 1000.0 + 5, 500};
     rt->inventory = ev_inv_new(rt->base, NULL, &o);
     return rt->inventory;
 }
@@ -66,11 +67,17 @@ static int inv_define(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     ev_inv_def_t d = {
-        .name = opt_field(L, "name"), .table = opt_field(L, "table"), .key = opt_field(L, "key"),
-        .available = opt_field(L, "available"), .capacity = opt_field(L, "capacity"),
-        .open = opt_field(L, "open"), .max_claim = opt_field(L, "max_claim"),
-        .columns = opt_field(L, "columns"), .record = opt_field(L, "record"),
-        .record_seq = opt_field(L, "record_seq"), .owner_held = opt_field(L, "owner_held"),
+        .name = opt_field(L, "name"),
+        .table = opt_field(L, "table"),
+        .key = opt_field(L, "key"),
+        .available = opt_field(L, "available"),
+        .capacity = opt_field(L, "capacity"),
+        .open = opt_field(L, "open"),
+        .max_claim = opt_field(L, "max_claim"),
+        .columns = opt_field(L, "columns"),
+        .record = opt_field(L, "record"),
+        .record_seq = opt_field(L, "record_seq"),
+        .owner_held = opt_field(L, "owner_held"),
         .touch = opt_field(L, "touch"),
     };
     /* after: one statement or a list of them */
@@ -138,6 +145,16 @@ static const char *why_of(ev_inv_outcome_t o)
     case EV_INV_BUSY: return "busy";
     default: return "unknown";
     }
+}
+
+/* core.classify(took, quantity, max, over) -> "granted" | why: a batch row
+ * read as the engine reads it (ev_inv_classify). */
+static int inv_classify(lua_State *L)
+{
+    ev_inv_outcome_t o = ev_inv_classify((int)luaL_checkinteger(L, 1), (int)luaL_checkinteger(L, 2),
+                                         (int)luaL_checkinteger(L, 3), lua_toboolean(L, 4));
+    lua_pushstring(L, o == EV_INV_GRANTED ? "granted" : why_of(o));
+    return 1;
 }
 
 static int take_push(lua_State *L, void *data, ev_wake_t why)
@@ -257,8 +274,8 @@ static int inv_changes(lua_State *L)
 static int inv_recently_open(lua_State *L)
 {
     ev_inv_t *inv = ev_runtime_get(L)->inventory;
-    lua_pushboolean(L, inv && ev_inv_recently_open(inv, luaL_checkstring(L, 1),
-                                                   luaL_checkinteger(L, 2)));
+    lua_pushboolean(
+        L, inv && ev_inv_recently_open(inv, luaL_checkstring(L, 1), luaL_checkinteger(L, 2)));
     return 1;
 }
 
@@ -285,9 +302,17 @@ static int inv_stats(lua_State *L)
 }
 
 static const luaL_Reg funcs[] = {
-    {"define", inv_define}, {"sql", inv_sql}, {"take", inv_take}, {"closed", inv_closed},
-    {"close", inv_close}, {"reopen", inv_reopen}, {"changes", inv_changes},
-    {"recently_open", inv_recently_open}, {"stats", inv_stats}, {NULL, NULL},
+    {"define", inv_define},
+    {"sql", inv_sql},
+    {"take", inv_take},
+    {"closed", inv_closed},
+    {"close", inv_close},
+    {"reopen", inv_reopen},
+    {"changes", inv_changes},
+    {"recently_open", inv_recently_open},
+    {"stats", inv_stats},
+    {"classify", inv_classify},
+    {NULL, NULL},
 };
 
 int luaopen_evently_inventory_core(lua_State *L)

@@ -161,10 +161,10 @@ static void finish(app_t *app)
 static int migrate_now(app_t *app, int status_only)
 {
     char err[2048];
-    int rc = status_only ? ev_migrate_status(app->cfg.database_url, app->cfg.migrations, stdout,
-                                             err, sizeof err)
-                         : ev_migrate_up(app->cfg.database_url, app->cfg.migrations, stderr,
-                                         err, sizeof err);
+    int rc =
+        status_only
+            ? ev_migrate_status(app->cfg.database_url, app->cfg.migrations, stdout, err, sizeof err)
+            : ev_migrate_up(app->cfg.database_url, app->cfg.migrations, stderr, err, sizeof err);
     if (rc < 0) {
         ev_error("migrate: %s", err);
         return -1;
@@ -172,8 +172,9 @@ static int migrate_now(app_t *app, int status_only)
     return 0;
 }
 
-/* The embedded default is a demo: on a database with no events yet, load
- * scripts/seed/demo.sql. Blocking libpq: before the workers start. */
+/* The embedded default is a demo: run the app's scripts/seed/demo.sql, which
+ * knows the app's schema and inserts only what is missing. Blocking libpq:
+ * before the workers start. */
 static void seed_demo(const app_t *app)
 {
     char path[4096];
@@ -189,15 +190,11 @@ static void seed_demo(const app_t *app)
     PGresult *r = NULL;
     if (PQstatus(db) != CONNECTION_OK)
         goto done;
-    r = PQexec(db, "SELECT 1 FROM events LIMIT 1");
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) > 0)
-        goto done; /* no events table (another app) or already has events */
-    PQclear(r);
     r = PQexec(db, sql);
-    if (PQresultStatus(r) == PGRES_COMMAND_OK)
-        ev_info("loaded demo events from %s", path);
-    else
-        ev_warn("demo events not loaded: %s", PQresultErrorMessage(r));
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
+        ev_warn("demo seed %s not loaded: %s", path, PQresultErrorMessage(r));
+    else if (strcmp(PQcmdTuples(r), "0") != 0 && *PQcmdTuples(r))
+        ev_info("loaded the demo seed %s (%s rows)", path, PQcmdTuples(r));
 done:
     PQclear(r);
     PQfinish(db);
@@ -367,8 +364,8 @@ static int cmd_user(int argc, char **argv)
 {
     if (argc < 1 || strcmp(argv[0], "create") != 0)
         return usage_error("user: expected 'create'%s", "");
-    opt_t o[] = {{"admin", 1, 0}, {"email", 0, 0}, {"password", 0, 0}, {"name", 0, 0},
-                 {"config", 0, 0}};
+    opt_t o[] = {
+        {"admin", 1, 0}, {"email", 0, 0}, {"password", 0, 0}, {"name", 0, 0}, {"config", 0, 0}};
     char *rest[64];
     int nrest;
     if (argc > 64 || parse_opts(argc - 1, argv + 1, o, 5, rest, &nrest) != 0)

@@ -1,10 +1,10 @@
 /* master.c - process supervision; see master.h.
  *
- * Listening sockets: one per worker "lane", all bound to the port with
- * SO_REUSEPORT so the kernel spreads connections evenly over the lanes. The
- * master opens them and keeps them; the worker of lane i, of whatever
+ * Listening sockets: one per worker position (a "listener"), all bound to the port with
+ * SO_REUSEPORT so the kernel spreads connections evenly over the listeners. The
+ * master opens them and keeps them; the worker of listener i, of whatever
  * generation, accepts from socket i. A reload starts a new worker on each
- * lane before the old one stops accepting, so no lane's queue is ever
+ * listener before the old one stops accepting, so no listener's queue is ever
  * closed and no queued connection is dropped (closing a SO_REUSEPORT
  * socket would reset everything waiting in its queue).
  *
@@ -16,7 +16,7 @@
  * Heartbeats: each worker's loop writes the time once a second (metrics
  * shm). The first beat says it is ready; a worker whose beats stop for
  * worker_watchdog seconds (a loop stuck in C) is killed and replaced. A
- * reload retires the old generation only once every lane has a ready new
+ * reload retires the old generation only once every listener has a ready new
  * worker; if a new worker dies before it is ready, or none is ready within
  * reload_timeout, the new generation is stopped and the old one serves on. */
 #include "master.h"
@@ -48,7 +48,7 @@
 typedef struct {
     pid_t pid;
     int generation;
-    int lane;
+    int listener;
     time_t started;
 } slot_t;
 
@@ -56,13 +56,13 @@ typedef struct {
     const ev_config_t *cfg;
     struct event_base *base;
     ev_metrics_t *metrics;
-    int listen_fds[EV_METRICS_MAX_WORKERS]; /* one per lane */
-    int lanes;
+    int listen_fds[EV_METRICS_MAX_WORKERS]; /* one per listener */
+    int listeners;
     int generation;
     int stopping;
     slot_t slots[EV_METRICS_MAX_WORKERS];
     struct event *respawn;
-    struct event *reloading;  /* while a new generation gets ready: checks it */
+    struct event *reloading; /* while a new generation gets ready: checks it */
     time_t reload_started;
 } ev_master_t;
 
@@ -73,7 +73,10 @@ static int64_t monotonic_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int ready(ev_master_t *m, int slot) { return ev_metrics_worker_beat_at(m->metrics, slot) != 0; }
+static int ready(ev_master_t *m, int slot)
+{
+    return ev_metrics_worker_beat_at(m->metrics, slot) != 0;
+}
 
 static void abandon_reload(ev_master_t *m, const char *why);
 
@@ -104,7 +107,8 @@ static int open_listener(const ev_config_t *cfg, int first)
         return -1;
     }
     if (first && port_in_use(ai)) {
-        ev_error("cannot listen on %s:%d: the port is in use by another process", cfg->host, cfg->port);
+        ev_error("cannot listen on %s:%d: the port is in use by another process", cfg->host,
+                 cfg->port);
         freeaddrinfo(ai);
         return -1;
     }
@@ -130,7 +134,7 @@ static int free_slot(ev_master_t *m)
     return -1;
 }
 
-static int spawn(ev_master_t *m, int slot, int lane)
+static int spawn(ev_master_t *m, int slot, int listener)
 {
     /* signals stay blocked in the child until its loop handles them, so a
      * reload or stop racing a fork cannot kill a worker mid-boot */
@@ -152,33 +156,33 @@ static int spawn(ev_master_t *m, int slot, int lane)
         event_base_free(m->base);
         signal(SIGCHLD, SIG_DFL);
         signal(SIGHUP, SIG_IGN);
-        for (int i = 0; i < m->lanes; i++)
-            if (i != lane)
-                close(m->listen_fds[i]); /* only its own lane's queue */
-        _exit(ev_worker_run(m->cfg, m->listen_fds[lane], m->metrics, slot));
+        for (int i = 0; i < m->listeners; i++)
+            if (i != listener)
+                close(m->listen_fds[i]); /* only its own listener's queue */
+        _exit(ev_worker_run(m->cfg, m->listen_fds[listener], m->metrics, slot));
     }
-    m->slots[slot] = (slot_t){pid, m->generation, lane, time(NULL)};
+    m->slots[slot] = (slot_t){pid, m->generation, listener, time(NULL)};
     ev_metrics_worker_set(m->metrics, slot, pid);
     return 0;
 }
 
-static int lane_served(const ev_master_t *m, int lane)
+static int listener_served(const ev_master_t *m, int listener)
 {
     for (int i = 0; i < EV_METRICS_MAX_WORKERS; i++)
         if (m->slots[i].pid && m->slots[i].generation == m->generation &&
-            m->slots[i].lane == lane)
+            m->slots[i].listener == listener)
             return 1;
     return 0;
 }
 
-/* Gives every lane a worker of the current generation. */
+/* Gives every listener a worker of the current generation. */
 static void top_up(ev_master_t *m)
 {
-    for (int lane = 0; lane < m->lanes && !m->stopping; lane++) {
-        if (lane_served(m, lane))
+    for (int listener = 0; listener < m->listeners && !m->stopping; listener++) {
+        if (listener_served(m, listener))
             continue;
         int s = free_slot(m);
-        if (s < 0 || spawn(m, s, lane) != 0)
+        if (s < 0 || spawn(m, s, listener) != 0)
             return;
     }
 }
@@ -244,14 +248,14 @@ static void signal_generation(ev_master_t *m, int older_than, int sig)
             kill(m->slots[i].pid, sig);
 }
 
-/* Every lane has a ready worker of the current generation. */
+/* Every listener has a ready worker of the current generation. */
 static int generation_ready(ev_master_t *m)
 {
-    for (int lane = 0; lane < m->lanes; lane++) {
+    for (int listener = 0; listener < m->listeners; listener++) {
         int ok = 0;
         for (int i = 0; i < EV_METRICS_MAX_WORKERS && !ok; i++)
             ok = m->slots[i].pid && m->slots[i].generation == m->generation &&
-                 m->slots[i].lane == lane && ready(m, i);
+                 m->slots[i].listener == listener && ready(m, i);
         if (!ok)
             return 0;
     }
@@ -326,9 +330,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     ev_master_t *m = arg;
     (void)what;
     switch (sig) {
-    case SIGCHLD:
-        reap(m);
-        break;
+    case SIGCHLD: reap(m); break;
     case SIGHUP:
         if (!m->stopping)
             reload(m);
@@ -376,7 +378,7 @@ static void pidfile(const ev_config_t *cfg, int create)
 
 int ev_master_serve(const ev_config_t *cfg)
 {
-    ev_master_t m = {.cfg = cfg, .lanes = 0};
+    ev_master_t m = {.cfg = cfg, .listeners = 0};
     int rc = 1;
     int sigs[] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT};
     struct event *sev[4] = {0}, *probe = NULL;
@@ -389,9 +391,9 @@ int ev_master_serve(const ev_config_t *cfg)
     m.base = event_base_new();
     if (!m.metrics || !m.base)
         goto done;
-    for (; m.lanes < cfg->workers; m.lanes++) {
-        m.listen_fds[m.lanes] = open_listener(cfg, m.lanes == 0);
-        if (m.listen_fds[m.lanes] < 0)
+    for (; m.listeners < cfg->workers; m.listeners++) {
+        m.listen_fds[m.listeners] = open_listener(cfg, m.listeners == 0);
+        if (m.listen_fds[m.listeners] < 0)
             goto done;
     }
     for (int i = 0; i < 4; i++) {
@@ -427,7 +429,7 @@ done:
         event_free(m.respawn);
     if (m.reloading)
         event_free(m.reloading);
-    for (int i = 0; i < m.lanes; i++)
+    for (int i = 0; i < m.listeners; i++)
         if (m.listen_fds[i] >= 0)
             close(m.listen_fds[i]);
     if (m.base)

@@ -2,7 +2,7 @@
  *
  * One per worker (and one for `evently lua`, `test`, `check`). It knows its
  * event loop and configuration through the registry, so every binding can
- * reach them from any coroutine: ev_runtime_base(L), ev_runtime_config(L). */
+ * reach them from any coroutine: ev_runtime_get(L)->base, ->cfg. */
 #ifndef EV_RUNTIME_H
 #define EV_RUNTIME_H
 
@@ -20,20 +20,20 @@ typedef struct ev_runtime ev_runtime_t;
 struct ev_runtime {
     struct event_base *base;
     const ev_config_t *cfg;
-    ev_metrics_t *metrics;   /* may be NULL outside `serve` */
-    int worker_slot;         /* -1 outside `serve` */
+    ev_metrics_t *metrics; /* may be NULL outside `serve` */
+    int worker_slot;       /* -1 outside `serve` */
     int draining;
-    struct ev_pg_pool *db;       /* created on first use by evently.db */
-    struct ev_pg_pool *replica;  /* EVENTLY_REPLICA_URL, else NULL: db serves */
-    struct ev_redis *redis;      /* created on first use by evently.redis */
-    struct ev_pg_pool *listen;   /* dedicated LISTEN connections, outside the pool */
-    struct ev_kafka *kafka;      /* the worker's producer, created on first use */
-    struct ev_mail *mail;        /* created on first use by evently.mail.core */
-    struct ev_ws_hub *ws;        /* WebSocket connections, created on first upgrade */
-    struct ev_inv *inventory;    /* reservation engine, created on first use */
-    struct ev_early *early;      /* early-answer rules (evently.early), first use */
+    struct ev_pg_pool *db;         /* created on first use by evently.db */
+    struct ev_pg_pool *replica;    /* EVENTLY_REPLICA_URL, else NULL: db serves */
+    struct ev_redis *redis;        /* created on first use by evently.redis */
+    struct ev_pg_pool *listen;     /* dedicated LISTEN connections, outside the pool */
+    struct ev_kafka *kafka;        /* the worker's producer, created on first use */
+    struct ev_mail *mail;          /* created on first use by evently.mail.core */
+    struct ev_ws_hub *ws;          /* WebSocket connections, created on first upgrade */
+    struct ev_inv *inventory;      /* reservation engine, created on first use */
+    struct ev_early *early;        /* early-answer rules (evently.early), first use */
     struct ev_token_cache *tokens; /* tokens Lua validated lately (evently.early) */
-    size_t lua_bytes, lua_max;   /* the Lua heap and its ceiling (runtime.c's allocator) */
+    size_t lua_bytes, lua_max;     /* the Lua heap and its ceiling (runtime.c's allocator) */
     /* Set by a worker, NULL elsewhere. http_request: the HTTP request the
      * coroutine is handling while it is unanswered, else NULL. http_detach:
      * that request's socket was taken over (WebSocket): its deadline stops

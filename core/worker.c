@@ -31,6 +31,7 @@
 #include "gate.h"
 #include "http.h"
 #include "log.h"
+#include "problem.h"
 #include "pg.h"
 #include "redis.h"
 #include "runtime.h"
@@ -43,14 +44,14 @@ typedef struct {
     lua_State *L;
     ev_http_server_t *http;
     int dispatch_ref;
-    int access_fd;          /* -1: access log off */
+    int access_fd; /* -1: access log off */
     struct event *sig_term, *sig_quit, *sig_int, *drain_tick, *mem_tick;
     struct timeval drain_start;
     struct ev_request *spare; /* finished request contexts, reused */
     int nspare;
-    unsigned long long early_answers, early_flushed; /* answered in C; flushed to /metrics */
+    unsigned long long early_answers, early_flushed;   /* answered in C; flushed to /metrics */
     unsigned long long early_limited, limited_flushed; /* of which 429 rate-limited */
-    unsigned long long refusals_flushed;             /* ev_gate_refusals() flushed so far */
+    unsigned long long refusals_flushed;               /* ev_gate_refusals() flushed so far */
 } ev_worker_t;
 
 typedef struct ev_request {
@@ -77,13 +78,13 @@ static void on_answered(const ev_http_req_t *req, int status, size_t bytes, cons
         return;
     char path[512], line[1024];
     ev_json_escape(path, sizeof path, req->path, strlen(req->path));
-    int n = snprintf(line, sizeof line,
-                     "{\"time\":%ld.%03d,\"method\":\"%s\",\"path\":\"%s\",\"route\":\"%s\","
-                     "\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,\"request_id\":\"%s\","
-                     "\"peer\":\"%s\"}\n",
-                     (long)now.tv_sec, (int)(now.tv_usec / 1000), req->method, path,
-                     route ? route : "", status, bytes, (double)us / 1000.0, req->request_id,
-                     req->peer);
+    int n =
+        snprintf(line, sizeof line,
+                 "{\"time\":%ld.%03d,\"method\":\"%s\",\"path\":\"%s\",\"route\":\"%s\","
+                 "\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,\"request_id\":\"%s\","
+                 "\"peer\":\"%s\"}\n",
+                 (long)now.tv_sec, (int)(now.tv_usec / 1000), req->method, path, route ? route : "",
+                 status, bytes, (double)us / 1000.0, req->request_id, req->peer);
     if (n > (int)sizeof line - 1) {
         n = (int)sizeof line - 1;
         line[n - 1] = '\n';
@@ -149,11 +150,9 @@ static void spares_free(ev_worker_t *w)
 static void respond_problem(ev_http_req_t *req, int status, const char *type, const char *title,
                             const char *route)
 {
-    char body[512];
-    int n = snprintf(body, sizeof body,
-                     "{\"type\":\"https://evently.dev/problems/%s\",\"title\":\"%s\","
-                     "\"status\":%d,\"request_id\":\"%s\"}",
-                     type, title, status, req->request_id);
+    char body[512], id[96];
+    snprintf(id, sizeof id, "\"request_id\":\"%s\"", req->request_id);
+    int n = ev_problem_body(body, sizeof body, status, title, type, NULL, id);
     ev_http_header_t h = {"Content-Type", 12, "application/problem+json", 24};
     ev_http_respond(req, status, &h, 1, body, (size_t)n, route);
 }
@@ -382,7 +381,7 @@ static void publish_pool(ev_worker_t *w, ev_pool_kind_t kind, const ev_pg_pool_t
         return;
     ev_pg_stats_t s;
     ev_pg_stats(p, &s);
-    ev_metrics_pool_t m = {s.total, s.idle, s.busy, s.waiting, s.max,
+    ev_metrics_pool_t m = {s.total,    s.idle,     s.busy,   s.waiting, s.max,
                            s.acquired, s.timeouts, s.errors, s.queries};
     ev_metrics_pool_set(w->rt.metrics, w->rt.worker_slot, kind, &m);
 }
@@ -435,8 +434,8 @@ static void on_mem_tick(evutil_socket_t fd, short what, void *arg)
     if (w->rt.redis) {
         ev_redis_stats_t s;
         ev_redis_stats(w->rt.redis, &s);
-        ev_metrics_pool_t m = {s.connected, 0, s.pending, 0, 1, s.commands,
-                               s.timeouts, s.errors, s.commands};
+        ev_metrics_pool_t m = {s.connected, 0,          s.pending, 0,         1,
+                               s.commands,  s.timeouts, s.errors,  s.commands};
         ev_metrics_pool_set(w->rt.metrics, w->rt.worker_slot, EV_POOL_REDIS, &m);
     }
 }
@@ -492,7 +491,8 @@ int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, 
         goto done;
     w.L = ev_runtime_new(&w.rt);
     if (w.L)
-        lua_gc(w.L, LUA_GCGEN, 0, 0); /* requests make short-lived garbage: young collections suit it */
+        lua_gc(w.L, LUA_GCGEN, 0,
+               0); /* requests make short-lived garbage: young collections suit it */
     if (!w.L || load_dispatch(&w) != 0)
         goto done; /* exits with signals still blocked: nothing to handle */
     ev_http_limits_t limits = {cfg->max_header, cfg->max_body, cfg->max_connections,

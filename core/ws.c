@@ -34,33 +34,33 @@
 
 struct ev_ws_hub {
     struct event_base *base;
-    ev_ws_t *head;            /* every connection of this loop, lingering ones too */
+    ev_ws_t *head; /* every connection of this loop, lingering ones too */
     int count;
 };
 
 struct ev_ws {
-    ev_ws_hub_t *hub;         /* NULL in probe mode */
+    ev_ws_hub_t *hub; /* NULL in offline mode */
     ev_ws_t *prev, *next;
-    int lingering;            /* closed for the owner; discarding input until EOF */
+    int lingering; /* closed for the owner; discarding input until EOF */
     int linger_rounds;
-    int fd;                   /* -1 in probe mode: output is discarded */
+    int fd; /* -1 in offline mode: output is discarded */
     wslay_event_context_ptr ctx;
-    struct evbuffer *in;      /* bytes read before us, consumed first */
-    struct evbuffer *out;     /* answer bytes HTTP could not write yet, sent first */
+    struct evbuffer *in;  /* bytes read before us, consumed first */
+    struct evbuffer *out; /* answer bytes HTTP could not write yet, sent first */
     struct event *rev, *wev;
-    struct event *tick;       /* ping interval; after our close frame, the close timeout */
-    struct event *closer;     /* fired once to tear down from the loop */
+    struct event *tick;   /* ping interval; after our close frame, the close timeout */
+    struct event *closer; /* fired once to tear down from the loop */
     ev_ws_limits_t limits;
     ev_ws_callbacks_t cb;
     void *arg;
-    int heard;                /* a frame arrived since the last ping */
-    struct event *expire;     /* max_lifetime reached: closed 1001 */
-    int closing;              /* our close frame is queued */
-    int dead;                 /* teardown pending: no more I/O */
-    int in_recv;              /* inside wslay_event_recv: send later, not now */
-    size_t budget;            /* socket bytes this readable event may still read */
-    int code;                 /* close code reported to on_close */
-    int probe_messages;
+    int heard;            /* a frame arrived since the last ping */
+    struct event *expire; /* max_lifetime reached: closed 1001 */
+    int closing;          /* our close frame is queued */
+    int dead;             /* teardown pending: no more I/O */
+    int in_recv;          /* inside wslay_event_recv: send later, not now */
+    size_t budget;        /* socket bytes this readable event may still read */
+    int code;             /* close code reported to on_close */
+    int offline_messages;
 };
 
 static void linger_read(ev_ws_t *ws, short what);
@@ -133,14 +133,13 @@ int ev_ws_handshake(const char *method, const char *upgrade, const char *connect
 
 /* ---- wslay callbacks: bytes in and out ---- */
 
-static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                       void *user)
+static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user)
 {
     ev_ws_t *ws = user;
     (void)flags;
     if (evbuffer_get_length(ws->in) > 0)
         return evbuffer_remove(ws->in, buf, len);
-    if (ws->fd < 0) { /* probe: the input is all there is */
+    if (ws->fd < 0) { /* offline: the input is all there is */
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
@@ -197,7 +196,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     if (m->opcode != WSLAY_TEXT_FRAME && m->opcode != WSLAY_BINARY_FRAME)
         return; /* ping (wslay answers it), pong, close */
     if (ws->fd < 0)
-        ws->probe_messages++;
+        ws->offline_messages++;
     if (ws->cb.on_message && !ws->dead)
         ws->cb.on_message(ws, m->opcode, m->msg, m->msg_length, ws->arg);
 }
@@ -437,7 +436,10 @@ void ev_ws_hub_close_all(ev_ws_hub_t *hub, int code, const char *reason)
             ev_ws_close(ws, code, reason); /* never frees: teardown is the closer's */
 }
 
-int ev_ws_hub_count(const ev_ws_hub_t *hub) { return hub ? hub->count : 0; }
+int ev_ws_hub_count(const ev_ws_hub_t *hub)
+{
+    return hub ? hub->count : 0;
+}
 
 void ev_ws_hub_free(ev_ws_hub_t *hub)
 {
@@ -533,16 +535,22 @@ void ev_ws_close(ev_ws_t *ws, int code, const char *reason)
     pump(ws);
 }
 
-int ev_ws_is_open(const ev_ws_t *ws) { return !ws->dead && !ws->closing; }
+int ev_ws_is_open(const ev_ws_t *ws)
+{
+    return !ws->dead && !ws->closing;
+}
 
 size_t ev_ws_queued(const ev_ws_t *ws)
 {
     return wslay_event_get_queued_msg_length(ws->ctx) + evbuffer_get_length(ws->out);
 }
 
-void ev_ws_free(ev_ws_t *ws) { release(ws); }
+void ev_ws_free(ev_ws_t *ws)
+{
+    release(ws);
+}
 
-int ev_ws_probe(const uint8_t *data, size_t len, const ev_ws_limits_t *limits)
+int ev_ws_parse_offline(const uint8_t *data, size_t len, const ev_ws_limits_t *limits)
 {
     ev_ws_t *ws = ws_alloc(-1, limits);
     if (!ws)
@@ -556,9 +564,9 @@ int ev_ws_probe(const uint8_t *data, size_t len, const ev_ws_limits_t *limits)
         else
             wslay_event_send(ws->ctx);
     }
-    if (!ws->dead && ws->probe_messages > 0)
+    if (!ws->dead && ws->offline_messages > 0)
         ev_ws_send(ws, WSLAY_TEXT_FRAME, "x", 1);
-    int n = ws->probe_messages;
+    int n = ws->offline_messages;
     release(ws);
     return n;
 }

@@ -31,8 +31,8 @@ typedef struct ev_ws ev_ws_t;
 typedef struct ev_ws_hub ev_ws_hub_t;
 
 typedef struct {
-    size_t max_message;  /* incoming message, bytes; over: close 1009 */
-    size_t max_queued;   /* outgoing bytes not yet taken by the socket; over: close 1008 */
+    size_t max_message;   /* incoming message, bytes; over: close 1009 */
+    size_t max_queued;    /* outgoing bytes not yet taken by the socket; over: close 1008 */
     double ping_interval; /* s between our pings; no answer by the next one: dropped */
     double close_timeout; /* s to wait for the peer's close frame once we sent ours */
     double max_lifetime;  /* s a connection may stay open (0: no limit); then closed 1001 */
@@ -80,6 +80,6 @@ void ev_ws_free(ev_ws_t *ws);
 /* Feeds raw client bytes through the same framing path with no socket (for
  * the fuzz harness): returns the number of messages delivered; the peer's
  * output is discarded. */
-int ev_ws_probe(const uint8_t *data, size_t len, const ev_ws_limits_t *limits);
+int ev_ws_parse_offline(const uint8_t *data, size_t len, const ev_ws_limits_t *limits);
 
 #endif

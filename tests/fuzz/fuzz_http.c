@@ -1,6 +1,6 @@
 /* fuzz_http.c - libFuzzer harness for the HTTP request parser (core/http.c).
  *
- * Feeds the input to ev_http_parse_probe() with small limits, so the 413 and
+ * Feeds the input to ev_http_parse_offline() with small limits, so the 413 and
  * 431 paths are as reachable as plain parsing, and checks what must hold for
  * any bytes at all:
  *   - the answer is a count of complete requests or one of -400, -413, -431;
@@ -35,13 +35,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *bytes = (const char *)data;
-    int whole = ev_http_parse_probe(bytes, size, &limits);
+    int whole = ev_http_parse_offline(bytes, size, &limits);
     if (whole < 0 && whole != -400 && whole != -413 && whole != -431)
         broken("answer is neither a count nor 400/413/431", whole, size);
     if (whole >= 0 && size > 1) {
         /* where to cut comes from the input itself, so it varies run to run */
         size_t cut = (size * ((size_t)data[size - 1] + 1)) / 257;
-        int part = ev_http_parse_probe(bytes, cut, &limits);
+        int part = ev_http_parse_offline(bytes, cut, &limits);
         if (part < 0)
             broken("a prefix of an accepted stream was refused", part, cut);
         if (part > whole)

@@ -7,7 +7,7 @@
  *         fields are absent headers) for ev_ws_handshake(); it must either
  *         refuse with a reason or accept with a 28-character base64 value;
  *   odd:  the rest is what a client sends after the 101, fed through
- *         ev_ws_probe() (wslay context, our callbacks, small limits) twice,
+ *         ev_ws_parse_offline() (wslay context, our callbacks, small limits) twice,
  *         whole and cut short: never more messages from a prefix.
  * ASan and UBSan (built in) catch the rest. Build and run with
  * tests/fuzz/run.sh; replay with ./build-fuzz/fuzz_ws <file>. */
@@ -60,12 +60,12 @@ static void fuzz_handshake(const uint8_t *data, size_t size)
 
 static void fuzz_frames(const uint8_t *data, size_t size)
 {
-    int whole = ev_ws_probe(data, size, &limits);
+    int whole = ev_ws_parse_offline(data, size, &limits);
     if (whole < 0)
         return; /* out of memory */
     if (size > 1) {
         size_t cut = (size * ((size_t)data[size - 1] + 1)) / 257;
-        int part = ev_ws_probe(data, cut, &limits);
+        int part = ev_ws_parse_offline(data, cut, &limits);
         if (part > whole)
             broken("a prefix delivered more messages than the whole stream", size);
     }

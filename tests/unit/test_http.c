@@ -1,13 +1,13 @@
 /* test_http.c - core/http.c: what the server does with raw request bytes.
  *
- * Most tests go through ev_http_parse_probe(), the connection-less path the
+ * Most tests go through ev_http_parse_offline(), the connection-less path the
  * fuzz harness uses: it returns the number of complete requests in the
  * bytes, or -status for the error answer the server would send (400 bad
  * syntax, 413 body too large, 431 header section too large or too many
  * header fields). No sockets, no event loop.
  *
  * The last group runs a real server on 127.0.0.1 (ephemeral port) to check
- * what the probe cannot see: the request handed to the handler (method,
+ * what the offline parse cannot see: the request handed to the handler (method,
  * path, query, lowercase headers, body), also when it arrives one byte per
  * read; and the lingering close after an error answer (the client reads
  * the answer and EOF while it is still sending, within bounds). */
@@ -39,22 +39,25 @@ static const ev_http_limits_t limits = {
     .read_timeout = 15,
 };
 
-static int probe(const char *s) { return ev_http_parse_probe(s, strlen(s), &limits); }
+static int offline(const char *s)
+{
+    return ev_http_parse_offline(s, strlen(s), &limits);
+}
 
 /* cmocka prints integers in hex; statuses read better in decimal */
-#define assert_probe(expr, want)                                                                \
-    do {                                                                                        \
-        int got_ = (expr), want_ = (want);                                                      \
-        if (got_ != want_)                                                                      \
-            fail_msg("%s: got %d, expected %d", #expr, got_, want_);                            \
+#define assert_parsed(expr, want)                                                                  \
+    do {                                                                                           \
+        int got_ = (expr), want_ = (want);                                                         \
+        if (got_ != want_)                                                                         \
+            fail_msg("%s: got %d, expected %d", #expr, got_, want_);                               \
     } while (0)
 
-static int probe_with(const char *s, size_t max_header, size_t max_body)
+static int offline_with(const char *s, size_t max_header, size_t max_body)
 {
     ev_http_limits_t l = limits;
     l.max_header = max_header;
     l.max_body = max_body;
-    return ev_http_parse_probe(s, strlen(s), &l);
+    return ev_http_parse_offline(s, strlen(s), &l);
 }
 
 /* A buffer built piece by piece; the tests free it. */
@@ -114,29 +117,29 @@ static void add_repeat(text_t *t, char c, size_t n)
 static void counts_one_simple_get(void **state)
 {
     (void)state;
-    assert_probe(probe(GET), 1);
+    assert_parsed(offline(GET), 1);
 }
 
 static void counts_three_pipelined_requests(void **state)
 {
     (void)state;
-    assert_probe(probe(GET GET GET), 3);
+    assert_parsed(offline(GET GET GET), 3);
 }
 
 static void counts_a_post_with_its_content_length_body(void **state)
 {
     (void)state;
-    assert_probe(probe("POST /bookings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                           "Content-Length: 13\r\n\r\n{\"seats\": 2}\n"),
-                     1);
+    assert_parsed(offline("POST /bookings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Content-Length: 13\r\n\r\n{\"seats\": 2}\n"),
+                  1);
 }
 
 static void counts_a_chunked_post_and_the_request_after_it(void **state)
 {
     (void)state;
-    assert_probe(probe("POST /bookings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                           "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" GET),
-                     2);
+    assert_parsed(offline("POST /bookings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n" GET),
+                  2);
 }
 
 static void accepts_a_body_of_exactly_max_body(void **state)
@@ -145,7 +148,7 @@ static void accepts_a_body_of_exactly_max_body(void **state)
     text_t *t = request_buffer();
     add(t, "POST /x HTTP/1.1\r\nContent-Length: 1024\r\n\r\n");
     add_repeat(t, 'a', 1024);
-    assert_probe(probe(t->p), 1);
+    assert_parsed(offline(t->p), 1);
 }
 
 static void accepts_exactly_100_header_fields(void **state)
@@ -156,7 +159,7 @@ static void accepts_exactly_100_header_fields(void **state)
     for (int i = 0; i < 100; i++)
         add(t, "X-H%03d: v\r\n", i);
     add(t, "\r\n");
-    assert_probe(probe(t->p), 1);
+    assert_parsed(offline(t->p), 1);
 }
 
 /* ---- incomplete input: nothing to answer yet ---- */
@@ -164,11 +167,11 @@ static void accepts_exactly_100_header_fields(void **state)
 static void counts_zero_for_empty_input(void **state)
 {
     (void)state;
-    assert_probe(ev_http_parse_probe("", 0, &limits), 0);
+    assert_parsed(ev_http_parse_offline("", 0, &limits), 0);
 }
 
 /* Every prefix of a valid stream is a valid, not yet complete stream: the
- * probe must count exactly the requests wholly inside the prefix and never
+ * the offline parse must count exactly the requests wholly inside the prefix and never
  * answer an error, wherever the bytes are cut (mid-method, mid-header,
  * mid-chunk-size, between CR and LF). */
 static void check_every_prefix(const char *stream, const size_t *ends, int nreq)
@@ -178,7 +181,7 @@ static void check_every_prefix(const char *stream, const size_t *ends, int nreq)
         int expect = 0;
         while (expect < nreq && ends[expect] <= cut)
             expect++;
-        int got = ev_http_parse_probe(stream, cut, &limits);
+        int got = ev_http_parse_offline(stream, cut, &limits);
         if (got != expect)
             fail_msg("prefix of %zu/%zu bytes: got %d, expected %d", cut, len, got, expect);
     }
@@ -210,8 +213,8 @@ static void answers_413_when_content_length_exceeds_max_body(void **state)
 {
     (void)state;
     /* the body never arrives: the declared length alone is refused */
-    assert_probe(probe("POST /x HTTP/1.1\r\nContent-Length: 1025\r\n\r\n"), -413);
-    assert_probe(probe("POST /x HTTP/1.1\r\nContent-Length: 999999999\r\n\r\nabc"), -413);
+    assert_parsed(offline("POST /x HTTP/1.1\r\nContent-Length: 1025\r\n\r\n"), -413);
+    assert_parsed(offline("POST /x HTTP/1.1\r\nContent-Length: 999999999\r\n\r\nabc"), -413);
 }
 
 static void answers_413_when_chunked_body_exceeds_max_body(void **state)
@@ -225,7 +228,7 @@ static void answers_413_when_chunked_body_exceeds_max_body(void **state)
         add(t, "\r\n");
     }
     add(t, "0\r\n\r\n");
-    assert_probe(probe(t->p), -413);
+    assert_parsed(offline(t->p), -413);
 }
 
 static void answers_431_when_header_bytes_exceed_max_header(void **state)
@@ -235,8 +238,8 @@ static void answers_431_when_header_bytes_exceed_max_header(void **state)
     add(t, "GET / HTTP/1.1\r\nX-Big: ");
     add_repeat(t, 'h', 2000);
     add(t, "\r\n\r\n");
-    assert_probe(probe_with(t->p, 1024, 1024), -431);
-    assert_probe(probe_with(t->p, 4096, 1024), 1);
+    assert_parsed(offline_with(t->p, 1024, 1024), -431);
+    assert_parsed(offline_with(t->p, 4096, 1024), 1);
 }
 
 static void answers_431_when_the_url_alone_exceeds_max_header(void **state)
@@ -246,7 +249,7 @@ static void answers_431_when_the_url_alone_exceeds_max_header(void **state)
     add(t, "GET /");
     add_repeat(t, 'u', 2000);
     add(t, " HTTP/1.1\r\n\r\n");
-    assert_probe(probe_with(t->p, 1024, 1024), -431);
+    assert_parsed(offline_with(t->p, 1024, 1024), -431);
 }
 
 static void answers_431_for_101_header_fields(void **state)
@@ -257,7 +260,7 @@ static void answers_431_for_101_header_fields(void **state)
     for (int i = 0; i < 101; i++)
         add(t, "X-H%03d: v\r\n", i);
     add(t, "\r\n");
-    assert_probe(probe(t->p), -431);
+    assert_parsed(offline(t->p), -431);
 }
 
 /* max_header may be configured up to 1 MiB (config.c), but http_parser has
@@ -271,7 +274,7 @@ static void accepts_headers_up_to_a_max_header_above_80k(void **state)
     add(t, "GET / HTTP/1.1\r\nX-Big: ");
     add_repeat(t, 'h', 90 * 1024);
     add(t, "\r\n\r\n");
-    assert_probe(probe_with(t->p, 256 * 1024, 1024), 1);
+    assert_parsed(offline_with(t->p, 256 * 1024, 1024), 1);
 }
 
 /* ...and a section over both limits must still say 431, not 400. */
@@ -286,7 +289,7 @@ static void answers_431_not_400_when_headers_exceed_a_max_header_above_80k(void 
         add(t, "\r\n");
     }
     add(t, "\r\n");
-    assert_probe(probe_with(t->p, 100 * 1024, 1024), -431);
+    assert_parsed(offline_with(t->p, 100 * 1024, 1024), -431);
 }
 
 /* A header value that arrives in one piece longer than the parser's own cap
@@ -298,7 +301,7 @@ static void answers_431_when_one_piece_of_a_header_value_outgrows_the_parser_cap
     text_t *t = request_buffer();
     add(t, "GET / HTTP/1.1\r\nX-Big: ");
     add_repeat(t, 'h', 40 * 1024); /* max_header 16 KiB: the parser's cap is 33 KiB */
-    assert_probe(probe(t->p), -431);
+    assert_parsed(offline(t->p), -431);
 }
 
 /* ---- bad syntax ---- */
@@ -306,36 +309,36 @@ static void answers_431_when_one_piece_of_a_header_value_outgrows_the_parser_cap
 static void answers_400_for_garbage_bytes(void **state)
 {
     (void)state;
-    assert_probe(probe("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), -400); /* TLS hello */
-    assert_probe(probe("HELLO WORLD\r\n\r\n"), -400);
-    assert_probe(probe("GET / HTTP/1.1\r\nno colon here\r\n\r\n"), -400);
+    assert_parsed(offline("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), -400); /* TLS hello */
+    assert_parsed(offline("HELLO WORLD\r\n\r\n"), -400);
+    assert_parsed(offline("GET / HTTP/1.1\r\nno colon here\r\n\r\n"), -400);
 }
 
 static void answers_400_for_garbage_after_a_valid_request(void **state)
 {
     (void)state;
     /* the answer for the stream is the error, whatever came before it */
-    assert_probe(probe(GET "\x01\x02garbage\r\n\r\n"), -400);
+    assert_parsed(offline(GET "\x01\x02garbage\r\n\r\n"), -400);
 }
 
 static void answers_400_for_a_bad_content_length(void **state)
 {
     (void)state;
-    assert_probe(probe("POST /x HTTP/1.1\r\nContent-Length: abc\r\n\r\n"), -400);
-    assert_probe(probe("POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), -400);
-    assert_probe(probe("POST /x HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n"), -400);
-    assert_probe(probe("POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
-                     -400);
-    assert_probe(probe("POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
-                           "\r\n0\r\n\r\n"),
-                     -400); /* request smuggling shape */
+    assert_parsed(offline("POST /x HTTP/1.1\r\nContent-Length: abc\r\n\r\n"), -400);
+    assert_parsed(offline("POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), -400);
+    assert_parsed(offline("POST /x HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n"), -400);
+    assert_parsed(offline("POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+                  -400);
+    assert_parsed(offline("POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
+                          "\r\n0\r\n\r\n"),
+                  -400); /* request smuggling shape */
 }
 
 static void answers_400_for_a_bad_chunk_size(void **state)
 {
     (void)state;
-    assert_probe(probe("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n"),
-                     -400);
+    assert_parsed(offline("POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n"),
+                  -400);
 }
 
 static void answers_400_for_a_nul_byte_in_a_header(void **state)
@@ -344,9 +347,9 @@ static void answers_400_for_a_nul_byte_in_a_header(void **state)
     static const char value[] = "GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n";
     static const char name[] = "GET / HTTP/1.1\r\nX-\0A: ab\r\n\r\n";
     static const char url[] = "GET /a\0b HTTP/1.1\r\n\r\n";
-    assert_probe(ev_http_parse_probe(value, sizeof value - 1, &limits), -400);
-    assert_probe(ev_http_parse_probe(name, sizeof name - 1, &limits), -400);
-    assert_probe(ev_http_parse_probe(url, sizeof url - 1, &limits), -400);
+    assert_parsed(ev_http_parse_offline(value, sizeof value - 1, &limits), -400);
+    assert_parsed(ev_http_parse_offline(name, sizeof name - 1, &limits), -400);
+    assert_parsed(ev_http_parse_offline(url, sizeof url - 1, &limits), -400);
 }
 
 /* ---- through a real connection ---- */
@@ -413,14 +416,16 @@ static int server_open(void **state, const ev_http_limits_t *l)
     sv->srv = ev_http_server_new(sv->base, sv->listen_fd, l, on_request, NULL, sv);
     sv->addr = sa;
     sv->client = socket(AF_INET, SOCK_STREAM, 0);
-    if (!sv->srv || sv->client < 0 ||
-        connect(sv->client, (struct sockaddr *)&sa, sizeof sa) != 0)
+    if (!sv->srv || sv->client < 0 || connect(sv->client, (struct sockaddr *)&sa, sizeof sa) != 0)
         return -1;
     *state = sv;
     return 0;
 }
 
-static int server_setup(void **state) { return server_open(state, &limits); }
+static int server_setup(void **state)
+{
+    return server_open(state, &limits);
+}
 
 static int server_setup_two_connections(void **state)
 {
@@ -474,9 +479,9 @@ static const char *seen_header(const seen_t *s, const char *name)
     return NULL;
 }
 
-#define POST_WITH_HEADERS                                                                       \
-    "POST /events/7/bookings?seats=2&hold=1 HTTP/1.1\r\nHost: example.test\r\n"             \
-    "Content-Type: application/json\r\nX-Request-Id: req-42\r\nContent-Length: 11\r\n\r\n"  \
+#define POST_WITH_HEADERS                                                                          \
+    "POST /events/7/bookings?seats=2&hold=1 HTTP/1.1\r\nHost: example.test\r\n"                    \
+    "Content-Type: application/json\r\nX-Request-Id: req-42\r\nContent-Length: 11\r\n\r\n"         \
     "{\"seats\":2}"
 
 static void check_post_with_headers(const seen_t *s)
@@ -516,8 +521,8 @@ static void hands_over_the_same_request_when_it_arrives_one_byte_per_read(void *
 static void hands_over_pipelined_requests_one_at_a_time_in_order(void **state)
 {
     server_t *sv = *state;
-    send_request(sv, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b?q HTTP/1.1\r\nHost: y\r\n\r\n",
-                 0, 2);
+    send_request(sv, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b?q HTTP/1.1\r\nHost: y\r\n\r\n", 0,
+                 2);
     assert_string_equal(sv->seen[0].path, "/a");
     assert_false(sv->seen[0].has_query);
     assert_string_equal(sv->seen[1].path, "/b");
@@ -562,7 +567,7 @@ static void chunked_trailers_do_not_make_a_header_without_a_name(void **state)
 
 /* ---- lingering close ---- */
 
-#define BIG_POST "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"
+#define BIG_POST     "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n"
 #define LINGER_BYTES (16u << 20) /* http.c */
 
 /* Reads from fd into out (NUL-terminated, starts empty or with what an
@@ -632,7 +637,8 @@ static void keeps_reading_after_a_413_so_the_client_sending_gets_no_reset(void *
     char chunk[4096];
     memset(chunk, 'x', sizeof chunk);
     for (int i = 0; i < 64; i++) { /* the rest of the upload: read and dropped */
-        assert_int_equal(send(sv->client, chunk, sizeof chunk, MSG_NOSIGNAL), (ssize_t)sizeof chunk);
+        assert_int_equal(send(sv->client, chunk, sizeof chunk, MSG_NOSIGNAL),
+                         (ssize_t)sizeof chunk);
         pump(sv, 1);
     }
     pump(sv, 20);
@@ -715,23 +721,27 @@ int main(void)
         cmocka_unit_test(answers_400_for_a_nul_byte_in_a_header),
     };
     const struct CMUnitTest server_tests[] = {
-        cmocka_unit_test_setup_teardown(hands_the_handler_method_path_query_lowercase_headers_and_body,
-                                        server_setup, server_teardown),
-        cmocka_unit_test_setup_teardown(hands_over_the_same_request_when_it_arrives_one_byte_per_read,
-                                        server_setup, server_teardown),
+        cmocka_unit_test_setup_teardown(
+            hands_the_handler_method_path_query_lowercase_headers_and_body, server_setup,
+            server_teardown),
+        cmocka_unit_test_setup_teardown(
+            hands_over_the_same_request_when_it_arrives_one_byte_per_read, server_setup,
+            server_teardown),
         cmocka_unit_test_setup_teardown(hands_over_pipelined_requests_one_at_a_time_in_order,
                                         server_setup, server_teardown),
         cmocka_unit_test_setup_teardown(keeps_a_header_with_an_empty_value_apart_from_the_next,
                                         server_setup, server_teardown),
         cmocka_unit_test_setup_teardown(chunked_trailers_do_not_make_a_header_without_a_name,
                                         server_setup, server_teardown),
-        cmocka_unit_test_setup_teardown(keeps_reading_after_a_413_so_the_client_sending_gets_no_reset,
-                                        server_setup, server_teardown),
-        cmocka_unit_test_setup_teardown(closes_a_lingering_connection_once_a_flooding_client_sent_16_mib,
-                                        server_setup, server_teardown),
+        cmocka_unit_test_setup_teardown(
+            keeps_reading_after_a_413_so_the_client_sending_gets_no_reset, server_setup,
+            server_teardown),
+        cmocka_unit_test_setup_teardown(
+            closes_a_lingering_connection_once_a_flooding_client_sent_16_mib, server_setup,
+            server_teardown),
         cmocka_unit_test_setup_teardown(closes_a_lingering_connection_first_when_room_is_needed,
                                         server_setup_two_connections, server_teardown),
     };
-    int failed = cmocka_run_group_tests_name("probe", tests, NULL, free_request_buffer);
+    int failed = cmocka_run_group_tests_name("offline parse", tests, NULL, free_request_buffer);
     return failed + cmocka_run_group_tests_name("server", server_tests, NULL, NULL);
 }

@@ -25,7 +25,8 @@ static void handshake_matches_the_rfc_example(void **state)
     (void)state;
     char accept[32];
     const char *why = "unset";
-    assert_int_equal(ev_ws_handshake("GET", "websocket", "keep-alive, Upgrade", "13", KEY, accept, &why), 0);
+    assert_int_equal(
+        ev_ws_handshake("GET", "websocket", "keep-alive, Upgrade", "13", KEY, accept, &why), 0);
     assert_null(why);
     assert_string_equal(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 }
@@ -36,10 +37,14 @@ static void handshake_refuses_each_missing_or_wrong_part_with_a_reason(void **st
     char accept[32];
     const char *why;
     const char *cases[][5] = {
-        {"POST", "websocket", "Upgrade", "13", KEY},  {"GET", NULL, "Upgrade", "13", KEY},
-        {"GET", "h2c", "Upgrade", "13", KEY},         {"GET", "websocket", "keep-alive", "13", KEY},
-        {"GET", "websocket", NULL, "13", KEY},        {"GET", "websocket", "Upgrade", "8", KEY},
-        {"GET", "websocket", "Upgrade", NULL, KEY},   {"GET", "websocket", "Upgrade", "13", NULL},
+        {"POST", "websocket", "Upgrade", "13", KEY},
+        {"GET", NULL, "Upgrade", "13", KEY},
+        {"GET", "h2c", "Upgrade", "13", KEY},
+        {"GET", "websocket", "keep-alive", "13", KEY},
+        {"GET", "websocket", NULL, "13", KEY},
+        {"GET", "websocket", "Upgrade", "8", KEY},
+        {"GET", "websocket", "Upgrade", NULL, KEY},
+        {"GET", "websocket", "Upgrade", "13", NULL},
         {"GET", "websocket", "Upgrade", "13", "short=="},
         {"GET", "websocket", "Upgrade", "13", "dGhlIHNhbXBsZSBub25jZQ!!"},
         {"GET", "websocket", "upgraded", "13", KEY},
@@ -47,7 +52,8 @@ static void handshake_refuses_each_missing_or_wrong_part_with_a_reason(void **st
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         why = NULL;
         assert_int_equal(ev_ws_handshake(cases[i][0], cases[i][1], cases[i][2], cases[i][3],
-                                         cases[i][4], accept, &why), -1);
+                                         cases[i][4], accept, &why),
+                         -1);
         assert_non_null(why);
     }
 }
@@ -71,7 +77,7 @@ static size_t frame(uint8_t *out, int opcode, const char *payload, size_t n)
     return k + n;
 }
 
-static void probe_delivers_masked_messages_and_stops_at_the_limit(void **state)
+static void offline_parse_delivers_masked_messages_and_stops_at_the_limit(void **state)
 {
     (void)state;
     ev_ws_limits_t lim = {100, 1000, 30, 5, 0};
@@ -79,13 +85,14 @@ static void probe_delivers_masked_messages_and_stops_at_the_limit(void **state)
     size_t n = frame(buf, 1, "hello", 5);
     n += frame(buf + n, 9, "", 0);
     n += frame(buf + n, 2, "bin", 3);
-    assert_int_equal(ev_ws_probe(buf, n, &lim), 2);
+    assert_int_equal(ev_ws_parse_offline(buf, n, &lim), 2);
     char big[200];
     memset(big, 'x', sizeof big);
     n = frame(buf, 1, big, sizeof big);
-    assert_int_equal(ev_ws_probe(buf, n, &lim), 0); /* over max_message: closed, not delivered */
+    assert_int_equal(ev_ws_parse_offline(buf, n, &lim),
+                     0); /* over max_message: closed, not delivered */
     const uint8_t unmasked[] = {0x81, 0x02, 'h', 'i'};
-    assert_int_equal(ev_ws_probe(unmasked, sizeof unmasked, &lim), 0);
+    assert_int_equal(ev_ws_parse_offline(unmasked, sizeof unmasked, &lim), 0);
 }
 
 /* ---- over a socketpair ---- */
@@ -125,7 +132,8 @@ static void run_a_bit(seen_t *s)
     event_base_dispatch(s->base);
 }
 
-static ev_ws_t *open_pair(seen_t *s, int *peer, const ev_ws_limits_t *lim, const char *early, size_t early_len)
+static ev_ws_t *open_pair(seen_t *s, int *peer, const ev_ws_limits_t *lim, const char *early,
+                          size_t early_len)
 {
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
@@ -159,14 +167,17 @@ static void a_connection_echoes_answers_pings_and_closes_once(void **state)
     ssize_t r = read(peer, got, sizeof got);
     assert_true(r >= 19 + 7);
     assert_memory_equal(got, "HTTP/1.1 101 ok\r\n\r\n", 19);
-    assert_memory_equal(got + 19, "\x81\x05" "early", 7);
+    assert_memory_equal(got + 19,
+                        "\x81\x05"
+                        "early",
+                        7);
     n = frame(buf, 9, "p", 1);
     assert_int_equal(write(peer, buf, n), (ssize_t)n);
     run_a_bit(&s);
     r = read(peer, got, sizeof got);
     assert_int_equal(r, 3);
     assert_memory_equal(got, "\x8a\x01p", 3); /* pong, same payload */
-    n = frame(buf, 8, "\x03\xe8", 2);          /* close 1000 */
+    n = frame(buf, 8, "\x03\xe8", 2);         /* close 1000 */
     assert_int_equal(write(peer, buf, n), (ssize_t)n);
     run_a_bit(&s);
     assert_int_equal(s.closes, 1);
@@ -260,8 +271,8 @@ static void a_connection_past_its_lifetime_is_closed_with_1001(void **state)
         if (n > 0)
             got += (size_t)n;
     }
-    assert_true(got >= 19 + 4);            /* the 101, then a close frame */
-    assert_int_equal(buf[19], 0x88);        /* FIN + close */
+    assert_true(got >= 19 + 4);      /* the 101, then a close frame */
+    assert_int_equal(buf[19], 0x88); /* FIN + close */
     assert_int_equal((buf[21] << 8) | buf[22], 1001);
     close(peer);
     ev_ws_hub_free(s.hub);
@@ -273,7 +284,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(handshake_matches_the_rfc_example),
         cmocka_unit_test(handshake_refuses_each_missing_or_wrong_part_with_a_reason),
-        cmocka_unit_test(probe_delivers_masked_messages_and_stops_at_the_limit),
+        cmocka_unit_test(offline_parse_delivers_masked_messages_and_stops_at_the_limit),
         cmocka_unit_test(a_connection_echoes_answers_pings_and_closes_once),
         cmocka_unit_test(a_peer_that_does_not_read_is_closed_with_1008),
         cmocka_unit_test(a_peer_that_goes_away_is_reported_1006),

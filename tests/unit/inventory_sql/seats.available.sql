@@ -1,0 +1,1 @@
+SELECT available AS available, capacity AS capacity FROM public.events WHERE id = $1

@@ -1,0 +1,1 @@
+SELECT left AS available, total AS capacity FROM items WHERE id = $1

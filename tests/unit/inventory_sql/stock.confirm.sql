@@ -1,0 +1,4 @@
+UPDATE inventory_holds SET state = 'confirmed', settled_at = now()
+WHERE id = $1 AND pool = 'stock' AND state = 'held' AND expires_at > now()
+  AND ($2::bigint IS NULL OR owner = $2)
+RETURNING id, pool, key, owner, quantity, state, expires_at, created_at
