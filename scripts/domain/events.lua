@@ -137,7 +137,8 @@ function M.list(filter)
   if filter.admin then return load() end
   -- the query is the client's to choose: its results stay in this worker's
   -- bounded L1 (a family), never in Redis
-  local key = "events:list:" .. json.encode({ filter.q, filter.from, filter.to, filter.status, filter.page, filter.size })
+  local key = "events:list:" ..
+    json.encode({ filter.q, filter.from, filter.to, filter.status, filter.page, filter.size })
   return cache.fetch(key, TTL, load, { family = "events:list:" })
 end
 

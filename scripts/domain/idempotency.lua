@@ -5,7 +5,6 @@
 -- answer. A claim whose request died (no answer after 60 s) may be taken over.
 local db = require "evently.db"
 local crypto = require "evently.crypto"
-local json = require "evently.json"
 
 local M = {}
 

@@ -49,7 +49,8 @@ M.pool = inventory.pool {
   after = {
     [[INSERT INTO outbox (event_type, aggregate_id, payload)
       SELECT 'booking.confirmed', r.event_id,
-             jsonb_build_object('booking_id', r.id, 'event_id', r.event_id, 'user_id', r.user_id, 'quantity', r.quantity)
+             jsonb_build_object('booking_id', r.id, 'event_id', r.event_id, 'user_id', r.user_id,
+                                'quantity', r.quantity)
       FROM recorded r]],
     -- a take tagged with its Idempotency-Key stores the 201 answer with the
     -- booking (the document evently.json makes of the row, timestamps as
@@ -108,12 +109,14 @@ function M.sold_out(event_id, quantity)
   return pool:sold_out(event_id, quantity)
 end
 
--- Before a take goes to the queue, learn from Redis whether another worker
--- saw the event sold out; skipped while this worker's own batches found
--- seats less than GATE seconds ago, so a selling event pays nothing for it.
--- One read per event at a time: concurrent takes wait for it.
+-- The sold-out gate before a take is queued (core/gate.h has the design):
+-- this worker's own gate first; while it is open, the shared mark in Redis,
+-- unless this worker's own batches found seats less than GATE seconds ago (a
+-- selling event pays nothing for it). One read per event at a time:
+-- concurrent takes wait for it.
 local reading = {}
-local function learn_shared(event_id, quantity)
+local function gated(event_id, quantity)
+  if pool:sold_out(event_id, quantity) then return true end
   if core.recently_open("seats", event_id) then return false end
   local r = reading[event_id]
   if r then
@@ -149,7 +152,7 @@ end
 -- idempotency.lua): a granted take stores its 201 answer in the same statement.
 function M.take(event_id, user_id, quantity, idempotency_key)
   if not flushing then start_flushing() end
-  if pool:sold_out(event_id, quantity) or learn_shared(event_id, quantity) then
+  if gated(event_id, quantity) then
     return nil, "sold-out", { available = 0 }
   end
   local row, why, info = pool:take(event_id, user_id, quantity,

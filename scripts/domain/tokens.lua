@@ -56,7 +56,8 @@ end
 
 function M.revoke(token)
   local hash = crypto.sha256(token)
-  local ok, err = db.query("UPDATE auth_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL", hash)
+  local ok, err = db.query(
+    "UPDATE auth_tokens SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL", hash)
   if ok then cache.invalidate("token:" .. hash) end
   return ok, err
 end

@@ -11,7 +11,8 @@ local PUBLIC = "id, email, name, role, created_at"
 function M.register(email, password, name)
   local hash, herr = crypto.hash_password(password)
   if not hash then return nil, herr end
-  local row, err = db.one("INSERT INTO users (email, name, password_hash) VALUES (lower($1), $2, $3) RETURNING " .. PUBLIC,
+  local row, err = db.one(
+    "INSERT INTO users (email, name, password_hash) VALUES (lower($1), $2, $3) RETURNING " .. PUBLIC,
     email, name, hash)
   if not row then
     if err and err.sqlstate == "23505" then return nil, "duplicate" end

@@ -69,7 +69,8 @@ function M.join(event_id, user_id, quantity)
       if held + quantity > limit.max then return nil, "limit-exceeded", limit.refusal(held) end
     end
     if ev.available >= quantity then return nil, "tickets-available", ev end
-    local entry = must(tx.one("INSERT INTO waitlist (event_id, user_id, quantity) VALUES ($1, $2, $3) RETURNING " .. COLUMNS,
+    local entry = must(tx.one(
+      "INSERT INTO waitlist (event_id, user_id, quantity) VALUES ($1, $2, $3) RETURNING " .. COLUMNS,
       event_id, user_id, quantity))
     entry.position = position(tx, entry)
     return entry
@@ -84,14 +85,17 @@ function M.list(user_id)
 end
 
 --- Leaves the waitlist; an offered entry gives its held seats back (and they
--- are offered on). Returns true | nil (not theirs) | nil, err.
+-- are offered on). Returns true, event_id | false (no such entry of theirs) |
+-- nil, err (the transaction failed).
 function M.leave(id, user_id)
   return db.transaction(function(tx)
-    local e = must(tx.one("SELECT id, event_id, quantity, status, hold_id FROM waitlist WHERE id = $1 AND user_id = $2 FOR UPDATE",
+    local e = must(tx.one(
+      "SELECT id, event_id, quantity, status, hold_id FROM waitlist WHERE id = $1 AND user_id = $2 FOR UPDATE",
       id, user_id))
-    if not e then return nil end
+    if not e then return false end
     if e.status == "waiting" or e.status == "offered" then
-      must(tx.query("UPDATE waitlist SET status = 'cancelled', offer_expires_at = NULL, updated_at = now() WHERE id = $1", id))
+      must(tx.query(
+        "UPDATE waitlist SET status = 'cancelled', offer_expires_at = NULL, updated_at = now() WHERE id = $1", id))
       if e.status == "offered" then
         must(seats:release(tx, e.hold_id)) -- nil when the sweeper got there first: nothing to give back
         M.offer(tx, e.event_id)

@@ -51,7 +51,7 @@ return function(app, base)
   app.get(base .. "/admin/analytics/summary", function(req)
     auth.admin(req)
     local doc, err = cache.fetch("analytics:summary", TTL, summary)
-    if not doc then return problem.response(503, "unavailable", "cannot compute analytics now") end
+    if not doc then return problem.unavailable("compute analytics", err) end
     json.array(doc.top_events)
     return doc
   end, "analytics.summary")
@@ -60,7 +60,7 @@ return function(app, base)
     auth.admin(req)
     local id = require("web.params").id(req, "event")
     local doc, err = cache.fetch("analytics:event:" .. id, TTL, function() return event_report(id) end)
-    if doc == nil then return problem.response(503, "unavailable", "cannot compute analytics now") end
+    if doc == nil then return problem.unavailable("compute analytics", err) end
     if not doc then return problem.response(404, "not-found", "no such event") end
     json.array(doc.sales_by_day)
     return doc

@@ -13,8 +13,8 @@ local EMAIL = "^[^@%s]+@[^@%s]+%.[^@%s]+$"
 -- 503 when the work could not be done now. The hasher's queue full or too
 -- slow ("busy", "timeout"): the password was never checked, so the answer is
 -- "come back", never 401 (API.md "Rate limits and overload").
-local function not_now(err, detail)
-  if err ~= "busy" and err ~= "timeout" then return problem.response(503, "unavailable", detail) end
+local function not_now(err, doing)
+  if err ~= "busy" and err ~= "timeout" then return problem.unavailable(doing, err) end
   local status, body, headers = problem.response(503, "busy", "too many password checks at once; retry shortly")
   headers["Retry-After"] = "1"
   return status, body, headers
@@ -23,17 +23,19 @@ end
 return function(app, base)
   app.post(base .. "/auth/register", function(req)
     local v = validate.new(req.json)
-    local email = v:string("email", { required = true, max = 254, pattern = EMAIL, pattern_message = "must be an email address" })
-    local password = v:string("password", { required = true, min = rules.min_password_length, max = rules.max_password_length })
+    local email = v:string("email",
+      { required = true, max = 254, pattern = EMAIL, pattern_message = "must be an email address" })
+    local password = v:string("password",
+      { required = true, min = rules.min_password_length, max = rules.max_password_length })
     local name = v:string("name", { required = true, min = 1, max = 200 })
     v:check()
     local allowed, info = auth_limits.register(limit.address(req.peer))
     if not allowed then return limit.response(info) end
     local user, err = users.register(email, password, name)
     if err == "duplicate" then return problem.response(409, "email-taken", "an account with this email exists") end
-    if not user then return not_now(err, "cannot register now") end
+    if not user then return not_now(err, "register") end
     local token, expires_at = tokens.issue(user.id)
-    if not token then return problem.response(503, "unavailable", "cannot issue a token now") end
+    if not token then return problem.unavailable("issue a token", expires_at) end
     return 201, { user = users.public(user), token = token, expires_at = expires_at }
   end, "auth.register")
 
@@ -53,7 +55,7 @@ return function(app, base)
     local user, err = users.authenticate(email, password)
     if err then
       attempt:done("unchecked")
-      return not_now(err, "cannot log in now")
+      return not_now(err, "log in")
     end
     if not user then
       attempt:done("failed")
@@ -61,7 +63,7 @@ return function(app, base)
     end
     attempt:done("ok")
     local token, expires_at = tokens.issue(user.id)
-    if not token then return problem.response(503, "unavailable", "cannot issue a token now") end
+    if not token then return problem.unavailable("issue a token", expires_at) end
     return 200, { token = token, expires_at = expires_at, user = users.public(user) }
   end, "auth.login")
   limit.answer_early{ method = "POST", path = base .. "/auth/login", route = "auth.login",
@@ -69,8 +71,8 @@ return function(app, base)
 
   app.post(base .. "/auth/logout", function(req)
     auth.user(req)
-    local ok = tokens.revoke(req.token)
-    if not ok then return problem.response(503, "unavailable", "cannot log out now") end
+    local ok, err = tokens.revoke(req.token)
+    if not ok then return problem.unavailable("log out", err) end
     return 204
   end, "auth.logout")
 end

@@ -18,7 +18,8 @@ local limit_exceeded = require("domain.ticket_limit").problem
 
 local REFUSED = {
   ["not-found"] = { 404, "not-found", "no such event" },
-  ["not-on-sale"] = { 409, "not-on-sale", "the event is not on sale (draft, cancelled, outside its sales window or past)" },
+  ["not-on-sale"] = { 409, "not-on-sale",
+    "the event is not on sale (draft, cancelled, outside its sales window or past)" },
   ["too-many"] = { 422, "validation", "quantity is above the event's max_per_booking" },
 }
 
@@ -46,7 +47,7 @@ return function(app, base)
       if why == "no-offer" then
         return problem.response(409, "no-offer", "there is no open offer for this waitlist entry")
       end
-      return problem.response(503, "unavailable", "cannot book now")
+      return problem.unavailable("book")
     end
     local booking, why, ev = bookings.create(event_id, user.id, quantity, tx, after_take, idempotency_key)
     if booking then
@@ -72,13 +73,13 @@ return function(app, base)
         message = "must be <= " .. ev.max_per_booking } } } or nil
       return problem.response(r[1], r[2], r[3], extra)
     end
-    return problem.response(503, "unavailable", "cannot book now")
+    return problem.unavailable("book")
   end
 
   local function book_once(req, user, key)
     local hash = idempotency.hash(req)
     local state, status, body = idempotency.claim(user.id, key, hash)
-    if not state then return problem.response(503, "unavailable", "cannot book now") end
+    if not state then return problem.unavailable("book") end
     if state == "mismatch" then
       return problem.response(422, "idempotency-key-reused", "this Idempotency-Key was used with another request")
     end
@@ -93,13 +94,13 @@ return function(app, base)
     end
     -- ours: the booking and its stored answer commit together. Coalesced, the
     -- batch statement itself stores a granted take's answer (domain/seats.lua)
-    local body = req.json
-    if rules.coalesce and not (type(body) == "table" and body.waitlist_entry_id ~= nil) then
+    local doc = req.json
+    if rules.coalesce and not (type(doc) == "table" and doc.waitlist_entry_id ~= nil) then
       local ok, s, b, h = pcall(book, req, user, nil, nil, key)
       if not ok then
         idempotency.release(user.id, key)
         if problem.is(s) then error(s, 0) end -- validation: answered, and the key is free again
-        return problem.response(503, "unavailable", "cannot book now")
+        return problem.unavailable("book", s)
       end
       if s == 201 then return s, b, h end -- stored with the booking
       if s < 500 then
@@ -118,7 +119,7 @@ return function(app, base)
     if not ok or s == nil then -- raised, or the transaction itself failed (nil, err)
       idempotency.release(user.id, key)
       if not ok and problem.is(s) then error(s, 0) end -- validation: answered, and the key is free again
-      return problem.response(503, "unavailable", "cannot book now")
+      return problem.unavailable("book", ok and b or s)
     end
     if s == 201 then
       events.changed(b.event_id)
@@ -181,7 +182,7 @@ return function(app, base)
       end
     end
     local rows, total = bookings.list(owner, event_id, page, size)
-    if not rows then return problem.response(503, "unavailable", "cannot list bookings now") end
+    if not rows then return problem.unavailable("list bookings", total) end
     return { items = json.array(rows), page = page, size = size, total = total }
   end, "bookings.list")
 
@@ -189,7 +190,7 @@ return function(app, base)
     local user = auth.user(req)
     local owner = user.role ~= "admin" and user.id or nil
     local b, err = bookings.get(booking_id(req), owner)
-    if err then return problem.response(503, "unavailable", "cannot read the booking now") end
+    if err then return problem.unavailable("read the booking", err) end
     if not b then return problem.response(404, "not-found", "no such booking") end
     return b
   end, "bookings.show")
@@ -197,8 +198,8 @@ return function(app, base)
   app.delete(base .. "/bookings/:id", function(req)
     local user = auth.user(req)
     local owner = user.role ~= "admin" and user.id or nil
-    local ok, b, err, changed = pcall(bookings.cancel, booking_id(req), owner)
-    if not ok or err then return problem.response(503, "unavailable", "cannot cancel now") end
+    local b, err, changed = bookings.cancel(booking_id(req), owner) -- a raised error: evently.app answers
+    if err then return problem.unavailable("cancel", err) end
     if not b then return problem.response(404, "not-found", "no such booking") end
     if changed then events.reopened(b.event_id) end
     return b

@@ -41,7 +41,8 @@ return function(app)
 
   app.get("/docs", function()
     if not read("swagger-ui-bundle.js") then
-      return problem.response(503, "docs-not-installed", "Swagger UI is not installed: run .ci/setup (npm swagger-ui-dist)")
+      return problem.response(503, "docs-not-installed",
+        "Swagger UI is not installed: run .ci/setup (npm swagger-ui-dist)")
     end
     return 200, PAGE, { ["Content-Type"] = "text/html; charset=utf-8" }
   end, "docs")

@@ -38,7 +38,7 @@ local function write_failed(err)
     return problem.response(422, "validation", "the fields contradict each other",
       { errors = { { field = err.constraint or "event", message = "violates " .. tostring(err.constraint) } } })
   end
-  return problem.response(503, "unavailable", "cannot save the event now")
+  return problem.unavailable("save the event", err)
 end
 
 local function optional_user(req)
@@ -59,7 +59,7 @@ return function(app, base)
     filter.status = v:enum("status", STATUSES)
     v:check()
     local result, err = events.list(filter)
-    if not result then return problem.response(503, "unavailable", "cannot list events now") end
+    if not result then return problem.unavailable("list events", err) end
     json.array(result.items) -- an empty page is [] even after a trip through the cache
     return result
   end, "events.list")
@@ -69,7 +69,7 @@ return function(app, base)
     local user = optional_user(req)
     local ev, err
     if user and user.role == "admin" then ev, err = events.get(id) else ev, err = events.get_public(id) end
-    if err then return problem.response(503, "unavailable", "cannot read the event now") end
+    if err then return problem.unavailable("read the event", err) end
     if not ev then return problem.response(404, "not-found", "no such event") end
     return ev
   end, "events.show")
@@ -98,7 +98,7 @@ return function(app, base)
   app.delete(base .. "/events/:id", function(req)
     auth.admin(req)
     local ev, err = events.cancel(event_id(req))
-    if err then return problem.response(503, "unavailable", "cannot cancel the event now") end
+    if err then return problem.unavailable("cancel the event", err) end
     if not ev then return problem.response(404, "not-found", "no such event") end
     return ev
   end, "events.cancel")

@@ -12,7 +12,7 @@ return function(app, base)
     local rows, err = db.query([[SELECT id, type, payload, created_at, read_at, count(*) OVER () AS total
         FROM notifications WHERE user_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3]],
       user.id, size, (page - 1) * size)
-    if not rows then return problem.response(503, "unavailable", "cannot read notifications now") end
+    if not rows then return problem.unavailable("read notifications", err) end
     local total = rows[1] and rows[1].total or 0
     for _, r in ipairs(rows) do r.total = nil end
     return { items = json.array(rows), page = page, size = size, total = total }
@@ -23,7 +23,7 @@ return function(app, base)
     local id = require("web.params").id(req, "notification")
     local row, err = db.one([[UPDATE notifications SET read_at = coalesce(read_at, now())
         WHERE id = $1 AND user_id = $2 RETURNING id, type, payload, created_at, read_at]], id, user.id)
-    if err then return problem.response(503, "unavailable", "cannot update the notification now") end
+    if err then return problem.unavailable("update the notification", err) end
     if not row then return problem.response(404, "not-found", "no such notification") end
     return row
   end, "notifications.read")

@@ -42,8 +42,7 @@ return function(app, base)
     local v = validate.new(req.json)
     local quantity = v:integer("quantity", { required = true, min = 1, max = 1000 })
     v:check()
-    local ok, entry, why, ev = pcall(waitlist.join, event_id, user.id, quantity)
-    if not ok then return problem.response(503, "unavailable", "cannot join the waitlist now") end
+    local entry, why, ev = waitlist.join(event_id, user.id, quantity) -- a raised error: evently.app answers
     if entry then return 201, entry end
     if why == "limit-exceeded" then return require("domain.ticket_limit").problem(ev) end
     if why == "too-many" then
@@ -51,21 +50,24 @@ return function(app, base)
         { errors = { { field = "quantity", message = "must be <= " .. ev.max_per_booking } } })
     end
     local r = REFUSED[why]
-    if r then return problem.response(r[1], r[2], r[3], why == "tickets-available" and { available = ev.available } or nil) end
-    return problem.response(503, "unavailable", "cannot join the waitlist now")
+    if r then
+      return problem.response(r[1], r[2], r[3], why == "tickets-available" and { available = ev.available } or nil)
+    end
+    return problem.unavailable("join the waitlist", why)
   end, "waitlist.join")
 
   app.get(base .. "/waitlist", function(req)
     local user = auth.user(req)
-    local rows = waitlist.list(user.id)
-    if not rows then return problem.response(503, "unavailable", "cannot read the waitlist now") end
+    local rows, err = waitlist.list(user.id)
+    if not rows then return problem.unavailable("read the waitlist", err) end
     return { items = json.array(rows) }
   end, "waitlist.list")
 
   app.delete(base .. "/waitlist/:id", function(req)
     local user = auth.user(req)
-    local ok, done, event_id = pcall(waitlist.leave, path_id(req, "waitlist entry"), user.id)
-    if not ok then return problem.response(503, "unavailable", "cannot leave the waitlist now") end
+    -- a raised error is evently.app's to answer
+    local done, event_id = waitlist.leave(path_id(req, "waitlist entry"), user.id)
+    if done == nil then return problem.unavailable("leave the waitlist", event_id) end -- event_id holds the error
     if not done then return problem.response(404, "not-found", "no such waitlist entry") end
     events.reopened(event_id)
     return 204

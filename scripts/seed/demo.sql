@@ -1,8 +1,10 @@
--- Demo events, loaded by `evently serve` on the embedded database when it has
--- no events yet (never against a configured EVENTLY_DATABASE_URL).
+-- Demo events, run by `evently serve` on the embedded database at every start
+-- (never against a configured EVENTLY_DATABASE_URL). It inserts only into a
+-- database with no events yet: the guard is here, with the schema it knows,
+-- so the core only runs the file.
 INSERT INTO events (name, description, venue, starts_at, ends_at, capacity, available, price_cents,
                     currency, max_per_booking, status)
-VALUES
+SELECT * FROM (VALUES
   ('Lua Conf 2027', 'Talks on embedding Lua in fast servers.', 'Rio Convention Center',
    now() + interval '60 days', now() + interval '61 days', 300, 300, 12000, 'EUR', 4, 'published'),
   ('Midnight Jazz Quartet', 'Late set, standing room only.', 'Blue Room',
@@ -12,4 +14,5 @@ VALUES
   ('Postgres Internals Workshop', 'Hands-on: locks, MVCC, and the planner.', 'Room 101',
    now() + interval '30 days', now() + interval '30 days 6 hours', 20, 20, 45000, 'EUR', 2, 'published'),
   ('Secret Gig (draft)', 'Not announced yet.', 'TBA',
-   now() + interval '90 days', NULL, 150, 150, 2000, 'EUR', 4, 'draft');
+   now() + interval '90 days', NULL, 150, 150, 2000, 'EUR', 4, 'draft')) AS demo
+WHERE NOT EXISTS (SELECT 1 FROM events);

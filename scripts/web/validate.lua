@@ -34,7 +34,10 @@ function V:string(field, opts)
   if v:find("\0", 1, true) then self:fail(field, "must not contain NUL characters"); return nil end
   if opts.min and #v < opts.min then self:fail(field, "must be at least " .. opts.min .. " characters"); return nil end
   if opts.max and #v > opts.max then self:fail(field, "must be at most " .. opts.max .. " characters"); return nil end
-  if opts.pattern and not v:match(opts.pattern) then self:fail(field, opts.pattern_message or "is not valid"); return nil end
+  if opts.pattern and not v:match(opts.pattern) then
+    self:fail(field, opts.pattern_message or "is not valid")
+    return nil
+  end
   return v
 end
 

@@ -25,6 +25,6 @@ response = function(status)
   statuses[status] = (statuses[status] or 0) + 1
 end
 
-done = function(summary, latency)
+done = function(_, latency)
   io.write(string.format("p50_ms %.2f\np99_ms %.2f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end

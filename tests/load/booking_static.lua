@@ -7,6 +7,6 @@ wrk.body = '{"event_id": ' .. os.getenv("EVENT_ID") .. ', "quantity": 1}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. token
 
-done = function(summary, latency)
+done = function(_, latency)
   io.write(string.format("p50_ms %.2f\np99_ms %.2f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end

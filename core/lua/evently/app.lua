@@ -10,9 +10,11 @@
 -- JSON bodies are read by evently.json (RFC 8259 only) before the handler
 -- runs: malformed ones are answered 400 malformed-json; well-formed ones with
 -- a string that is not UTF-8 or a number past the double range 422
--- validation, errors[] naming each such field (as validate.lua does). An error in
--- a handler is logged with its traceback and request id and answered 500
--- without internals; problem.raise() inside a handler answers that problem.
+-- validation, errors[] naming each such field (as validate.lua does). An error
+-- a handler raises is answered by problem.from_err, the one map from errors to
+-- answers: problem.raise() as that problem, a database/Redis error value as 503
+-- unavailable, anything else as 500 without internals; all but problems are
+-- logged with their traceback and request id.
 -- Hooks: "request" (ctx = req; return a response to short-circuit) and
 -- "response" (ctx = {req=, status=, headers=, body=}; may change them).
 local json = require "evently.json"
@@ -68,7 +70,9 @@ local function finish(status, body, headers)
     local text, err = json.encode(body)
     if not text then return nil, "response body cannot be encoded as JSON: " .. err end
     if headers then
-      if not headers["Content-Type"] and not headers["content-type"] then headers["Content-Type"] = "application/json" end
+      if not headers["Content-Type"] and not headers["content-type"] then
+        headers["Content-Type"] = "application/json"
+      end
       return status, headers, text
     end
     return status, JSON_HEADERS, text
@@ -78,9 +82,12 @@ local function finish(status, body, headers)
   return nil, "handler returned a " .. kind .. " body"
 end
 
+-- xpcall's handler: keeps the error value (problem.from_err maps it by kind)
+-- and takes the traceback while the stack is still there.
+local TRACED = {}
 local function traceback(err)
   if problem.is(err) then return err end
-  return debug.traceback(tostring(err), 2)
+  return setmetatable({ err = err, trace = debug.traceback(tostring(err), 2) }, TRACED)
 end
 
 local function wants_json(req)
@@ -126,17 +133,11 @@ function M.dispatch(req)
   local ok, status, body, headers = xpcall(handle, traceback, req)
   if not ok then
     local err = status
-    if problem.is(err) then
-      status, body, headers = problem.response(err.status, err.kind, err.detail, err.extra)
-    elseif err == "not enough memory" then -- the worker's Lua heap is at lua_memory_max
-      log.error("handler for %s %s: Lua heap full", req.method, route.pattern)
-      status, body, headers = problem.response(503, "busy", "the server is short of memory; retry")
-      headers["Retry-After"] = "1"
-    else
-      log.error("handler for %s %s failed: %s", req.method, route.pattern, tostring(err))
-      status, body, headers = problem.response(500, "internal", "the server failed; the request id helps find out why",
-        { request_id = req.id })
+    if getmetatable(err) == TRACED then
+      log.error("handler for %s %s failed: %s", req.method, route.pattern, err.trace)
+      err = err.err
     end
+    status, body, headers = problem.from_err(err, req.id)
   end
   local s, h, text = finish(status, body, headers)
   if not s then

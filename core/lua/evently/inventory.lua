@@ -72,8 +72,10 @@ end
 
 function Pool:reopen(key) core.reopen(self.name, key) end
 
+-- The gate is not asked here: the engine refuses a gated claim when its batch
+-- starts, without a round trip (callers with a cheaper early answer ask
+-- pool:sold_out first; see core/gate.h).
 function Pool:take(key, owner, quantity, opts)
-  if core.closed(self.name, key, quantity) then return nil, "sold-out", { left = 0 } end
   local limit = opts and opts.limit or 0
   if limit > 0 and not self.limited then error("inventory: pool " .. self.name .. " has no owner_held", 2) end
   local ok, a, info, emptied, started, max = core.take(self.name, key, owner, quantity, limit,
@@ -104,13 +106,13 @@ function Pool:take_in(tx, key, owner, quantity, limit, tag)
   if not rows then return nil, err end
   local r = rows[1]
   if not r then return nil, "closed", { max = nil } end
-  local granted, over, held, left, max = r.inv_took > 0, r.inv_over, r.inv_held, r.inv_left, r.inv_max
+  local why = core.classify(r.inv_took, quantity, r.inv_max, r.inv_over)
+  local INFO = { ["too-many"] = "inv_max", ["limit-exceeded"] = "inv_held", ["sold-out"] = "inv_left" }
+  local info, max = r[INFO[why] or "inv_left"], r.inv_max
   for k in pairs(r) do if k:sub(1, 4) == "inv_" then r[k] = nil end end
   -- no gate or on_empty here: the caller's transaction may still roll back
-  if granted then return r end
-  if quantity > max then return nil, "too-many", { max = max } end
-  if over then return nil, "limit-exceeded", { held = held, max = max } end
-  return nil, "sold-out", { left = left, max = max }
+  if why == "granted" then return r end
+  return nil, why, refusal(why, info, max)
 end
 
 function Pool:hold(q, key, owner, quantity, seconds)

@@ -107,7 +107,8 @@ local function dead_letter(c, msg, attempts, why)
     msg.topic, tostring(msg.partition), tostring(msg.offset)
   local backoff = 0.2
   while true do
-    local ok, err = core.produce({ { topic = msg.topic .. ".dlq", key = msg.key, value = msg.value, headers = headers } })
+    local ok, err = core.produce({
+      { topic = msg.topic .. ".dlq", key = msg.key, value = msg.value, headers = headers } })
     if ok then break end
     log.warn("kafka %s: dead-lettering %s[%d]@%d failed: %s; retrying", c.group, msg.topic, msg.partition,
       msg.offset, err)

@@ -28,7 +28,7 @@ end
 M.unescape = unescape
 
 local function compile(pattern)
-  local segs, params, dynamic = split(pattern), {}, false
+  local segs, dynamic = split(pattern), false
   for i, seg in ipairs(segs) do
     local name = seg:match("^:([%w_]+)$") or seg:match("^{([%w_]+)}$")
     local rest = seg:match("^%*([%w_]+)$")

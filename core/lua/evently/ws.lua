@@ -3,8 +3,9 @@
 --       Checks the handshake of req (GET, Upgrade: websocket, Connection: upgrade,
 --       Sec-WebSocket-Version: 13, Sec-WebSocket-Key), answers 101 and takes the
 --       socket. Bad handshake: nil, why (nothing answered yet: the handler answers,
---       e.g. ws.bad_handshake(why)); a draining worker: nil, "draining" (503). After the upgrade the handler has no deadline
---       and its return answers nothing; the connection stays open until either
+--       e.g. ws.bad_handshake(why)); a draining worker: nil, "draining" (503). After
+--       the upgrade the handler has no deadline and its return answers nothing;
+--       the connection stays open until either
 --       side closes it, whether or not the handler still runs.
 --       opts: user_id (register the connection for ws.publish; a user holds at
 --       most max_per_user sockets per worker, default the ws_max_per_user setting:

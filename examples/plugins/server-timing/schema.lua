@@ -1,4 +1,3 @@
 return {
   fields = {},
-  fault_tolerant = true, -- adds a header only; a failure here never blocks a request
 }

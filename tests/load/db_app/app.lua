@@ -2,7 +2,7 @@
 local app = require "evently.app"
 local db = require "evently.db"
 
-app.get("/db", function(req)
+app.get("/db", function()
   local v, err = db.value("SELECT $1::int + 1 AS v", 41)
   if err then return 503, { error = tostring(err) } end
   return { value = v }
