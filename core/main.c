@@ -26,7 +26,6 @@
 #include "master.h"
 #include "migrate.h"
 #include "runtime.h"
-#include "users.h"
 
 #ifndef EVENTLY_BUILD_TYPE
 #define EVENTLY_BUILD_TYPE "unknown"
@@ -281,8 +280,10 @@ static int cmd_check(int argc, char **argv)
     return rc == 0 ? 0 : 1;
 }
 
-/* Runs chunk (already on L) with the given arguments in a coroutine on a loop. */
-static int run_chunk(app_t *app, const char *name, int argc, char **argv, int load_app)
+/* Runs the file name with the given arguments in a coroutine on a loop. A
+ * chunk that returns nil and a message fails with "evently <cmd>: message". */
+static int run_chunk(app_t *app, const char *cmd, const char *name, int argc,
+                     const char *const *argv, int load_app)
 {
     ev_runtime_t rt = {.cfg = &app->cfg, .worker_slot = -1};
     rt.base = event_base_new();
@@ -310,7 +311,10 @@ static int run_chunk(app_t *app, const char *name, int argc, char **argv, int lo
     }
     for (int i = 0; i < argc; i++)
         lua_pushstring(L, argv[i]);
-    rc = ev_runtime_run(L, argc) == 0 ? 0 : 1;
+    char why[1024];
+    rc = ev_runtime_run(L, argc, why, sizeof why) == 0 ? 0 : 1;
+    if (rc != 0 && why[0])
+        fprintf(stderr, "evently %s: %s\n", cmd, why);
 done:
     if (L)
         lua_close(L);
@@ -331,7 +335,7 @@ static int cmd_lua(int argc, char **argv)
      * be pointed at any database (run `evently migrate` for that) */
     int rc = 1;
     if (need_services(&app) == 0)
-        rc = run_chunk(&app, argv[0], argc - 1, argv + 1, 0);
+        rc = run_chunk(&app, "lua", argv[0], argc - 1, (const char *const *)(argv + 1), 0);
     finish(&app);
     return rc;
 }
@@ -355,11 +359,14 @@ static int cmd_test(int argc, char **argv)
     /* specs use the real platform: the embedded services too, when no URL is set */
     int rc = 1;
     if (need_services(&app) == 0 && migrate_now(&app, 0) == 0)
-        rc = run_chunk(&app, EVENTLY_LUA_DIR "/evently/test_runner.lua", n, args, 0);
+        rc = run_chunk(&app, "test", EVENTLY_LUA_DIR "/evently/test_runner.lua", n,
+                       (const char *const *)args, 0);
     finish(&app);
     return rc;
 }
 
+/* The accounts are the app's: the options are read here, the work is the
+ * app's scripts/cli/user_create.lua (its checks, its table). */
 static int cmd_user(int argc, char **argv)
 {
     if (argc < 1 || strcmp(argv[0], "create") != 0)
@@ -377,18 +384,18 @@ static int cmd_user(int argc, char **argv)
     app_t app = {0};
     if (load_config(&app, o[4].value, NULL) != 0)
         return 1;
-    int rc = 1;
-    char err[1024];
-    if (need_services(&app) == 0 && migrate_now(&app, 0) == 0) {
-        long long id;
-        if (ev_users_create(app.cfg.database_url, o[1].value, o[2].value, o[3].value,
-                            o[0].value ? "admin" : "user", &id, err, sizeof err) == 0) {
-            printf("created %s %s (id %lld)\n", o[0].value ? "admin" : "user", o[1].value, id);
-            rc = 0;
-        } else {
-            fprintf(stderr, "evently user create: %s\n", err);
-        }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/cli/user_create.lua", app.cfg.scripts);
+    if (access(path, R_OK) != 0) {
+        fprintf(stderr, "evently user create: this app has no %s\n", path);
+        finish(&app);
+        return 1;
     }
+    const char *args[] = {o[1].value, o[2].value, o[3].value ? o[3].value : "",
+                          o[0].value ? "admin" : "user"};
+    int rc = 1;
+    if (need_services(&app) == 0 && migrate_now(&app, 0) == 0)
+        rc = run_chunk(&app, "user create", path, 4, args, 0);
     finish(&app);
     return rc;
 }

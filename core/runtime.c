@@ -39,7 +39,8 @@ ev_runtime_t *ev_runtime_get(lua_State *L)
 static void set_paths(lua_State *L, const ev_config_t *c)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;%s/?.lua;"
+    snprintf(path, sizeof path,
+             "%s/?.lua;%s/?/init.lua;%s/?.lua;%s/?/init.lua;%s/?.lua;"
              "/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua",
              c->lua_path, c->lua_path, c->scripts, c->scripts, c->plugins_dir);
     lua_getglobal(L, "package");
@@ -167,6 +168,8 @@ int ev_runtime_boot(lua_State *L, char *err, size_t errlen)
 typedef struct {
     int finished;
     int ok;
+    char *why; /* a returned failure's message, or NULL */
+    size_t whylen;
 } run_state_t;
 
 static void run_done(ev_co_t *co, lua_State *co_L, int status, void *ud)
@@ -174,7 +177,12 @@ static void run_done(ev_co_t *co, lua_State *co_L, int status, void *ud)
     run_state_t *st = ud;
     st->finished = 1;
     st->ok = status == LUA_OK;
-    if (!st->ok) {
+    if (st->ok && lua_gettop(co_L) >= 2 && !lua_toboolean(co_L, 1) &&
+        lua_type(co_L, 2) == LUA_TSTRING) { /* returned nil, why */
+        st->ok = 0;
+        if (st->why)
+            snprintf(st->why, st->whylen, "%s", lua_tostring(co_L, 2));
+    } else if (!st->ok) {
         const char *msg = lua_tostring(co_L, -1);
         luaL_traceback(co_L, co_L, msg ? msg : "error", 0);
         ev_error("%s: %s", ev_co_tag(co), lua_tostring(co_L, -1));
@@ -182,10 +190,12 @@ static void run_done(ev_co_t *co, lua_State *co_L, int status, void *ud)
     event_base_loopbreak(ev_runtime_get(co_L)->base);
 }
 
-int ev_runtime_run(lua_State *L, int nargs)
+int ev_runtime_run(lua_State *L, int nargs, char *why, size_t whylen)
 {
     ev_runtime_t *rt = ev_runtime_get(L);
-    run_state_t st = {0, 0};
+    run_state_t st = {0, 0, why, whylen};
+    if (why && whylen)
+        why[0] = '\0';
     ev_co_t *co = ev_co_new(L, rt->base, run_done, &st);
     if (!co)
         return -1;
@@ -210,24 +220,51 @@ static int rt_config(lua_State *L)
 {
     const ev_config_t *c = ev_runtime_get(L)->cfg;
     lua_newtable(L);
-    lua_pushstring(L, c->home); lua_setfield(L, -2, "home");
-    lua_pushstring(L, c->scripts); lua_setfield(L, -2, "scripts");
-    lua_pushstring(L, c->plugins_dir); lua_setfield(L, -2, "plugins_dir");
-    lua_pushinteger(L, c->port); lua_setfield(L, -2, "port");
-    lua_pushinteger(L, c->workers); lua_setfield(L, -2, "workers");
-    lua_pushinteger(L, (lua_Integer)c->max_body); lua_setfield(L, -2, "max_body");
+    lua_pushstring(L, c->home);
+    lua_setfield(L, -2, "home");
+    lua_pushstring(L, c->scripts);
+    lua_setfield(L, -2, "scripts");
+    lua_pushstring(L, c->plugins_dir);
+    lua_setfield(L, -2, "plugins_dir");
+    lua_pushinteger(L, c->port);
+    lua_setfield(L, -2, "port");
+    lua_pushinteger(L, c->workers);
+    lua_setfield(L, -2, "workers");
+    lua_pushinteger(L, (lua_Integer)c->max_body);
+    lua_setfield(L, -2, "max_body");
     /* the deadlines scripts must answer within (a booking queued behind a slow batch) */
-    lua_pushinteger(L, c->handler_timeout); lua_setfield(L, -2, "handler_timeout");
-    lua_pushinteger(L, c->ws_max_per_user); lua_setfield(L, -2, "ws_max_per_user");
-    lua_pushinteger(L, c->db_acquire_timeout_ms); lua_setfield(L, -2, "db_acquire_timeout_ms");
-    lua_pushinteger(L, c->db_statement_timeout_ms); lua_setfield(L, -2, "db_statement_timeout_ms");
-    lua_pushinteger(L, c->hash_queue_max); lua_setfield(L, -2, "hash_queue_max");
-    if (c->database_url) { lua_pushstring(L, c->database_url); lua_setfield(L, -2, "database_url"); }
-    if (c->replica_url) { lua_pushstring(L, c->replica_url); lua_setfield(L, -2, "replica_url"); }
-    if (c->redis_url) { lua_pushstring(L, c->redis_url); lua_setfield(L, -2, "redis_url"); }
-    if (c->kafka_brokers) { lua_pushstring(L, c->kafka_brokers); lua_setfield(L, -2, "kafka_brokers"); }
-    if (c->smtp_url) { lua_pushstring(L, c->smtp_url); lua_setfield(L, -2, "smtp_url"); }
-    lua_pushstring(L, c->mail_from); lua_setfield(L, -2, "mail_from");
+    lua_pushinteger(L, c->handler_timeout);
+    lua_setfield(L, -2, "handler_timeout");
+    lua_pushinteger(L, c->ws_max_per_user);
+    lua_setfield(L, -2, "ws_max_per_user");
+    lua_pushinteger(L, c->db_acquire_timeout_ms);
+    lua_setfield(L, -2, "db_acquire_timeout_ms");
+    lua_pushinteger(L, c->db_statement_timeout_ms);
+    lua_setfield(L, -2, "db_statement_timeout_ms");
+    lua_pushinteger(L, c->hash_queue_max);
+    lua_setfield(L, -2, "hash_queue_max");
+    if (c->database_url) {
+        lua_pushstring(L, c->database_url);
+        lua_setfield(L, -2, "database_url");
+    }
+    if (c->replica_url) {
+        lua_pushstring(L, c->replica_url);
+        lua_setfield(L, -2, "replica_url");
+    }
+    if (c->redis_url) {
+        lua_pushstring(L, c->redis_url);
+        lua_setfield(L, -2, "redis_url");
+    }
+    if (c->kafka_brokers) {
+        lua_pushstring(L, c->kafka_brokers);
+        lua_setfield(L, -2, "kafka_brokers");
+    }
+    if (c->smtp_url) {
+        lua_pushstring(L, c->smtp_url);
+        lua_setfield(L, -2, "smtp_url");
+    }
+    lua_pushstring(L, c->mail_from);
+    lua_setfield(L, -2, "mail_from");
     lua_createtable(L, c->nplugins, 0);
     for (int i = 0; i < c->nplugins; i++) {
         lua_pushstring(L, c->plugins[i]);
@@ -241,9 +278,12 @@ static int rt_worker(lua_State *L)
 {
     ev_runtime_t *rt = ev_runtime_get(L);
     lua_newtable(L);
-    lua_pushinteger(L, rt->worker_slot); lua_setfield(L, -2, "slot");
-    lua_pushinteger(L, (lua_Integer)getpid()); lua_setfield(L, -2, "pid");
-    lua_pushboolean(L, rt->draining); lua_setfield(L, -2, "draining");
+    lua_pushinteger(L, rt->worker_slot);
+    lua_setfield(L, -2, "slot");
+    lua_pushinteger(L, (lua_Integer)getpid());
+    lua_setfield(L, -2, "pid");
+    lua_pushboolean(L, rt->draining);
+    lua_setfield(L, -2, "draining");
     return 1;
 }
 
@@ -319,14 +359,10 @@ static int rt_set_route(lua_State *L)
 }
 
 static const luaL_Reg runtime_funcs[] = {
-    {"set_route", rt_set_route},
-    {"components", rt_components},
-    {"config", rt_config},
-    {"worker", rt_worker},
-    {"metrics_text", rt_metrics},
-    {"count", rt_count},
-    {"gauge", rt_gauge},
-    {NULL, NULL},
+    {"set_route", rt_set_route},  {"components", rt_components},
+    {"config", rt_config},        {"worker", rt_worker},
+    {"metrics_text", rt_metrics}, {"count", rt_count},
+    {"gauge", rt_gauge},          {NULL, NULL},
 };
 
 int luaopen_evently_runtime(lua_State *L)

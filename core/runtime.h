@@ -53,8 +53,11 @@ void ev_runtime_close(ev_runtime_t *rt);
 lua_State *ev_runtime_new(ev_runtime_t *rt);
 ev_runtime_t *ev_runtime_get(lua_State *L);
 /* Runs a chunk in a coroutine on the loop and runs the loop until it ends.
- * The function and nargs arguments are on L. Returns 0 or -1 (error logged). */
-int ev_runtime_run(lua_State *L, int nargs);
+ * The function and nargs arguments are on L. Returns 0; or -1 when it raised
+ * (logged with its traceback) or returned nil|false and a message: the
+ * Lua way of saying "failed, because", which goes to why (when not NULL) and
+ * is not logged. */
+int ev_runtime_run(lua_State *L, int nargs, char *why, size_t whylen);
 /* Loads the app (plugins + scripts/app.lua) through evently.boot; -1 and a
  * message with file:line in err on failure. */
 int ev_runtime_boot(lua_State *L, char *err, size_t errlen);

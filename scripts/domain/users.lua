@@ -6,14 +6,29 @@ local M = {}
 
 local PUBLIC = "id, email, name, role, created_at"
 
---- Creates a user with role "user". Returns user, or nil, "duplicate" |
--- "busy" | "timeout" (the hasher could not take it now) | err.
-function M.register(email, password, name)
+local rules = require "rules.auth"
+
+M.EMAIL = "^[^@%s]+@[^@%s]+%.[^@%s]+$"
+
+--- Reads a new account's email, password and name from a validator
+-- (web/validate.lua): the checks registration and `evently user create` share.
+function M.read_new_account(v)
+  local email = v:string("email",
+    { required = true, max = 254, pattern = M.EMAIL, pattern_message = "must be an email address" })
+  local password = v:string("password",
+    { required = true, min = rules.min_password_length, max = rules.max_password_length })
+  local name = v:string("name", { required = true, min = 1, max = 200 })
+  return email, password, name
+end
+
+--- Creates a user with role "user" (or role: "admin"). Returns user, or nil,
+-- "duplicate" | "busy" | "timeout" (the hasher could not take it now) | err.
+function M.register(email, password, name, role)
   local hash, herr = crypto.hash_password(password)
   if not hash then return nil, herr end
   local row, err = db.one(
-    "INSERT INTO users (email, name, password_hash) VALUES (lower($1), $2, $3) RETURNING " .. PUBLIC,
-    email, name, hash)
+    "INSERT INTO users (email, name, password_hash, role) VALUES (lower($1), $2, $3, $4) RETURNING " .. PUBLIC,
+    email, name, hash, role or "user")
   if not row then
     if err and err.sqlstate == "23505" then return nil, "duplicate" end
     return nil, err

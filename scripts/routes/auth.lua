@@ -8,8 +8,6 @@ local tokens = require "domain.tokens"
 local rules = require "rules.auth"
 local auth_limits = require "domain.auth_limits"
 
-local EMAIL = "^[^@%s]+@[^@%s]+%.[^@%s]+$"
-
 -- 503 when the work could not be done now. The hasher's queue full or too
 -- slow ("busy", "timeout"): the password was never checked, so the answer is
 -- "come back", never 401 (API.md "Rate limits and overload").
@@ -23,11 +21,7 @@ end
 return function(app, base)
   app.post(base .. "/auth/register", function(req)
     local v = validate.new(req.json)
-    local email = v:string("email",
-      { required = true, max = 254, pattern = EMAIL, pattern_message = "must be an email address" })
-    local password = v:string("password",
-      { required = true, min = rules.min_password_length, max = rules.max_password_length })
-    local name = v:string("name", { required = true, min = 1, max = 200 })
+    local email, password, name = users.read_new_account(v)
     v:check()
     local allowed, info = auth_limits.register(limit.address(req.peer))
     if not allowed then return limit.response(info) end

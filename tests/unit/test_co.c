@@ -43,12 +43,12 @@ static int live_at_start;
 /* ---- a C operation whose I/O never completes ---- */
 
 typedef struct {
-    int pushes;       /* ops.push calls */
-    ev_wake_t why;    /* the last one's reason */
-    int cancels;      /* ops.cancel calls */
-    int rewake;       /* push calls ev_co_wake again, as a racing callback would */
-    int raise;        /* push raises, as a failed decode would */
-    ev_co_t *co;      /* the coroutine waiting, for the test to wake */
+    int pushes;    /* ops.push calls */
+    ev_wake_t why; /* the last one's reason */
+    int cancels;   /* ops.cancel calls */
+    int rewake;    /* push calls ev_co_wake again, as a racing callback would */
+    int raise;     /* push raises, as a failed decode would */
+    ev_co_t *co;   /* the coroutine waiting, for the test to wake */
 } never_t;
 
 static never_t never;
@@ -72,7 +72,10 @@ static int never_push(lua_State *L, void *data, ev_wake_t why)
     return 1;
 }
 
-static void never_cancel(void *data) { ((never_t *)data)->cancels++; }
+static void never_cancel(void *data)
+{
+    ((never_t *)data)->cancels++;
+}
 
 static const ev_wait_ops_t never_ops = {
     .name = "test.never", .push = never_push, .cancel = never_cancel};
@@ -155,7 +158,7 @@ static int run(fixture_t *f, const char *chunk)
 {
     if (luaL_loadstring(f->L, chunk) != LUA_OK)
         fail_msg("chunk does not compile: %s", lua_tostring(f->L, -1));
-    return ev_runtime_run(f->L, 0);
+    return ev_runtime_run(f->L, 0, NULL, 0);
 }
 
 static lua_Number global_number(lua_State *L, const char *name)
@@ -243,7 +246,8 @@ static void sleep_resumes_with_true_after_at_least_the_delay(void **state)
     assert_true(lua_toboolean(f->L, -1));
     lua_pop(f->L, 1);
     if (global_number(f->L, "r_dt") < 0.05 || dt < 0.05)
-        fail_msg("woke after %.4f s (Lua) / %.4f s (C), expected >= 0.05", global_number(f->L, "r_dt"), dt);
+        fail_msg("woke after %.4f s (Lua) / %.4f s (C), expected >= 0.05",
+                 global_number(f->L, "r_dt"), dt);
     assert_true(dt < 1.0);
 }
 
@@ -412,11 +416,12 @@ static void sleep_in_a_plain_lua_coroutine_raises_instead_of_crashing(void **sta
         if (setup((void **)&f) != 0)
             _exit(3);
         mallopt(M_PERTURB, 0);
-        int rc = run(f, "local time = require 'evently.time'\n"
-                        "local ok, e = pcall(coroutine.wrap(function() return time.sleep(0.01) end))\n"
-                        "assert(not ok, 'sleep in a plain coroutine did not raise')\n"
-                        "assert(e:find('must be called from a request, timer or script coroutine',\n"
-                        "              1, true), e)\n");
+        int rc =
+            run(f, "local time = require 'evently.time'\n"
+                   "local ok, e = pcall(coroutine.wrap(function() return time.sleep(0.01) end))\n"
+                   "assert(not ok, 'sleep in a plain coroutine did not raise')\n"
+                   "assert(e:find('must be called from a request, timer or script coroutine',\n"
+                   "              1, true), e)\n");
         _exit(rc == 0 ? 0 : 1);
     }
     int status = 0;
@@ -588,10 +593,11 @@ static void abort_of_a_sleep_runs_close(void **state)
 {
     fixture_t *f = *state;
     done_t d = {0};
-    ev_co_t *co = start(f,
-                        "local t <close> = setmetatable({}, {__close = function() r_closed = true end})\n"
-                        "require('evently.time').sleep(0.02)\n",
-                        &d);
+    ev_co_t *co =
+        start(f,
+              "local t <close> = setmetatable({}, {__close = function() r_closed = true end})\n"
+              "require('evently.time').sleep(0.02)\n",
+              &d);
     ev_co_abort(co); /* sleep has no cancel: only the timer goes */
     assert_int_equal(global_type(f->L, "r_closed"), LUA_TBOOLEAN);
     spin(f->base, 0.04);
