@@ -2,6 +2,7 @@
 with an admin and some users, and helpers that read the answers."""
 import json
 import os
+import time
 
 from conftest import MIGRATIONS, REPO, Server, clean_env, run_cli
 
@@ -44,6 +45,39 @@ def problem(r, status, kind):
     assert r.header("Content-Type") == "application/problem+json"
     assert r.json()["type"] == "https://evently.dev/problems/" + kind
     return r.json()
+
+
+def token_of(headers):
+    """The bearer token in an Authorization header dict."""
+    return headers["Authorization"].split(" ", 1)[1]
+
+
+def new_event(api, **fields):
+    """An event created by the admin (published, 100 seats unless fields say
+    otherwise; a field set to None is sent as null); returns its document."""
+    body = {"name": "Show", "venue": "Hall", "starts_at": "2030-05-01T20:00:00Z", "capacity": 100,
+            "price_cents": 1000, "status": "published"}
+    body.update(fields)
+    r = api.post(BASE + "/events", body=body, headers=api.admin)
+    assert r.status == 201, r.text
+    return r.json()
+
+
+def book(api, who, event_id, quantity, **kw):
+    """POST /bookings as `who`; the raw answer."""
+    return api.post(BASE + "/bookings", body={"event_id": event_id, "quantity": quantity}, headers=who, **kw)
+
+
+def book_until_201(api, who, event_id, within=0.5, failure="sold out was still answered after seats came back"):
+    """Books one seat until it is granted (its booking document); each refusal
+    before then must be a sold-out 409, and none may come after `within` s."""
+    deadline = time.time() + within
+    while True:
+        r = book(api, who, event_id, 1)
+        if r.status == 201:
+            return r.json()
+        problem(r, 409, "sold-out")
+        assert time.time() < deadline, failure
 
 
 def sql(api, query, *args):

@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from api_support import assert_booking_invariants, BASE, problem, sql, start_api
+from api_support import assert_booking_invariants, BASE, book, new_event, problem, sql, start_api
 from conftest import run_cli, clean_env
-from test_api_bookings import book, new_event
 
 
 @pytest.fixture(scope="module")

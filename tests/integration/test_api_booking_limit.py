@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from api_support import BASE, SCRIPTS, problem, sql, start_api
+from api_support import BASE, SCRIPTS, book, new_event, problem, sql, start_api
 from conftest import make_root
-from test_api_bookings import book, new_event
 from test_api_waitlist import join, entries
 
 LIMIT = 4

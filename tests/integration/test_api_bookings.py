@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from api_support import BASE, problem, sql, start_api
+from api_support import BASE, book, new_event, problem, sql, start_api
 
 
 @pytest.fixture(scope="module")
@@ -14,19 +14,6 @@ def api():
     srv = start_api("api-bookings", users=10, prefix="buyer")
     yield srv
     srv.stop_and_check()
-
-
-def new_event(api, **over):
-    body = {"name": "Show", "venue": "Hall", "starts_at": "2030-05-01T20:00:00Z", "capacity": 100,
-            "price_cents": 1000, "status": "published"}
-    body.update(over)
-    r = api.post(BASE + "/events", body=body, headers=api.admin)
-    assert r.status == 201, r.text
-    return r.json()
-
-
-def book(api, who, event_id, quantity, **kw):
-    return api.post(BASE + "/bookings", body={"event_id": event_id, "quantity": quantity}, headers=who, **kw)
 
 
 def available(api, event_id):

@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from api_support import BASE, SCRIPTS, problem, start_api
-from conftest import make_root, metric_value
-from test_api_bookings import book, new_event
+from api_support import BASE, SCRIPTS, book, book_until_201, new_event, problem, start_api
+from conftest import make_root, metric_value, wait_for
 
 SOLD_OUT = {"type": "https://evently.dev/problems/sold-out", "title": "Conflict", "status": 409,
             "detail": "not enough tickets left", "available": 0}
@@ -95,7 +94,21 @@ def test_a_missing_bad_or_revoked_token_is_still_401(api):
         assert r.header("WWW-Authenticate") == "Bearer"
     hammer(api, api.users[2], ev, 10)  # user 2's token is known to the workers now
     assert api.post(BASE + "/auth/logout", headers=api.users[2]).status == 204
-    time.sleep(0.2)  # the revocation reaches the other worker through Redis
+    # the revocation reaches the other worker through Redis: until it has, that
+    # worker may still answer sold-out; ask (each on a new connection, so both
+    # workers answer) until 10 answers in a row are 401
+    in_a_row = []
+
+    def refused_in_a_row():
+        r = book(api, api.users[2], ev, 1)
+        if r.status == 409:
+            problem(r, 409, "sold-out")
+            in_a_row.clear()
+        else:
+            problem(r, 401, "unauthorized")
+            in_a_row.append(r.status)
+        return len(in_a_row) >= 10
+    wait_for(refused_in_a_row, timeout=10, interval=0.01, what="the revocation to reach every worker")
     for _ in range(20):
         problem(book(api, api.users[2], ev, 1), 401, "unauthorized")
 
@@ -129,16 +142,6 @@ def test_a_waitlist_conversion_and_odd_bodies_still_go_to_lua(api):
             422, "validation")
 
 
-def book_until_201(api, who, event_id, within=0.5):
-    deadline = time.time() + within
-    while True:
-        r = book(api, who, event_id, 1)
-        if r.status == 201:
-            return r.json()
-        problem(r, 409, "sold-out")
-        assert time.time() < deadline, "the early answer kept saying sold out after seats came back"
-
-
 def test_a_cancellation_reopens_at_once(api):
     ev = new_event(api, capacity=2)["id"]
     b = book(api, api.users[0], ev, 2).json()
@@ -148,7 +151,7 @@ def test_a_cancellation_reopens_at_once(api):
     assert after["early"] - before["early"] >= 10
     hammer(api, api.users[4], ev, 10)  # the C gate and the token are fresh again
     assert api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=api.users[0]).status == 200
-    book_until_201(api, api.users[4], ev)
+    book_until_201(api, api.users[4], ev, failure="the early answer kept saying sold out after seats came back")
     assert book(api, api.users[4], ev, 1).status == 201
     problem(book(api, api.users[4], ev, 1), 409, "sold-out")
 
@@ -163,9 +166,11 @@ def test_a_rule_removed_from_the_scripts_is_gone_after_a_reload(api):
         f.write(src)
     os.replace(path + ".tmp", path)
     since = os.path.getsize(api.log_path)
+    old = api.worker_pids()
     api.signal(signal.SIGHUP)
     api.wait_log(r"reload: generation \d+ serving", timeout=30, since=since)
-    time.sleep(1.5)  # the old generation drains; new connections reach the new one
+    # the old generation drains: once its workers are gone, new connections reach the new one
+    api.wait_workers(len(old), exclude=old, timeout=30)
     ev = sold_out_event(api)
     before = counters(api)
     hammer(api, dict(api.users[5], Connection="close"), ev, 30)

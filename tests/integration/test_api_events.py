@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from api_support import BASE, problem, start_api
+from api_support import BASE, new_event, problem, start_api
 from conftest import clean_env, run_cli
 
 
@@ -13,15 +13,6 @@ def api():
     srv.user = srv.users[0]
     yield srv
     srv.stop_and_check()
-
-
-def new_event(api, **over):
-    body = {"name": "Concert", "venue": "Hall A", "starts_at": "2030-05-01T20:00:00Z",
-            "capacity": 100, "price_cents": 2500, "status": "published"}
-    body.update(over)
-    r = api.post(BASE + "/events", body=body, headers=api.admin)
-    assert r.status == 201, r.text
-    return r.json()
 
 
 def test_admin_creates_an_event_with_defaults_and_available_equal_to_capacity(api):

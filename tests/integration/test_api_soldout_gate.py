@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from api_support import BASE, problem, sql, start_api
+from api_support import BASE, book, book_until_201, new_event, problem, sql, start_api
 from conftest import metric_value, wait_for
-from test_api_bookings import book, new_event
+
+GATE_STUCK = "the gate kept answering sold out after seats came back"
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +43,13 @@ def test_every_worker_learns_sold_out_from_redis_without_asking_postgres(api):
     assert after["evently_booking_gate_redis_total"] >= before["evently_booking_gate_redis_total"] + 2
 
 
-def book_until_201(api, who, event_id, within=0.5):
-    deadline = time.time() + within
-    while True:
-        r = book(api, who, event_id, 1)
-        if r.status == 201:
-            return r.json()
-        problem(r, 409, "sold-out")
-        assert time.time() < deadline, "the gate kept answering sold out after seats came back"
-
-
 def test_seats_given_back_reopen_the_gate_on_every_worker_at_once(api):
     ev = new_event(api, capacity=5)
     b = book(api, api.users[0], ev["id"], 5).json()
     for _ in range(20):
         problem(book(api, api.users[1], ev["id"], 1), 409, "sold-out")
     assert api.request("DELETE", BASE + "/bookings/%d" % b["id"], headers=api.users[0]).status == 200
-    book_until_201(api, api.users[2], ev["id"])
+    book_until_201(api, api.users[2], ev["id"], failure=GATE_STUCK)
     for _ in range(4):  # no worker, and not Redis, still says sold out
         assert book(api, api.users[2], ev["id"], 1).status == 201
     problem(book(api, api.users[1], ev["id"], 1), 409, "sold-out")
@@ -71,7 +62,7 @@ def test_a_capacity_raise_reopens_the_gate_at_once(api):
         problem(book(api, api.users[1], ev["id"], 1), 409, "sold-out")
     r = api.request("PATCH", BASE + "/events/%d" % ev["id"], body={"capacity": 3}, headers=api.admin)
     assert r.status == 200, r.text
-    book_until_201(api, api.users[1], ev["id"])
+    book_until_201(api, api.users[1], ev["id"], failure=GATE_STUCK)
     assert book(api, api.users[1], ev["id"], 1).status == 201
     problem(book(api, api.users[1], ev["id"], 1), 409, "sold-out")
 

@@ -4,8 +4,7 @@ import time
 
 import pytest
 
-from api_support import BASE, problem, sql, start_api
-from test_api_bookings import book
+from api_support import BASE, book, new_event, problem, sql, start_api
 
 
 @pytest.fixture(scope="module")
@@ -13,14 +12,6 @@ def api():
     srv = start_api("api-waitlist", users=24, prefix="w")
     yield srv
     srv.stop_and_check()
-
-
-def new_event(api, capacity):
-    r = api.post(BASE + "/events", headers=api.admin, body={
-        "name": "W", "venue": "V", "starts_at": "2030-05-01T20:00:00Z", "capacity": capacity,
-        "price_cents": 500, "status": "published"})
-    assert r.status == 201, r.text
-    return r.json()["id"]
 
 
 def join(api, who, event_id, quantity):
@@ -53,7 +44,7 @@ def invariant(api, event_id):
 
 def test_waitlist_flow_offer_convert_and_order(api):
     u = api.users
-    ev = new_event(api, 2)
+    ev = new_event(api, capacity=2)["id"]
     problem(join(api, u[1], ev, 1), 409, "tickets-available")
     b = book(api, u[0], ev, 2).json()
     e1 = join(api, u[1], ev, 1)
@@ -84,7 +75,7 @@ def test_waitlist_flow_offer_convert_and_order(api):
 
 def test_an_expired_offer_passes_its_seats_on(api):
     u = api.users
-    ev = new_event(api, 1)
+    ev = new_event(api, capacity=1)["id"]
     b = book(api, u[4], ev, 1).json()
     first = join(api, u[5], ev, 1).json()
     second = join(api, u[6], ev, 1).json()
@@ -106,7 +97,7 @@ def test_an_expired_offer_passes_its_seats_on(api):
 
 def test_concurrent_cancellations_never_offer_one_seat_to_two_users(api):
     u = api.users
-    ev = new_event(api, 10)
+    ev = new_event(api, capacity=10)["id"]
     bookings = [book(api, u[i], ev, 2).json() for i in range(5)]
     for i in range(5, 24):
         assert join(api, u[i], ev, 1).status == 201
@@ -126,7 +117,7 @@ def test_concurrent_cancellations_never_offer_one_seat_to_two_users(api):
 
 def test_leaving_the_waitlist(api):
     u = api.users
-    ev = new_event(api, 1)
+    ev = new_event(api, capacity=1)["id"]
     book(api, u[0], ev, 1)
     e = join(api, u[1], ev, 1).json()
     problem(api.request("DELETE", BASE + "/waitlist/%d" % e["id"], headers=u[2]), 404, "not-found")
@@ -137,7 +128,7 @@ def test_leaving_the_waitlist(api):
 
 def test_cancelling_an_event_cancels_its_bookings_and_notifies_holders(api):
     u = api.users
-    ev = new_event(api, 5)
+    ev = new_event(api, capacity=5)["id"]
     b = book(api, u[7], ev, 2).json()
     r = api.request("DELETE", BASE + "/events/%d" % ev, headers=api.admin)
     assert r.status == 200 and r.json()["status"] == "cancelled"
@@ -163,7 +154,7 @@ def test_offers_are_holds_of_the_seats_pool(api):
     held seats; converting confirms the hold, leaving releases it (seats back
     and offered on), each hold settled once."""
     u = api.users
-    ev = new_event(api, 1)
+    ev = new_event(api, capacity=1)["id"]
     assert book(api, u[20], ev, 1).status == 201
     a = join(api, u[21], ev, 2).json()
     b = join(api, u[22], ev, 1).json()

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from api_support import SCRIPTS
 from conftest import APP_DIR, MIGRATIONS, clean_env, free_port, make_root, processes_under, run_cli
 
 
@@ -206,6 +207,8 @@ def test_lua_missing_file_exits_nonzero():
 
 
 # ---- evently user create / migrate (embedded Postgres in a private home)
+# The accounts are the app's: `user create` runs scripts/cli/user_create.lua of
+# the real app (SCRIPTS), whose migrations make the users table.
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +216,7 @@ def cli_home():
     root = make_root("cli")
     home = os.path.join(root, "home")
     env = clean_env({"EVENTLY_HOME": home, "EVENTLY_MIGRATIONS": MIGRATIONS,
-                     "EVENTLY_SCRIPTS": APP_DIR})
+                     "EVENTLY_SCRIPTS": SCRIPTS})
     yield root, env
     assert not processes_under(root), "CLI commands left processes: %r" % processes_under(root)
 
@@ -247,6 +250,16 @@ def test_user_create_validates_input(cli_home):
     assert "email" in p.stderr
 
 
+def test_user_create_says_so_when_the_app_has_no_account_script(cli_home):
+    root, env = cli_home
+    p = run_cli(["user", "create", "--email", "n@b.c", "--password", "longpassword"],
+                env=dict(env, EVENTLY_SCRIPTS=APP_DIR))
+    assert p.returncode == 1
+    assert "evently user create: this app has no " in p.stderr
+    assert "cli/user_create.lua" in p.stderr
+    assert not processes_under(root)
+
+
 def test_migrate_status_lists_applied_migrations(cli_home):
     root, env = cli_home
     p = run_cli(["migrate", "--status"], env=env)
@@ -257,12 +270,15 @@ def test_migrate_status_lists_applied_migrations(cli_home):
 
 def test_user_create_against_a_running_server_leaves_it_running(server):
     env = clean_env({"EVENTLY_HOME": server.home, "EVENTLY_MIGRATIONS": MIGRATIONS,
-                     "EVENTLY_SCRIPTS": APP_DIR})
+                     "EVENTLY_SCRIPTS": SCRIPTS})
     p = run_cli(["user", "create", "--email", "live@b.c", "--password", "longpassword",
                  "--name", "Live"], env=env)
     assert p.returncode == 0, p.stderr
     assert "created user live@b.c" in p.stdout
     # it reused the server's Postgres and Redis and did not stop them
-    time.sleep(1.2)  # one readiness probe period
+    # deliberate: the master probes once a second and /health/ready reports
+    # its last probe, so a probe must run after the CLI exits for a stopped
+    # Postgres or Redis to show (nothing tells when one has run)
+    time.sleep(1.2)
     r = server.get("/health/ready")
     assert r.status == 200, r

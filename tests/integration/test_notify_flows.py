@@ -9,24 +9,16 @@ import time
 
 import pytest
 
-from api_support import BASE, start_api
+from api_support import BASE, SCRIPTS, new_event, register, start_api, token_of
 from conftest import Server
 from kafka_broker import kafka  # noqa: F401  (the session fixture)
-from api_support import SCRIPTS, register
 from smtp_sink import SmtpSink
 from ws_client import Client
 
 
-def token_of(headers):
-    return headers["Authorization"].split(" ", 1)[1]
-
-
-def new_event(api, capacity):
-    r = api.post(BASE + "/events", headers=api.admin, body={
-        "name": "Flows", "venue": "Hall", "starts_at": "2030-05-01T20:00:00Z", "capacity": capacity,
-        "price_cents": 500, "status": "published", "max_per_booking": 5})
-    assert r.status == 201, r.text
-    return r.json()["id"]
+def flows_event(api, capacity):
+    """An event named in the mails the flows send."""
+    return new_event(api, name="Flows", capacity=capacity, price_cents=500, max_per_booking=5)["id"]
 
 
 def ws_for(srv, who):
@@ -68,7 +60,7 @@ def api(kafka, sink):  # noqa: F811
 
 def test_a_waitlisted_user_is_offered_freed_seats_in_app_by_websocket_and_email(api, sink):
     u = api.users
-    ev = new_event(api, 2)
+    ev = flows_event(api, 2)
     b = api.post(BASE + "/bookings", headers=u[0], body={"event_id": ev, "quantity": 2}).json()
     r = api.post(BASE + "/events/%d/waitlist" % ev, headers=u[1], body={"quantity": 1})
     assert r.status == 201, r.text
@@ -102,7 +94,7 @@ def test_two_instances_share_one_stream(api, kafka):  # noqa: F811
     other.start()
     try:
         who = register(other, "flowb@example.com")
-        ev = new_event(api, 10)
+        ev = flows_event(api, 10)
         b = other.post(BASE + "/bookings", headers=who, body={"event_id": ev, "quantity": 1}).json()
         socks = [ws_for(api, who) for _ in range(3)]  # on A, whichever of its workers
         try:

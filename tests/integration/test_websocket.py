@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from api_support import BASE, problem, start_api
-from conftest import clean_env, run_cli
+from api_support import BASE, problem, start_api, token_of
+from conftest import clean_env, metric_value, run_cli
 
 from ws_client import CLOSE, PING, PONG, TEXT, Client  # noqa: F401
 
@@ -27,10 +27,6 @@ def api():
     srv = start_api("api-ws", users=2, prefix="ws")
     yield srv
     srv.stop_and_check()
-
-
-def token_of(headers):
-    return headers["Authorization"].split(" ", 1)[1]
 
 
 def publish(api, user_id, message):
@@ -174,6 +170,7 @@ def test_a_malformed_upgrade_gets_a_400_problem_and_the_server_goes_on(api, drop
 def test_logout_does_not_break_the_server_and_a_new_upgrade_with_that_token_is_401(api):
     from api_support import register
     user = register(api, "ws-logout@example.com")
+    closed = api.metrics_when(lambda text: metric_value(text, "evently_websocket_closed_total") or 0)
     c = Client(api, BASE + "/ws", user)
     assert c.accepted()
     assert api.post(BASE + "/auth/logout", headers=user).status == 204
@@ -181,7 +178,9 @@ def test_logout_does_not_break_the_server_and_a_new_upgrade_with_that_token_is_4
     assert again.status == 401
     again.close()
     c.close()
-    time.sleep(0.1)
+    # the server has handled the socket's end (the logout's 1008, the client's close)
+    api.metrics_when(lambda text: metric_value(text, "evently_websocket_closed_total") or 0,
+                     lambda n: n > closed)
     assert api.get("/health").status == 200
 
 
@@ -209,12 +208,8 @@ def test_metrics_count_opened_and_closed_sockets(api):
     c.send(CLOSE, struct.pack("!H", 1000))
     assert c.recv_close() == 1000
     c.close()
-    deadline = time.time() + 5
-    while time.time() < deadline:
-        text = api.metrics()
-        if "evently_websocket_closed_total" in text:
-            break
-        time.sleep(0.05)
+    text = api.metrics_when(lambda text: text, lambda text: "evently_websocket_closed_total" in text,
+                            gap=0.05, deadline_s=5)
     assert re.search(r"^evently_websocket_opened_total \d+", text, re.M), text
     assert re.search(r"^evently_websocket_closed_total \d+", text, re.M), text
 
@@ -228,7 +223,7 @@ def test_a_socket_outlives_the_handler_timeout():
         user = register(srv, "ws-deadline@example.com")
         c = Client(srv, BASE + "/ws", user)
         assert c.accepted()
-        time.sleep(2.5)
+        time.sleep(2.5)  # deliberate: past the 1 s handler timeout, which must not end the socket
         c.send(PING, b"still")
         assert c.recv() == (PONG, b"still")
         publish(srv, me(srv, user), {"type": "waitlist.offered", "payload": {}})

@@ -3,6 +3,7 @@
 -- acquire timeout so exhaustion is quick to show.
 local db = require "evently.db"
 local time = require "evently.time"
+local runtime = require "evently.runtime"
 
 describe("evently.db #pg", function()
   setup(function()
@@ -152,6 +153,60 @@ describe("evently.db #pg", function()
   end)
 
   it("routes replica queries to the primary when no replica is configured", function()
+    assert.is_nil(runtime.config().replica_url, "this spec expects no EVENTLY_REPLICA_URL")
+    -- the query is counted by the primary pool: no other pool served it
+    local before = db.stats("primary").queries
     assert.are.equal(1, db.replica.value("SELECT 1"))
+    assert.are.equal(before + 1, db.stats("primary").queries)
+    -- and it reads the primary's own data
+    assert(db.query("INSERT INTO spec_items (name) VALUES ('via-primary')"))
+    assert.are.equal(1, db.replica.value("SELECT count(*) FROM spec_items WHERE name = 'via-primary'"))
+  end)
+
+  -- The replica URL is read at start-up, so a child `evently lua` gets one: the
+  -- primary's server, but another database. Whichever server answers, only a
+  -- query that went through the replica URL reports that database's name.
+  it("routes replica queries to EVENTLY_REPLICA_URL when one is configured", function()
+    local cfg = runtime.config()
+    local primary_db = assert(db.value("SELECT current_database()"))
+    local replica_db = primary_db == "postgres" and "template1" or "postgres"
+    local url = cfg.database_url
+    local replica_url
+    if url:match("^postgres[ql]*://") then
+      local base, query = url:match("^([^?]*)(.*)$")
+      replica_url = base:gsub("^(postgres[ql]*://[^/]*).*$", "%1") .. "/" .. replica_db .. query
+    else
+      replica_url = url .. " dbname=" .. replica_db -- a later keyword overrides an earlier one
+    end
+    local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      local db = require "evently.db"
+      print("primary=" .. assert(db.value("SELECT current_database()")))
+      print("replica=" .. assert(db.replica.value("SELECT current_database()")))
+      print("replica_pool_queries=" .. db.stats("replica").queries)
+    ]])
+    f:close()
+    local out = {}
+    local p = assert(io.popen(table.concat({
+      "EVENTLY_DATABASE_URL=" .. q(url),
+      "EVENTLY_REPLICA_URL=" .. q(replica_url),
+      "EVENTLY_REDIS_URL=" .. q(cfg.redis_url),
+      "EVENTLY_HOME=" .. q(cfg.home),
+      '"$(readlink /proc/$PPID/exe)" lua', q(script), "2>&1",
+    }, " ")))
+    for line in p:lines() do
+      local k, v = line:match("^([%w_]+)=(.*)$")
+      if k then out[k] = v end
+      out[#out + 1] = line
+    end
+    local ok = p:close()
+    os.remove(script)
+    local log = table.concat(out, "\n")
+    assert.is_true(ok == true, "evently lua failed:\n" .. log)
+    assert.are.equal(primary_db, out.primary, log)
+    assert.are.equal(replica_db, out.replica, log)
+    assert.are.equal("1", out.replica_pool_queries, log)
   end)
 end)

@@ -5,9 +5,11 @@ local db = require "evently.db"
 local time = require "evently.time"
 local inventory = require "evently.inventory"
 
+local wait_until = dofile("tests/lua/support.lua").wait_until
+
+-- done()'s count once it reaches n, or whatever it is after `limit` seconds
 local function wait_all(n, done, limit)
-  local deadline = time.monotonic() + (limit or 20)
-  while done() < n and time.monotonic() < deadline do time.sleep(0.01) end
+  wait_until(limit or 20, function() return done() >= n end, 0.01)
   return done()
 end
 
@@ -53,7 +55,8 @@ describe("evently.inventory #pg", function()
   it("takes one claim and writes the caller's record in the same statement", function()
     new_sku(1, 10)
     local order = assert(stock:take(1, 77, 3))
-    assert.are.same({ sku = 1, buyer = 77, n = 3, cost = 9 }, { sku = order.sku, buyer = order.buyer, n = order.n, cost = order.cost })
+    assert.are.same({ sku = 1, buyer = 77, n = 3, cost = 9 },
+      { sku = order.sku, buyer = order.buyer, n = order.n, cost = order.cost })
     assert.are.equal(7, stock:available(1).available)
   end)
 
@@ -152,7 +155,8 @@ describe("evently.inventory #pg", function()
       end)
     end
     wait_all(6, function() return done end)
-    local expired = db.value("SELECT count(*) FROM inventory_holds WHERE pool = 'spec_stock' AND key = 8 AND state = 'expired'")
+    local expired = db.value(
+      "SELECT count(*) FROM inventory_holds WHERE pool = 'spec_stock' AND key = 8 AND state = 'expired'")
     assert.are.equal(10, expired)
     assert.are.equal(10, swept)
     assert.are.equal(10, stock:available(8).available) -- every unit back, none twice
@@ -172,8 +176,9 @@ describe("evently.inventory #pg", function()
     local rows = assert(db.query("SELECT buyer, sum(n)::int AS n FROM spec_orders WHERE sku = 9 GROUP BY buyer"))
     assert.are.equal(4, #rows)
     for _, r in ipairs(rows) do assert.are.equal(4, r.n) end -- 2 + 2; a third 2 would pass 5
-    local r, why, info = limited:take(9, 1, 1, { limit = 5 })
+    local r = limited:take(9, 1, 1, { limit = 5 })
     assert(r) -- 4 + 1 = 5 fits
+    local why, info
     r, why, info = limited:take(9, 1, 1, { limit = 5 })
     assert.is_nil(r); assert.are.equal("limit-exceeded", why); assert.are.equal(5, info.held)
   end)
@@ -301,7 +306,8 @@ describe("evently.inventory #pg", function()
       end)
     end
     assert.are.equal(4, wait_all(4, function() return done end))
-    local rows = assert(db.query("SELECT order_id, tag FROM spec_tags WHERE order_id = ANY($1::bigint[]) ORDER BY order_id",
+    local rows = assert(db.query(
+      "SELECT order_id, tag FROM spec_tags WHERE order_id = ANY($1::bigint[]) ORDER BY order_id",
       "{" .. table.concat(ids, ",") .. "}"))
     local by = {}
     for _, r in ipairs(rows) do by[r.order_id] = r.tag end

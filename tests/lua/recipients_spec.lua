@@ -24,10 +24,12 @@ describe("flows.recipients #pg", function()
   end)
 
   it("names each holder of a cancelled event once, in order", function()
-    assert.are.same({ users[1], users[2] }, recipients.of({ type = "event.cancelled", payload = { event_id = event_id } }))
+    assert.are.same({ users[1], users[2] },
+      recipients.of({ type = "event.cancelled", payload = { event_id = event_id } }))
     assert.are.same({}, recipients.of({ type = "event.cancelled", payload = { event_id = event_id + 2 } }))
     assert.are.same({ 9 }, recipients.of({ type = "booking.confirmed", payload = { user_id = 9 } }))
-    assert.are.same({}, recipients.of({ type = "booking.cancelled", payload = { user_id = 9, reason = "event.cancelled" } }))
+    assert.are.same({},
+      recipients.of({ type = "booking.cancelled", payload = { user_id = 9, reason = "event.cancelled" } }))
   end)
 
   it("reads the holders through notifications_event_cancelled_idx, not every notification", function()

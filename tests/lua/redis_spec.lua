@@ -6,14 +6,7 @@ local time = require "evently.time"
 
 local P = "spec:redis:"
 
-local function wait_until(seconds, fn)
-  local deadline = time.monotonic() + seconds
-  repeat
-    local v = fn()
-    if v then return v end
-    time.sleep(0.02)
-  until time.monotonic() > deadline
-end
+local wait_until = dofile("tests/lua/support.lua").wait_until
 
 -- a private redis-server on a unix socket that a spec may kill and restart
 local function server(dir)

@@ -7,11 +7,7 @@ local function emit(kind, key, payload)
   assert(db.query("INSERT INTO outbox (event_type, aggregate_id, payload) VALUES ($1, $2, $3)", kind, key, payload))
 end
 
-local function wait_for(cond, secs)
-  local deadline = time.monotonic() + (secs or 5)
-  while not cond() and time.monotonic() < deadline do time.sleep(0.02) end
-  return cond()
-end
+local wait_until = dofile("tests/lua/support.lua").wait_until
 
 describe("evently.stream #pg", function()
   local tag = tostring(math.floor(time.now() * 1000))
@@ -22,8 +18,8 @@ describe("evently.stream #pg", function()
       handler = function(msg) if msg.payload.tag == tag then seen[#seen + 1] = msg.payload.n end end }
     for i = 1, 5 do emit("booking.cancelled", 1, { tag = tag, n = i }) end
     emit("booking.confirmed", 1, { tag = tag, n = 99 }) -- another topic
-    assert.is_true(wait_for(function() return #seen >= 5 end))
-    time.sleep(0.3)
+    assert.is_true(wait_until(5, function() return #seen >= 5 end))
+    time.sleep(0.3) -- deliberate: time for a second delivery to show up; none may
     assert.are.same({ 1, 2, 3, 4, 5 }, seen)
     assert.are.equal(0, stream.lag("spec-order-" .. tag, "booking-cancelled"))
   end)
@@ -37,7 +33,7 @@ describe("evently.stream #pg", function()
     assert(db.query([[INSERT INTO outbox (event_type, aggregate_id, payload)
       SELECT 'booking.confirmed', 1, jsonb_build_object('n', g) FROM generate_series(1, 2500) g]]))
     emit("event.cancelled", 1, { rare = tag, n = 1 }) -- not `tag`: other groups of the topic read it too
-    assert.is_true(wait_for(function() return #seen == 1 end))
+    assert.is_true(wait_until(5, function() return #seen == 1 end))
     assert.are.same({ 1 }, seen)
     -- more of the other topic only: the position still moves (within a second)
     assert(db.query([[INSERT INTO outbox (event_type, aggregate_id, payload)
@@ -47,7 +43,7 @@ describe("evently.stream #pg", function()
         WHERE s.consumer_group = $1 AND s.topic = 'event-cancelled'
           AND (o.txid, o.id) > (s.last_txid, s.last_id)]], group)
     end
-    assert.is_true(wait_for(function() return behind() == 0 end, 5), "position stayed behind: " .. tostring(behind()))
+    assert.is_true(wait_until(5, function() return behind() == 0 end), "position stayed behind: " .. tostring(behind()))
     assert.are.equal(0, stream.lag(group, "event-cancelled"))
     assert.are.same({ 1 }, seen)
   end)
@@ -66,14 +62,15 @@ describe("evently.stream #pg", function()
       end,
       handler = function(msg) if msg.payload.together == tag then single[#single + 1] = msg.payload.n end end }
     assert(db.query([[INSERT INTO outbox (event_type, aggregate_id, payload)
-      SELECT 'waitlist.offered', 3, jsonb_build_object('together', $1::text, 'n', g) FROM generate_series(1, 5) g]], tag))
-    assert.is_true(wait_for(function() return #batches == 1 end))
+      SELECT 'waitlist.offered', 3, jsonb_build_object('together', $1::text, 'n', g)
+      FROM generate_series(1, 5) g]], tag))
+    assert.is_true(wait_until(5, function() return #batches == 1 end))
     assert.are.same({ { 1, 2, 3, 4, 5 } }, batches) -- one statement's rows: one batch
     assert.are.same({}, single)
     fail_next = true
     emit("waitlist.offered", 3, { together = tag, n = 6 })
     emit("waitlist.expired", 3, { together = tag, n = 7 })
-    assert.is_true(wait_for(function() return #single == 2 end))
+    assert.is_true(wait_until(5, function() return #single == 2 end))
     assert.are.same({ 6, 7 }, single)
     assert.are.equal(1, #batches)
     assert.has_error(function()
@@ -97,7 +94,7 @@ describe("evently.stream #pg", function()
     emit("event.cancelled", 7, { tag = tag, n = 1 })
     emit("event.cancelled", 7, { tag = tag, n = 2 })
     emit("event.cancelled", 7, { tag = tag, n = 3 })
-    assert.is_true(wait_for(function() return #after >= 2 end, 8))
+    assert.is_true(wait_until(8, function() return #after >= 2 end))
     assert.are.same({ 2, 3 }, after)
     assert.are.equal(3, attempts[1])   -- first try + 2 retries
     assert.are.equal(2, attempts[2])
@@ -117,11 +114,11 @@ describe("evently.stream #pg", function()
     assert(slow:query("INSERT INTO outbox (event_type, aggregate_id, payload) VALUES ('waitlist.offered', 3, $1)", 1,
       '{"tag":"' .. tag .. '","n":1}'))
     emit("waitlist.expired", 3, { tag = tag, n = 2 }) -- commits first, with a later id
-    time.sleep(0.6)
+    time.sleep(0.6) -- deliberate: the consumer's passes (NOTIFY, 1 s poll) must not hand over message 2
     assert.are.same({}, seen) -- held back while the older transaction runs
     assert(slow:query("COMMIT", 0))
     slow:release()
-    assert.is_true(wait_for(function() return #seen >= 2 end))
+    assert.is_true(wait_until(5, function() return #seen >= 2 end))
     table.sort(seen)
     assert.are.same({ 1, 2 }, seen)
   end)
@@ -146,8 +143,8 @@ describe("evently.stream #pg", function()
     local function effects()
       return assert(db.query("SELECT n FROM spec_tx_effects WHERE group_name = $1 ORDER BY n", group))
     end
-    assert.is_true(wait_for(function() return #effects() >= 2 end, 8))
-    time.sleep(0.3)
+    assert.is_true(wait_until(8, function() return #effects() >= 2 end))
+    time.sleep(0.3) -- deliberate: time for a second effect to show up; none may
     local ns = {}
     for i, r in ipairs(effects()) do ns[i] = r.n end
     assert.are.same({ 1, 3 }, ns)
@@ -157,19 +154,23 @@ describe("evently.stream #pg", function()
     assert(db.query([[INSERT INTO stream_offsets (consumer_group, topic, owner, lease_until, last_txid, last_id)
       SELECT $1, 'booking-cancelled', 'another-worker', now() + interval '4 seconds', 0, coalesce(max(id), 0)
       FROM outbox]], group))
-    assert(db.query("UPDATE stream_offsets SET last_txid = (SELECT coalesce(max(txid), 0) FROM outbox) WHERE consumer_group = $1", group))
+    assert(db.query("UPDATE stream_offsets SET last_txid = (SELECT coalesce(max(txid), 0) FROM outbox)"
+      .. " WHERE consumer_group = $1", group))
     local seen = {}
     stream.consume{ topic = "booking-cancelled", group = group, now = true,
-      handler = function(msg) if msg.payload.tag == tag and msg.payload.lease then seen[#seen + 1] = msg.payload.n end end }
+      handler = function(msg)
+        if msg.payload.tag == tag and msg.payload.lease then seen[#seen + 1] = msg.payload.n end
+      end }
     emit("booking.cancelled", 1, { tag = tag, lease = true, n = 1 })
-    time.sleep(1.0)
+    time.sleep(1.0) -- deliberate: a poll period in which the live lease must keep it from us
     assert.are.same({}, seen) -- another worker's live lease (4 s: room for a slow setup): not ours
-    assert.is_true(wait_for(function() return #seen == 1 end, 10))
-    local row = assert(db.one("SELECT owner, lease_until > now() AS live FROM stream_offsets WHERE consumer_group = $1", group))
+    assert.is_true(wait_until(10, function() return #seen == 1 end))
+    local row = assert(db.one(
+      "SELECT owner, lease_until > now() AS live FROM stream_offsets WHERE consumer_group = $1", group))
     assert.are_not.equal("another-worker", row.owner)
     assert.is_true(row.live)
     emit("booking.cancelled", 1, { tag = tag, lease = true, n = 2 })
-    assert.is_true(wait_for(function() return #seen == 2 end, 5))
+    assert.is_true(wait_until(5, function() return #seen == 2 end))
     assert.are.same({ 1, 2 }, seen)
   end)
 end)

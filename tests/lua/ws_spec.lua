@@ -5,16 +5,8 @@
 local ws = require "evently.ws"
 local redis = require "evently.redis"
 local json = require "evently.json"
-local time = require "evently.time"
 
-local function wait_until(seconds, fn)
-  local deadline = time.monotonic() + seconds
-  repeat
-    local v = fn()
-    if v then return v end
-    time.sleep(0.02)
-  until time.monotonic() > deadline
-end
+local wait_until = dofile("tests/lua/support.lua").wait_until
 
 describe("evently.ws", function()
   it("raises when upgrade is called outside a request handler", function()

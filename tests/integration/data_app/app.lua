@@ -20,7 +20,7 @@ app.get("/db/value", function(req)
 end)
 
 app.get("/db/sleep", function(req)
-  local v, err = db.value("SELECT pg_sleep($1::float8)::text AS v", tonumber(req.query.s or "0.1"))
+  local _, err = db.value("SELECT pg_sleep($1::float8)::text AS v", tonumber(req.query.s or "0.1"))
   if err then return unavailable(err) end
   return { slept = true }
 end)
