@@ -36,6 +36,14 @@ function M.claim(user_id, key, hash)
   return "replay", prior.status, prior.response
 end
 
+--- true when user_id used key before (whatever became of it), false when not;
+-- nil, err when the database fails. A read: nothing is claimed.
+function M.known(user_id, key)
+  local row, err = db.one("SELECT 1 AS known FROM idempotency_keys WHERE user_id = $1 AND key = $2", user_id, key)
+  if err then return nil, err end
+  return row ~= nil
+end
+
 --- Stores the answer (q: db or a transaction).
 function M.store(q, user_id, key, status, body)
   return q.query("UPDATE idempotency_keys SET status = $3, response = $4 WHERE user_id = $1 AND key = $2",

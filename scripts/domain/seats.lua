@@ -143,6 +143,10 @@ local function gated(event_id, quantity)
   return false
 end
 
+--- true when the sold-out gate refuses quantity now: this worker's, else the
+-- shared mark (one Redis read when this worker has not seen the event selling).
+M.gated = function(event_id, quantity) return gated(event_id, quantity) end
+
 --- Takes quantity seats for user_id. Returns booking | nil, why, info where
 -- why is "sold-out" (info.available), "too-many" (info.max_per_booking),
 -- "limit-exceeded" (info.max_per_user, info.held), "closed" (not on sale, or

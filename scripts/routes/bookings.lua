@@ -24,6 +24,19 @@ local REFUSED = {
 }
 
 return function(app, base)
+  -- The hot path of a sold-out flash sale: answered from the worker's gate
+  -- before any validation or encoding (the body is the one the full path
+  -- would build for a sold-out event).
+  local SOLD_OUT = json.encode(problem.document(409, "sold-out", "not enough tickets left", { available = 0 }))
+  local SOLD_OUT_HEADERS = { ["Content-Type"] = "application/problem+json" }
+  local seats = require "domain.seats"
+
+  -- A plain take of integers (no waitlist conversion): what the gate can answer.
+  local function plain_take(doc)
+    return type(doc) == "table" and math.type(doc.event_id) == "integer"
+      and math.type(doc.quantity) == "integer" and doc.quantity >= 1 and doc.waitlist_entry_id == nil
+  end
+
   -- The answer to a booking request, as status, body, headers. tx (optional)
   -- and after_take make the stored idempotent answer part of the booking's
   -- own transaction.
@@ -77,6 +90,16 @@ return function(app, base)
   end
 
   local function book_once(req, user, key)
+    -- Sold out and a key never seen: answered as without a key, and nothing is
+    -- written (a 409 books nothing, so no repeat has anything to replay). A
+    -- flood of fresh keys costs one indexed read each, not two writes. A key
+    -- seen before goes on to its replay: a 201 lost on the way stays a 201.
+    local doc = req.json
+    if plain_take(doc) and seats.gated(doc.event_id, doc.quantity) then
+      local known, err = idempotency.known(user.id, key)
+      if known == nil then return problem.unavailable("book", err) end
+      if not known then return 409, SOLD_OUT, SOLD_OUT_HEADERS end
+    end
     local hash = idempotency.hash(req)
     local state, status, body = idempotency.claim(user.id, key, hash)
     if not state then return problem.unavailable("book") end
@@ -94,7 +117,6 @@ return function(app, base)
     end
     -- ours: the booking and its stored answer commit together. Coalesced, the
     -- batch statement itself stores a granted take's answer (domain/seats.lua)
-    local doc = req.json
     if rules.coalesce and not (type(doc) == "table" and doc.waitlist_entry_id ~= nil) then
       local ok, s, b, h = pcall(book, req, user, nil, nil, key)
       if not ok then
@@ -131,12 +153,6 @@ return function(app, base)
     return s, b, h
   end
 
-  -- The hot path of a sold-out flash sale: answered from the worker's gate
-  -- before any validation or encoding (the body is the one the full path
-  -- would build for a sold-out event).
-  local SOLD_OUT = json.encode(problem.document(409, "sold-out", "not enough tickets left", { available = 0 }))
-  local SOLD_OUT_HEADERS = { ["Content-Type"] = "application/problem+json" }
-  local seats = require "domain.seats"
 
   -- Hotter still: the worker answers the same in C before any Lua runs, when
   -- the caller's token was resolved here lately (web/auth.lua feeds the C
@@ -153,10 +169,7 @@ return function(app, base)
   app.post(base .. "/bookings", function(req)
     local user = auth.user(req)
     local key = req.headers["idempotency-key"]
-    local body = req.json
-    if key == nil and type(body) == "table" and math.type(body.event_id) == "integer"
-        and math.type(body.quantity) == "integer" and body.quantity >= 1 and body.waitlist_entry_id == nil
-        and seats.sold_out(body.event_id, body.quantity) then
+    if key == nil and plain_take(req.json) and seats.sold_out(req.json.event_id, req.json.quantity) then
       return 409, SOLD_OUT, SOLD_OUT_HEADERS
     end
     if key == nil then return book(req, user) end

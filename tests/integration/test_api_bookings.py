@@ -147,6 +147,23 @@ def test_idempotency_key_replays_the_first_answer_and_books_once(api):
         problem(book(api, dict(api.users[4], **{"Idempotency-Key": bad}), ev["id"], 1), 422, "validation")
 
 
+def test_fresh_idempotency_keys_on_a_sold_out_event_write_nothing(api):
+    """A flood of bookings with fresh keys on a sold-out event is answered from the
+    gate and writes no idempotency rows; a key that booked before is still replayed."""
+    ev = new_event(api, capacity=1)
+    h = dict(api.users[7], **{"Idempotency-Key": "kept-%d" % ev["id"]})
+    first = book(api, h, ev["id"], 1)
+    assert first.status == 201, first.text
+    for i in range(30):  # sold out now: the gate (its own, or learned from Redis) answers
+        who = dict(api.users[i % 10], **{"Idempotency-Key": "flood-%d-%d" % (ev["id"], i)})
+        problem(book(api, who, ev["id"], 1), 409, "sold-out")
+    rows = sql(api, "SELECT count(*) AS n FROM idempotency_keys WHERE key LIKE $1", "flood-%d-%%" % ev["id"])
+    assert rows[0]["n"] == 0, "a refused booking with a fresh key wrote rows"
+    again = book(api, h, ev["id"], 1)  # the 201 whose answer got lost is replayed, not refused
+    assert again.status == 201 and again.header("Idempotent-Replayed") == "true"
+    assert again.json() == first.json()
+
+
 def test_concurrent_duplicates_book_once_and_answer_409_while_in_flight(api):
     ev = new_event(api, capacity=50)
     h = dict(api.users[6], **{"Idempotency-Key": "burst"})
