@@ -22,3 +22,6 @@ require "routes.docs" (app)
 require("evently.stream").relay()
 require("flows.waitlist").start()
 require("flows.notify").start()
+
+-- Old rows go (rules/retention.lua).
+require("domain.retention").start()

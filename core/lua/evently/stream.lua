@@ -24,6 +24,12 @@
 --     letters.
 --   stream.relay()          starts the outbox relay (Kafka mode; no-op otherwise)
 --   stream.metrics_text()   consumer lag lines for /metrics
+--   stream.prune{outbox_seconds =, dead_letters_seconds =, batch = 1000}
+--     deletes up to `batch` outbox rows older than outbox_seconds that no one
+--     needs any more (past every in-process group's position; published, in
+--     Kafka mode; no dead letter points at them) and up to `batch` dead letters
+--     older than dead_letters_seconds. Returns {outbox = n, dead_letters = n}
+--     or nil, err. For the app's retention job (scripts/domain/retention.lua).
 --   Topics: booking-confirmed, booking-cancelled, waitlist-notification,
 --   event-cancelled, analytics-events (everything).
 --
@@ -450,6 +456,28 @@ function M.relay()
   if relaying or not kafka.enabled() or runtime.worker().slot < 0 then return end
   relaying = true
   time.after(0, relay_loop)
+end
+
+-- Old rows no one needs, a batch at a time (SKIP LOCKED: instances share it).
+local PRUNE_OUTBOX = [[DELETE FROM outbox WHERE id = ANY(ARRAY(
+  SELECT o.id FROM outbox o
+  WHERE o.created_at < now() - make_interval(secs => $1)
+    AND ($3 = false OR o.published_at IS NOT NULL)
+    AND NOT EXISTS (SELECT 1 FROM stream_offsets s WHERE (o.txid, o.id) > (s.last_txid, s.last_id))
+    AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.outbox_id = o.id)
+  ORDER BY o.id LIMIT $2 FOR UPDATE SKIP LOCKED))]]
+local PRUNE_DEAD = [[DELETE FROM dead_letters WHERE id = ANY(ARRAY(
+  SELECT id FROM dead_letters WHERE created_at < now() - make_interval(secs => $1)
+  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED))]]
+
+function M.prune(opts)
+  local batch = opts.batch or 1000
+  local dead, err = db.query(PRUNE_DEAD, opts.dead_letters_seconds, batch)
+  if not dead then return nil, err end
+  local out
+  out, err = db.query(PRUNE_OUTBOX, opts.outbox_seconds, batch, kafka.enabled())
+  if not out then return nil, err end
+  return { outbox = out.affected, dead_letters = dead.affected }
 end
 
 -- Handled-message records only matter for redeliveries, which come soon.
