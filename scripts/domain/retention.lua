@@ -28,6 +28,8 @@ local TABLES = {
   { "sent_emails", "sent_at < now() - make_interval(secs => $1)", "sent_emails_days", DAY },
 }
 
+M.TABLES = TABLES
+
 local function prune_table(t, rules)
   local name, where, rule, unit = t[1], t[2], t[3], t[4]
   local sql = "DELETE FROM " .. name .. " WHERE ctid = ANY(ARRAY(SELECT ctid FROM " .. name ..
