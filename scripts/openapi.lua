@@ -130,9 +130,9 @@ local paths = {
       .. "plus the quantity would pass the operator's per-user limit.",
     requestBody = req({ type = "object", required = { "quantity" }, properties = { quantity = { type = "integer", minimum = 1 } } }),
     responses = with({ "400", "401", "404", "409", "422", "503" }, { ["201"] = body(ref("WaitlistEntry"), "Created") }) } },
-  ["/api/v1/waitlist"] = { get = { tags = { "waitlist" }, summary = "The caller's entries", security = BEARER,
-    responses = with({ "401", "503" }, { ["200"] = body({ type = "object", required = { "items" },
-      properties = { items = arr(ref("WaitlistEntry")) } }) }) } },
+  ["/api/v1/waitlist"] = { get = { tags = { "waitlist" }, summary = "The caller's entries, newest first",
+    security = BEARER, parameters = { PAGE, SIZE },
+    responses = with({ "401", "422", "503" }, { ["200"] = body(page_of(ref("WaitlistEntry"))) }) } },
   ["/api/v1/waitlist/{id}"] = { delete = { tags = { "waitlist" }, summary = "Leave the waitlist", security = BEARER,
     parameters = { ID }, responses = with({ "401", "404", "503" }, { ["204"] = { description = "Left" } }) } },
   ["/api/v1/bookings"] = {

@@ -77,11 +77,21 @@ function M.join(event_id, user_id, quantity)
   end)
 end
 
-function M.list(user_id)
-  local rows, err = db.query("SELECT " .. COLUMNS .. " FROM waitlist WHERE user_id = $1 ORDER BY id DESC", user_id)
+--- A page of user_id's entries, newest first, each with its position (null
+-- unless waiting): one statement, whatever the page holds. Returns rows,
+-- total | nil, err.
+function M.list(user_id, page, size)
+  local rows, err = db.query("SELECT " .. COLUMNS .. [[, count(*) OVER () AS total,
+      CASE WHEN w.status = 'waiting' THEN (SELECT count(*) FROM waitlist x
+        WHERE x.event_id = w.event_id AND x.status = 'waiting' AND x.id <= w.id) END AS position
+    FROM waitlist w WHERE user_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3]], user_id, size, (page - 1) * size)
   if not rows then return nil, err end
-  for _, r in ipairs(rows) do r.position = position(db, r) or db.null end
-  return rows
+  local total = rows[1] and rows[1].total or 0
+  for _, r in ipairs(rows) do
+    r.total = nil
+    if r.position == nil then r.position = db.null end
+  end
+  return rows, total
 end
 
 --- Leaves the waitlist; an offered entry gives its held seats back (and they

@@ -6,6 +6,7 @@ local time = require "evently.time"
 local log = require "evently.log"
 local validate = require "web.validate"
 local auth = require "web.auth"
+local paging = require "web.paging"
 local waitlist = require "domain.waitlist"
 local events = require "domain.events"
 local rules = require "rules.waitlist"
@@ -58,9 +59,10 @@ return function(app, base)
 
   app.get(base .. "/waitlist", function(req)
     local user = auth.user(req)
-    local rows, err = waitlist.list(user.id)
-    if not rows then return problem.unavailable("read the waitlist", err) end
-    return { items = json.array(rows) }
+    local page, size = paging.read(req)
+    local rows, total = waitlist.list(user.id, page, size)
+    if not rows then return problem.unavailable("read the waitlist", total) end
+    return { items = json.array(rows), page = page, size = size, total = total }
   end, "waitlist.list")
 
   app.delete(base .. "/waitlist/:id", function(req)

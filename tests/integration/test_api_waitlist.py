@@ -185,3 +185,36 @@ def test_offers_are_holds_of_the_seats_pool(api):
                      headers=u[22]), 409, "no-offer")
     row = invariant(api, ev)
     assert row["sold"] == 2 and row["held"] == 0 and row["available"] == 1
+
+
+def test_the_waitlist_is_a_paged_list_with_each_entry_s_position(api):
+    """GET /waitlist is paged as every list is (API.md "Conventions"), newest first,
+    and each waiting entry carries its place in its event's queue."""
+    u = api.users
+    me, ahead = u[23], u[19]  # other tests put these users on waitlists too: count from now
+    before = api.get(BASE + "/waitlist?size=100", headers=me).json()["total"]
+    evs = []
+    for _ in range(3):
+        ev = new_event(api, capacity=1)["id"]
+        assert book(api, u[20], ev, 1).status == 201
+        assert join(api, ahead, ev, 1).status == 201
+        assert join(api, me, ev, 1).status == 201
+        evs.append(ev)
+    r = api.get(BASE + "/waitlist?page=1&size=2", headers=me)
+    assert r.status == 200, r.text
+    doc = r.json()
+    assert (doc["page"], doc["size"], doc["total"]) == (1, 2, before + 3)
+    assert [e["event_id"] for e in doc["items"]] == [evs[2], evs[1]]
+    assert all(e["position"] == 2 and e["status"] == "waiting" for e in doc["items"])
+    second = api.get(BASE + "/waitlist?page=2&size=2", headers=me).json()
+    assert second["items"][0]["event_id"] == evs[0] and second["total"] == before + 3
+    pages = (before + 3 + 1) // 2
+    assert api.get(BASE + "/waitlist?page=%d&size=2" % (pages + 1), headers=me).json()["items"] == []
+    problem(api.get(BASE + "/waitlist?size=101", headers=me), 422, "validation")
+    # a left entry has no position; the one behind it moves up
+    mine = api.get(BASE + "/waitlist?size=1", headers=ahead).json()["items"][0]
+    assert mine["event_id"] == evs[2]
+    assert api.request("DELETE", BASE + "/waitlist/%d" % mine["id"], headers=ahead).status == 204
+    left = api.get(BASE + "/waitlist?size=1", headers=ahead).json()["items"][0]
+    assert left["id"] == mine["id"] and left["status"] == "cancelled" and left["position"] is None
+    assert api.get(BASE + "/waitlist?size=1", headers=me).json()["items"][0]["position"] == 1
