@@ -173,4 +173,38 @@ describe("evently.stream #pg", function()
     assert.is_true(wait_until(5, function() return #seen == 2 end))
     assert.are.same({ 1, 2 }, seen)
   end)
+
+  it("keeps its lease while a handler runs longer than the lease", function()
+    local group = "spec-keeper-" .. tag
+    local started, finished, calls = false, false, 0
+    stream.consume{ topic = "booking-cancelled", group = group, now = true, lease = 0.6,
+      handler = function(msg)
+        if msg.payload.tag ~= tag or not msg.payload.keeper then return end
+        calls = calls + 1
+        started = true
+        time.sleep(2.0) -- more than three leases: a mail run for many holders
+        finished = true
+      end }
+    emit("booking.cancelled", 1, { tag = tag, keeper = true })
+    assert.is_true(wait_until(5, function() return started end))
+    local owner, samples = nil, 0
+    while not finished do
+      local row = assert(db.one(
+        "SELECT owner, lease_until > now() AS live FROM stream_offsets WHERE consumer_group = $1", group))
+      owner = owner or row.owner
+      assert.are.equal(owner, row.owner)
+      assert.is_true(row.live, "the lease lapsed while the handler ran")
+      samples = samples + 1
+      time.sleep(0.1)
+    end
+    assert.is_true(samples >= 10)
+    time.sleep(0.5) -- deliberate: room for a second delivery; none may come
+    assert.are.equal(1, calls)
+  end)
+
+  it("refuses a lease that is not a positive number", function()
+    assert.has_error(function()
+      stream.consume{ topic = "booking-cancelled", group = "spec-bad-lease", lease = 0, handler = function() end }
+    end)
+  end)
 end)

@@ -17,6 +17,10 @@
 --     With transactional = true the handler is handler(msg, tx): it runs in
 --     the transaction that records msg.id as handled, so effects it writes
 --     through tx happen exactly once.
+--     lease = 10 (in process): seconds a worker holds the group without
+--     renewing; it renews every third of that, also while a handler runs (a
+--     mail run for thousands of holders keeps the group, so no second worker
+--     sends the same mail).
 --     batch_handler = fn(msgs) (not with transactional): the messages of a
 --     batch are handed over together first (e.g. to send them in one round
 --     trip); returning normally acknowledges them all; raising or returning
@@ -155,7 +159,8 @@ end
 -- connection is held while handlers run, so a worker's consumers never sit on
 -- the pool that requests need. The lease is renewed with every move of the
 -- position and between messages of a long batch; a worker that dies leaves
--- the group to the next one after at most LEASE seconds.
+-- the group to the next one after at most its lease (c.lease, default LEASE
+-- seconds). While handlers run, a keeper renews it every third of that.
 local LEASE = 10
 local ME = string.format("%d:%s", runtime.worker().pid or 0, require("evently.crypto").random_token(8))
 local owners = 0
@@ -169,7 +174,7 @@ local function claim(c)
       VALUES ($1, $2, $3, now() + make_interval(secs => $4))
     ON CONFLICT (consumer_group, topic) DO UPDATE SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until
       WHERE stream_offsets.owner IS NOT DISTINCT FROM EXCLUDED.owner OR stream_offsets.lease_until < now()
-    RETURNING last_txid, last_id]], c.group, c.topic, owner_of(c), LEASE)
+    RETURNING last_txid, last_id]], c.group, c.topic, owner_of(c), c.lease)
 end
 
 -- Moves the position (and renews the lease) only while the lease is ours;
@@ -179,9 +184,25 @@ local function advance(c, txid, id)
   local row, err = db.one([[UPDATE stream_offsets SET last_txid = coalesce($4, last_txid),
       last_id = coalesce($5, last_id), lease_until = now() + make_interval(secs => $6), updated_at = now()
     WHERE consumer_group = $1 AND topic = $2 AND owner = $3 RETURNING 1 AS ok]],
-    c.group, c.topic, owner_of(c), txid, id, LEASE)
+    c.group, c.topic, owner_of(c), txid, id, c.lease)
   if err then error(err, 0) end
   return row ~= nil
+end
+
+-- Renews the lease alone, while handlers run (the position moves after).
+local function renew(c)
+  local row, err = db.one([[UPDATE stream_offsets SET lease_until = now() + make_interval(secs => $4)
+    WHERE consumer_group = $1 AND topic = $2 AND owner = $3 RETURNING 1 AS ok]],
+    c.group, c.topic, owner_of(c), c.lease)
+  if not row then
+    log.warn("stream %s/%s: lease not renewed while handling: %s", c.group, c.topic, tostring(err or "taken over"))
+  end
+end
+
+-- Keeps the lease while a pass hands messages over; closing it stops.
+local function keeper(c)
+  local every = time.every(c.lease / 3, renew, c)
+  return setmetatable({}, { __close = function() every:cancel() end })
 end
 
 local function run_in_process(c, msg)
@@ -252,7 +273,7 @@ local function pass(c)
     if not hold(c) then elsewhere = true; return end
     local rows = assert(db.query(SPAN, c.pos[1], c.pos[2], c.topic, c.batch))
     if #rows == 0 then -- nothing new; the lease still wants renewing
-      if time.monotonic() - c.saved_at > LEASE / 3 then save(c) end
+      if time.monotonic() - c.saved_at > c.lease / 3 then save(c) end
       return
     end
     local hits = rows[1].id ~= db.null and #rows or 0
@@ -262,10 +283,11 @@ local function pass(c)
       msgs[i] = { id = row.id, topic = c.topic, type = row.event_type, key = row.aggregate_id,
         payload = row.payload, created_at = row.created_at }
     end
+    local _ <close> = hits > 0 and keeper(c) or nil
     local together = hits > 0 and handle_together(c, msgs)
     for i = 1, hits do
       if not together then
-        if time.monotonic() - c.saved_at > LEASE / 3 then save(c) end -- a long batch keeps its lease
+        if time.monotonic() - c.saved_at > c.lease / 3 then save(c) end -- a long batch keeps its lease
         run_in_process(c, msgs[i])
       end
       handled = handled + 1
@@ -498,11 +520,15 @@ function M.consume(spec)
   if type(spec) ~= "table" or not TOPICS[spec.topic] then error("stream.consume: unknown topic", 2) end
   if type(spec.group) ~= "string" or spec.group == "" then error("stream.consume: group required", 2) end
   if type(spec.handler) ~= "function" then error("stream.consume: handler must be a function", 2) end
+  if spec.lease ~= nil and (type(spec.lease) ~= "number" or spec.lease <= 0) then
+    error("stream.consume: lease must be a number of seconds > 0", 2)
+  end
   if spec.batch_handler ~= nil and (type(spec.batch_handler) ~= "function" or spec.transactional) then
     error("stream.consume: batch_handler must be a function, and not with transactional", 2)
   end
   local c = { topic = spec.topic, group = spec.group, handler = spec.handler, batch_handler = spec.batch_handler,
-    retries = spec.retries or 5, batch = spec.batch or 200, transactional = spec.transactional == true }
+    retries = spec.retries or 5, batch = spec.batch or 200, transactional = spec.transactional == true,
+    lease = spec.lease or LEASE }
   consumers[#consumers + 1] = c
   clean_records_hourly()
   if kafka.enabled() then
