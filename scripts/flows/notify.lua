@@ -14,6 +14,17 @@ local M = {}
 
 local TOPICS = { "waitlist-notification", "booking-confirmed", "booking-cancelled", "event-cancelled" }
 
+-- A mail server that defers, is unreachable or slow, or Redis down, is waited
+-- out (stream.later) rather than counted towards the dead letters: an outage
+-- of minutes must not dead-letter every message it meets. A refused or
+-- invalid address is the message's own failure.
+local TRANSIENT_MAIL = { deferred = true, unavailable = true, timeout = true }
+local function fan_out_failed(err)
+  local why = "websocket fan-out: " .. tostring(err)
+  if type(err) == "table" then return stream.later(why) end -- Redis's error value: Redis failed
+  return why
+end
+
 local function message(msg)
   return { type = msg.type, payload = msg.payload, created_at = msg.created_at }
 end
@@ -22,7 +33,7 @@ local function push(msg)
   local ws = require "evently.ws"
   for _, uid in ipairs(recipients.of(msg)) do
     local ok, err = ws.publish(uid, message(msg))
-    if not ok then return nil, "websocket fan-out: " .. tostring(err) end
+    if not ok then return nil, fan_out_failed(err) end
   end
   return true
 end
@@ -36,7 +47,7 @@ local function push_all(msgs)
   end
   local ws = require "evently.ws"
   local ok, err = ws.publish_many(items)
-  if not ok then return nil, "websocket fan-out: " .. tostring(err) end
+  if not ok then return nil, fan_out_failed(err) end
   return true
 end
 
@@ -47,7 +58,11 @@ local function mail_one(msg, user, event, mail, templates)
   local subject, text = templates.render(msg.type, msg.payload, user, event)
   if not subject then return true end -- no template for this type: nothing to mail
   local ok, serr = mail.send { to = user.email, subject = subject, text = text }
-  if not ok then return nil, "mail to user " .. user.id .. ": " .. tostring(serr) end
+  if not ok then
+    local why = "mail to user " .. user.id .. ": " .. tostring(serr)
+    if TRANSIENT_MAIL[tostring(serr):match("^%a+")] then return nil, stream.later(why) end
+    return nil, why
+  end
   assert(db.query("INSERT INTO sent_emails (message_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     msg.id, user.id))
   return true

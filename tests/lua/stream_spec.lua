@@ -207,4 +207,23 @@ describe("evently.stream #pg", function()
       stream.consume{ topic = "booking-cancelled", group = "spec-bad-lease", lease = 0, handler = function() end }
     end)
   end)
+
+  it("waits out a dependency's failure instead of dead-lettering the message", function()
+    local group = "spec-later-" .. tag
+    local calls, handled = 0, false
+    stream.consume{ topic = "booking-cancelled", group = group, now = true, retries = 1,
+      handler = function(msg)
+        if msg.payload.tag ~= tag or not msg.payload.later then return true end
+        calls = calls + 1
+        -- four times as many failures as retries allow: an outage, not the message's fault
+        if calls <= 2 then return nil, stream.later("smtp deferred") end
+        if calls <= 4 then return nil, { kind = "unavailable", message = "redis down" } end
+        handled = true
+        return true
+      end }
+    emit("booking.cancelled", 1, { tag = tag, later = true })
+    assert.is_true(wait_until(8, function() return handled end))
+    assert.are.equal(5, calls)
+    assert.are.equal(0, db.value("SELECT count(*) FROM dead_letters WHERE consumer_group = $1", group))
+  end)
 end)

@@ -6,7 +6,11 @@
 --     { id, topic, type, key (the event id), payload (table), created_at }.
 --     Returning normally acknowledges; raising (or returning nil, err) retries
 --     with backoff; after `retries` failures the message is dead-lettered with
---     its error and the consumer goes on. Delivery is at least once, in outbox
+--     its error and the consumer goes on. A failure that is a dependency's,
+--     not the message's, is waited out instead (backoff up to 30 s, never
+--     dead-lettered, the group's later messages wait behind it): a database
+--     or Redis error value of kind timeout, closed or unavailable, or any
+--     error the handler wraps as stream.later(err) (a mail server that defers). Delivery is at least once, in outbox
 --     order per event. Kafka mode records handled msg.ids per group
 --     (stream_processed, one statement per batch of up to 200) and skips a
 --     message the relay published twice; in
@@ -109,6 +113,24 @@ end
 
 -- ---------------------------------------------------------------- handlers
 
+-- A failure to wait out rather than count towards the dead letters.
+local LATER = { __tostring = function(l) return tostring(l.err) end }
+function M.later(err) return setmetatable({ err = err }, LATER) end
+local TRANSIENT = { timeout = true, closed = true, unavailable = true }
+local function is_later(e)
+  return getmetatable(e) == LATER
+    or (type(e) == "table" and TRANSIENT[e.kind] == true and type(e.message) == "string")
+end
+
+-- Waits out a dependency's failure: the next try after `backoff`, doubled.
+local LATER_MAX = 30
+local function wait_out(c, msg, why, backoff)
+  log.warn("stream %s/%s: message %d waits for a dependency (%s); again in %.1f s", c.group, c.topic, msg.id,
+    why, backoff)
+  time.sleep(backoff)
+  return math.min(backoff * 2, LATER_MAX)
+end
+
 -- Retries until the database answers: an outage is not the handler's fault
 -- and must not push messages towards the dead letters.
 local function persist(what, fn)
@@ -131,10 +153,12 @@ local function handle_together(c, msgs)
   return false
 end
 
+-- true; or false, why and whether to wait it out (is_later)
 local function deliver(c, msg)
   local ok, v, err = pcall(c.handler, msg)
   if ok and (v ~= nil or err == nil) then return true end
-  return false, ok and tostring(err) or tostring(v)
+  local e = ok and err or v
+  return false, tostring(e), is_later(e)
 end
 
 -- A transactional handler writes its effects in the transaction that records
@@ -149,7 +173,7 @@ local function deliver_tx(c, msg)
     if v == nil and herr ~= nil then error(herr, 0) end
   end, { retries = 3 })
   if ok then return true end
-  return false, tostring(err)
+  return false, tostring(err), is_later(err)
 end
 
 -- ---------------------------------------------------------------- in-process mode
@@ -206,21 +230,25 @@ local function keeper(c)
 end
 
 local function run_in_process(c, msg)
-  local tries = 0
+  local tries, backoff = 0, 0.05
   while true do
-    tries = tries + 1
-    local done, why
-    if c.transactional then done, why = deliver_tx(c, msg) else done, why = deliver(c, msg) end
+    local done, why, later
+    if c.transactional then done, why, later = deliver_tx(c, msg) else done, why, later = deliver(c, msg) end
     if done then return end
-    if tries > c.retries then
-      log.warn("stream %s/%s: message %d failed %d times, dead-lettered: %s", c.group, c.topic, msg.id, tries, why)
-      persist("dead letter", function()
-        assert(db.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
-          VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING]], c.group, c.topic, msg.id, tries, why))
-      end)
-      return
+    if later then
+      backoff = wait_out(c, msg, why, backoff)
+    else
+      tries = tries + 1
+      if tries > c.retries then
+        log.warn("stream %s/%s: message %d failed %d times, dead-lettered: %s", c.group, c.topic, msg.id, tries, why)
+        persist("dead letter", function()
+          assert(db.query([[INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
+            VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING]], c.group, c.topic, msg.id, tries, why))
+        end)
+        return
+      end
+      time.sleep(math.min(0.05 * 2 ^ (tries - 1), 2))
     end
-    time.sleep(math.min(0.05 * 2 ^ (tries - 1), 2))
   end
 end
 
@@ -397,10 +425,14 @@ local function kafka_dispatch(g)
     if not k.stream then error("not an outbox message: " .. tostring(k.value):sub(1, 200), 0) end
     if k.together then return true end -- its batch_handler took it
     local c = g.by_topic[k.topic]
-    local ok, why
-    if c.transactional then ok, why = deliver_tx(c, k.stream) else ok, why = deliver(c, k.stream) end
-    if not ok then error(why, 0) end
-    return true
+    local backoff = 0.05
+    while true do
+      local ok, why, later
+      if c.transactional then ok, why, later = deliver_tx(c, k.stream) else ok, why, later = deliver(c, k.stream) end
+      if ok then return true end
+      if not later then error(why, 0) end -- counted by evently.kafka's retries
+      backoff = wait_out(c, k.stream, why, backoff)
+    end
   end
 end
 
