@@ -16,6 +16,7 @@ require "routes.waitlist" (app, BASE)
 require "routes.notifications" (app, BASE)
 require "routes.ws" (app, BASE)
 require "routes.analytics" (app, BASE)
+require "routes.dead_letters" (app, BASE)
 require "routes.docs" (app)
 
 -- The event stream: the outbox relay (Kafka mode) and the consumers.

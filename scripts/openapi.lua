@@ -184,6 +184,21 @@ local paths = {
       ["400"] = problem("Not a valid WebSocket handshake (type bad-websocket-handshake)") }) } },
   ["/api/v1/notifications/{id}/read"] = { post = { tags = { "notifications" }, summary = "Mark read", security = BEARER,
     parameters = { ID }, responses = with({ "401", "404", "503" }, { ["200"] = body(ref("Notification")) }) } },
+  ["/api/v1/admin/dead-letters"] = { get = { tags = { "admin" }, security = BEARER,
+    summary = "Messages a consumer gave up on (in process; with Kafka they are the <topic>.dlq topics)",
+    parameters = { PAGE, SIZE, { name = "group", ["in"] = "query", schema = STR } },
+    responses = with({ "401", "403", "422", "503" }, { ["200"] = body(page_of({ type = "object", properties = {
+      id = INT, consumer_group = STR, topic = STR, outbox_id = INT, type = STR, attempts = INT, error = STR,
+      created_at = TS, retry_requested_at = NULL_TS } })) }) } },
+  ["/api/v1/admin/dead-letters/retry"] = { post = { tags = { "admin" }, security = BEARER,
+    summary = "Hand dead letters to their consumer again",
+    description = "Give `ids` (up to 1,000) or `group` (all of a consumer group's). Each marked dead letter goes to "
+      .. "its group's handler on the group's next pass: deleted once handled, unmarked with its new error "
+      .. "otherwise.",
+    requestBody = req({ type = "object", properties = { ids = arr({ type = "integer", minimum = 1 }),
+      group = { type = "string", minLength = 1, maxLength = 200 } } }),
+    responses = with({ "400", "401", "403", "422", "503" }, { ["202"] = body({ type = "object", required = { "marked" },
+      properties = { marked = INT } }, "Marked") }) } },
   ["/api/v1/admin/analytics/summary"] = { get = { tags = { "admin" }, summary = "Sales summary", security = BEARER,
     responses = with({ "401", "403", "503" }, { ["200"] = body({ type = "object", properties = {
       events = INT, bookings = INT, tickets_sold = INT, revenue_cents = INT, cancellations = INT,

@@ -226,4 +226,35 @@ describe("evently.stream #pg", function()
     assert.are.equal(5, calls)
     assert.are.equal(0, db.value("SELECT count(*) FROM dead_letters WHERE consumer_group = $1", group))
   end)
+
+  it("hands dead letters marked for retry to the handler again: handled ones go, failed ones stay", function()
+    local group = "spec-redrive-" .. tag
+    local fixed, got = false, {}
+    stream.consume{ topic = "booking-cancelled", group = group, now = true, retries = 0,
+      handler = function(msg)
+        if msg.payload.tag ~= tag or not msg.payload.redrive then return true end
+        if not fixed then error("a bug, fixed later") end
+        got[#got + 1] = msg.payload.n
+        return true
+      end }
+    emit("booking.cancelled", 1, { tag = tag, redrive = true, n = 1 })
+    emit("booking.cancelled", 1, { tag = tag, redrive = true, n = 2 })
+    local function dead() return db.value("SELECT count(*) FROM dead_letters WHERE consumer_group = $1", group) end
+    assert.is_true(wait_until(5, function() return dead() == 2 end))
+    -- retried while still broken: both stay, unmarked, with one more attempt
+    assert.are.equal(2, stream.retry_dead { group = group })
+    assert.is_true(wait_until(5, function()
+      return db.value([[SELECT count(*) FROM dead_letters WHERE consumer_group = $1
+        AND retry_requested_at IS NULL AND attempts = 2]], group) == 2
+    end))
+    fixed = true
+    local first = db.value("SELECT min(id) FROM dead_letters WHERE consumer_group = $1", group)
+    assert.are.equal(1, stream.retry_dead { ids = { first } })
+    assert.is_true(wait_until(5, function() return dead() == 1 end))
+    assert.are.same({ 1 }, got)
+    assert.are.equal(1, stream.retry_dead { group = group })
+    assert.is_true(wait_until(5, function() return dead() == 0 end))
+    assert.are.same({ 1, 2 }, got)
+    assert.has_error(function() stream.retry_dead { ids = { 1 }, group = group } end)
+  end)
 end)

@@ -30,6 +30,10 @@
 --     trip); returning normally acknowledges them all; raising or returning
 --     nil, err hands each to handler(msg) instead, with its retries and dead
 --     letters.
+--   stream.retry_dead{ids =, group =}   marks dead letters (in process: the
+--     dead_letters table) to be handed to their group's handler again on its
+--     next pass: deleted once handled, unmarked with the new error otherwise.
+--     ids: a list of dead letter ids, or group: all of a group's. -> marked | nil, err
 --   stream.relay()          starts the outbox relay (Kafka mode; no-op otherwise)
 --   stream.metrics_text()   consumer lag lines for /metrics
 --   stream.prune{outbox_seconds =, dead_letters_seconds =, batch = 1000}
@@ -87,6 +91,11 @@ local current
 local listening = false
 local notified = 0
 
+-- Dead letters marked for another try: told by NOTIFY evently_dead_letters
+-- (from whichever worker marked them), looked for besides every RETRY_CHECK s.
+local retry_told = 0
+local RETRY_CHECK = 30
+
 local function wake_all()
   notified = notified + 1
   local ev = current
@@ -99,6 +108,7 @@ local function mark()
   if not listening then
     listening = true
     db.listen("evently_outbox", wake_all)
+    db.listen("evently_dead_letters", function() retry_told = retry_told + 1; wake_all() end)
   end
   return notified
 end
@@ -295,10 +305,39 @@ end
 
 -- One pass. Returns how many messages were handled and whether more are
 -- waiting, or nil when another worker holds the group.
+-- Dead letters of this group marked for another try: each goes to the
+-- handler once more (no retries of its own), then is deleted or unmarked.
+local RETRIES_DUE = [[SELECT d.id AS dead_id, o.id, o.event_type, o.aggregate_id, o.payload, o.created_at
+  FROM dead_letters d JOIN outbox o ON o.id = d.outbox_id
+  WHERE d.consumer_group = $1 AND d.topic = $2 AND d.retry_requested_at IS NOT NULL
+  ORDER BY d.id LIMIT 100]]
+local function retry_dead(c)
+  local now = time.monotonic()
+  if c.retry_seen == retry_told and now < (c.retry_at or 0) then return end
+  c.retry_seen, c.retry_at = retry_told, now + RETRY_CHECK
+  local rows = assert(db.query(RETRIES_DUE, c.group, c.topic))
+  if #rows == 0 then return end
+  local _ <close> = keeper(c)
+  for _, r in ipairs(rows) do
+    local msg = { id = r.id, topic = c.topic, type = r.event_type, key = r.aggregate_id, payload = r.payload,
+      created_at = r.created_at }
+    local done, why
+    if c.transactional then done, why = deliver_tx(c, msg) else done, why = deliver(c, msg) end
+    if done then
+      assert(db.query("DELETE FROM dead_letters WHERE id = $1", r.dead_id))
+      log.info("stream %s/%s: dead letter %d (message %d) handled on retry", c.group, c.topic, r.dead_id, r.id)
+    else
+      assert(db.query([[UPDATE dead_letters SET retry_requested_at = NULL, attempts = attempts + 1, error = $2
+        WHERE id = $1]], r.dead_id, why))
+    end
+  end
+end
+
 local function pass(c)
   local handled, more, elsewhere = 0, false, false
   local ok, err = pcall(function()
     if not hold(c) then elsewhere = true; return end
+    retry_dead(c)
     local rows = assert(db.query(SPAN, c.pos[1], c.pos[2], c.topic, c.batch))
     if #rows == 0 then -- nothing new; the lease still wants renewing
       if time.monotonic() - c.saved_at > c.lease / 3 then save(c) end
@@ -532,6 +571,28 @@ function M.prune(opts)
   out, err = db.query(PRUNE_OUTBOX, opts.outbox_seconds, batch, kafka.enabled())
   if not out then return nil, err end
   return { outbox = out.affected, dead_letters = dead.affected }
+end
+
+function M.retry_dead(opts)
+  if type(opts) ~= "table" or (opts.ids == nil) == (opts.group == nil) then
+    error("stream.retry_dead: ids or group (one of them) expected", 2)
+  end
+  local res, err
+  if opts.ids then
+    local ids = {}
+    for i, id in ipairs(opts.ids) do
+      if math.type(id) ~= "integer" then error("stream.retry_dead: ids must be integers", 2) end
+      ids[i] = id
+    end
+    res, err = db.query("UPDATE dead_letters SET retry_requested_at = now() WHERE id = ANY($1::bigint[])",
+      "{" .. table.concat(ids, ",") .. "}")
+  else
+    res, err = db.query("UPDATE dead_letters SET retry_requested_at = now() WHERE consumer_group = $1",
+      tostring(opts.group))
+  end
+  if not res then return nil, err end
+  if res.affected > 0 then db.query("NOTIFY evently_dead_letters") end
+  return res.affected
 end
 
 -- Handled-message records only matter for redeliveries, which come soon.
