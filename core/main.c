@@ -4,6 +4,7 @@
  *   evently migrate [--status]      evently check
  *   evently lua FILE [args]         evently test [paths]
  *   evently user create [--admin] --email E --password P [--name N]
+ *   evently dead-letters list|retry|drop [--group G] [ID...]
  *   evently version | help
  * Every command reads the configuration the same way (config.h). Commands
  * that need Postgres or Redis and have no URL start the embedded ones and
@@ -44,6 +45,7 @@ static const char usage[] =
     "  lua FILE [args]                             run a Lua file with the platform API\n"
     "  test [paths]                                run busted specs inside the runtime\n"
     "  user create [--admin] --email E --password P [--name N]\n"
+    "  dead-letters list|retry|drop [--group G] [ID...]   what consumers gave up on\n"
     "  version                                     print the version\n"
     "  help                                        this text\n"
     "\n"
@@ -400,6 +402,42 @@ static int cmd_user(int argc, char **argv)
     return rc;
 }
 
+/* Dead letters are the stream's (core/lua/evently/stream.lua): the options
+ * are read here, the work is core/lua/evently/cli/dead_letters.lua. */
+static int cmd_dead_letters(int argc, char **argv)
+{
+    const char *sub = argc > 0 ? argv[0] : "";
+    if (strcmp(sub, "list") != 0 && strcmp(sub, "retry") != 0 && strcmp(sub, "drop") != 0)
+        return usage_error("dead-letters: expected list, retry or drop%s", "");
+    opt_t o[] = {{"group", 0, 0}, {"config", 0, 0}};
+    char *rest[64];
+    int nrest;
+    if (argc > 64 || parse_opts(argc - 1, argv + 1, o, 2, rest, &nrest) != 0)
+        return 2;
+    for (int i = 0; i < nrest; i++) {
+        char *end;
+        long long id = strtoll(rest[i], &end, 10);
+        if (*rest[i] == '\0' || *end != '\0' || id < 1)
+            return usage_error("dead-letters: '%s' is not a dead letter id", rest[i]);
+    }
+    if (strcmp(sub, "list") == 0 && nrest > 0)
+        return usage_error("dead-letters list: unexpected argument '%s'", rest[0]);
+    if (strcmp(sub, "list") != 0 && (nrest > 0) == (o[0].value != NULL))
+        return usage_error("dead-letters %s: give ids or --group (one of them)", sub);
+    app_t app = {0};
+    if (load_config(&app, o[1].value, NULL) != 0)
+        return 1;
+    const char *args[66] = {sub, o[0].value ? o[0].value : ""};
+    for (int i = 0; i < nrest; i++)
+        args[2 + i] = rest[i];
+    int rc = 1;
+    if (need_services(&app) == 0 && migrate_now(&app, 0) == 0)
+        rc = run_chunk(&app, "dead-letters", EVENTLY_LUA_DIR "/evently/cli/dead_letters.lua",
+                       2 + nrest, args, 0);
+    finish(&app);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -422,6 +460,8 @@ int main(int argc, char **argv)
         return cmd_test(n, rest);
     if (strcmp(cmd, "user") == 0)
         return cmd_user(n, rest);
+    if (strcmp(cmd, "dead-letters") == 0)
+        return cmd_dead_letters(n, rest);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("evently %s (%s, %s build)\n", EVENTLY_VERSION, LUA_RELEASE, EVENTLY_BUILD_TYPE);
         return 0;

@@ -46,6 +46,11 @@ def test_no_command_prints_usage_and_exits_2():
     (["user"], "user: expected 'create'"),
     (["user", "create", "--email", "a@b.c"], "--email and --password are required"),
     (["lua"], "lua: missing FILE"),
+    (["dead-letters"], "dead-letters: expected list, retry or drop"),
+    (["dead-letters", "retry"], "give ids or --group (one of them)"),
+    (["dead-letters", "drop", "7", "--group", "g"], "give ids or --group (one of them)"),
+    (["dead-letters", "retry", "x1"], "'x1' is not a dead letter id"),
+    (["dead-letters", "list", "3"], "unexpected argument '3'"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, needle):
     p = run_cli(args, env=clean_env({"EVENTLY_HOME": "/nonexistent/never-created"}))
@@ -257,6 +262,41 @@ def test_user_create_says_so_when_the_app_has_no_account_script(cli_home):
     assert p.returncode == 1
     assert "evently user create: this app has no " in p.stderr
     assert "cli/user_create.lua" in p.stderr
+    assert not processes_under(root)
+
+
+def test_dead_letters_are_listed_marked_for_retry_and_dropped(cli_home):
+    root, env = cli_home
+    script = os.path.join(root, "dead.lua")
+    with open(script, "w") as f:
+        f.write(textwrap.dedent("""\
+            local db = require "evently.db"
+            for _, g in ipairs({ "cli-a", "cli-a", "cli-b" }) do
+              assert(db.query([[WITH o AS (INSERT INTO outbox (event_type, aggregate_id, payload)
+                  VALUES ('booking.cancelled', 1, '{}') RETURNING id)
+                INSERT INTO dead_letters (consumer_group, topic, outbox_id, attempts, error)
+                SELECT $1, 'booking-cancelled', id, 6, 'boom' || chr(10) || 'line' FROM o]], g))
+            end
+        """))
+    p = run_cli(["lua", script], env=env)
+    assert p.returncode == 0, p.stderr
+
+    def listed(*args):
+        p = run_cli(["dead-letters", "list"] + list(args), env=env)
+        assert p.returncode == 0, p.stderr
+        lines = p.stdout.splitlines()
+        assert lines[0].split("\t")[0] == "id"
+        return [dict(zip(lines[0].split("\t"), line.split("\t"))) for line in lines[1:]]
+
+    rows = listed("--group", "cli-a")
+    assert len(rows) == 2 and all(r["group"] == "cli-a" and r["marked"] == "false" for r in rows)
+    assert rows[0]["error"] == "boom line"  # one line per dead letter, whatever the error holds
+    p = run_cli(["dead-letters", "retry", rows[0]["id"]], env=env)
+    assert p.returncode == 0 and "marked for retry 1 dead letter" in p.stdout, p.stderr
+    assert [r["marked"] for r in listed("--group", "cli-a")] == ["true", "false"]
+    p = run_cli(["dead-letters", "drop", "--group", "cli-a"], env=env)
+    assert p.returncode == 0 and "dropped 2 dead letters" in p.stdout, p.stderr
+    assert [r["group"] for r in listed()] == ["cli-b"]
     assert not processes_under(root)
 
 

@@ -34,6 +34,7 @@
 --     dead_letters table) to be handed to their group's handler again on its
 --     next pass: deleted once handled, unmarked with the new error otherwise.
 --     ids: a list of dead letter ids, or group: all of a group's. -> marked | nil, err
+--   stream.drop_dead{ids =, group =}   deletes dead letters. -> dropped | nil, err
 --   stream.relay()          starts the outbox relay (Kafka mode; no-op otherwise)
 --   stream.metrics_text()   consumer lag lines for /metrics
 --   stream.prune{outbox_seconds =, dead_letters_seconds =, batch = 1000}
@@ -573,25 +574,32 @@ function M.prune(opts)
   return { outbox = out.affected, dead_letters = dead.affected }
 end
 
-function M.retry_dead(opts)
+-- ids or group, checked: the WHERE clause and its parameter.
+local function which_dead(opts, who)
   if type(opts) ~= "table" or (opts.ids == nil) == (opts.group == nil) then
-    error("stream.retry_dead: ids or group (one of them) expected", 2)
+    error(who .. ": ids or group (one of them) expected", 3)
   end
-  local res, err
-  if opts.ids then
-    local ids = {}
-    for i, id in ipairs(opts.ids) do
-      if math.type(id) ~= "integer" then error("stream.retry_dead: ids must be integers", 2) end
-      ids[i] = id
-    end
-    res, err = db.query("UPDATE dead_letters SET retry_requested_at = now() WHERE id = ANY($1::bigint[])",
-      "{" .. table.concat(ids, ",") .. "}")
-  else
-    res, err = db.query("UPDATE dead_letters SET retry_requested_at = now() WHERE consumer_group = $1",
-      tostring(opts.group))
+  if opts.group then return "consumer_group = $1", tostring(opts.group) end
+  local ids = {}
+  for i, id in ipairs(opts.ids) do
+    if math.type(id) ~= "integer" then error(who .. ": ids must be integers", 3) end
+    ids[i] = id
   end
+  return "id = ANY($1::bigint[])", "{" .. table.concat(ids, ",") .. "}"
+end
+
+function M.retry_dead(opts)
+  local where, arg = which_dead(opts, "stream.retry_dead")
+  local res, err = db.query("UPDATE dead_letters SET retry_requested_at = now() WHERE " .. where, arg)
   if not res then return nil, err end
   if res.affected > 0 then db.query("NOTIFY evently_dead_letters") end
+  return res.affected
+end
+
+function M.drop_dead(opts)
+  local where, arg = which_dead(opts, "stream.drop_dead")
+  local res, err = db.query("DELETE FROM dead_letters WHERE " .. where, arg)
+  if not res then return nil, err end
   return res.affected
 end
 
