@@ -257,4 +257,17 @@ describe("evently.stream #pg", function()
     assert.are.same({ 1, 2 }, got)
     assert.has_error(function() stream.retry_dead { ids = { 1 }, group = group } end)
   end)
+
+  it("counts lag among a bounded number of rows, so a scrape costs the same however far behind", function()
+    assert(db.query([[INSERT INTO outbox (event_type, aggregate_id, payload)
+      SELECT 'booking.confirmed', 1, '{}' FROM generate_series(1, 60)]]))
+    local total = db.value("SELECT count(*) FROM outbox")
+    assert.are.equal(total, stream.lag("spec-never-ran-" .. tag, "analytics-events")) -- under the bound: exact
+    local bound = stream.LAG_SCAN
+    stream.LAG_SCAN = 50
+    local ok, n = pcall(stream.lag, "spec-never-ran-" .. tag, "analytics-events")
+    stream.LAG_SCAN = bound
+    assert.is_true(ok, n)
+    assert.are.equal(50, n) -- a lower bound past it
+  end)
 end)

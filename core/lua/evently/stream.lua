@@ -37,6 +37,9 @@
 --   stream.drop_dead{ids =, group =}   deletes dead letters. -> dropped | nil, err
 --   stream.relay()          starts the outbox relay (Kafka mode; no-op otherwise)
 --   stream.metrics_text()   consumer lag lines for /metrics
+--   stream.lag(group, topic) the topic's messages the group has not handled,
+--     counted among the first 100,000 outbox rows past its position (a bound
+--     on the cost of a scrape: beyond that, a lower bound)
 --   stream.prune{outbox_seconds =, dead_letters_seconds =, batch = 1000}
 --     deletes up to `batch` outbox rows older than outbox_seconds that no one
 --     needs any more (past every in-process group's position; published, in
@@ -642,11 +645,16 @@ function M.consume(spec)
 end
 
 --- Lag of a group on a topic in in-process mode: outbox rows it has not handled yet.
+-- Lag reads at most LAG_SCAN outbox rows past the position (through the
+-- (txid, id) index): a scrape costs the same however far behind a group is or
+-- however long the outbox; beyond that it reports a lower bound.
+M.LAG_SCAN = 100000
 function M.lag(group, topic)
-  return db.value([[SELECT count(*) FROM outbox o WHERE outbox_topic_matches($2, o.event_type)
-    AND (o.txid, o.id) > coalesce((SELECT (last_txid, last_id) FROM stream_offsets
-                                   WHERE consumer_group = $1 AND topic = $2), (0::bigint, 0::bigint))]],
-    group, topic)
+  return db.value([[SELECT count(*) FILTER (WHERE outbox_topic_matches($2, s.event_type)) FROM (
+      SELECT o.event_type FROM outbox o
+      WHERE (o.txid, o.id) > coalesce((SELECT (last_txid, last_id) FROM stream_offsets
+                                       WHERE consumer_group = $1 AND topic = $2), (0::bigint, 0::bigint))
+      ORDER BY o.txid, o.id LIMIT $3) s]], group, topic, M.LAG_SCAN)
 end
 
 --- Consumer lag lines for /metrics. Kafka mode: evently.kafka reports each
