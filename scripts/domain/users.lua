@@ -8,13 +8,33 @@ local PUBLIC = "id, email, name, role, created_at"
 
 local rules = require "rules.auth"
 
-M.EMAIL = "^[^@%s]+@[^@%s]+%.[^@%s]+$"
+-- An RFC 5321 mailbox and nothing else: dot-atoms of atext before the @, a
+-- host name of two or more labels after it. No display name, angle brackets,
+-- quotes, comments or spaces: "x<victim@y.com>" would be read by a mailer as
+-- victim@y.com, so it is refused here.
+local ATEXT = "^[%w!#%$%%&'%*%+%-/=%?%^_`{|}~]+$"
+local LABEL = "^%w[%w%-]*$"
+function M.valid_email(s)
+  local at = s:find("@", 1, true)
+  if not at or s:find("@", at + 1, true) then return false end
+  local lp, domain = s:sub(1, at - 1), s:sub(at + 1)
+  if #lp == 0 or #lp > 64 or #domain == 0 or #domain > 253 then return false end
+  for atom in (lp .. "."):gmatch("(.-)%.") do
+    if not atom:match(ATEXT) then return false end -- also an empty one: a leading, trailing or double dot
+  end
+  local labels = 0
+  for label in (domain .. "."):gmatch("(.-)%.") do
+    if #label > 63 or not label:match(LABEL) or label:sub(-1) == "-" then return false end
+    labels = labels + 1
+  end
+  return labels >= 2
+end
 
 --- Reads a new account's email, password and name from a validator
 -- (web/validate.lua): the checks registration and `evently user create` share.
 function M.read_new_account(v)
   local email = v:string("email",
-    { required = true, max = 254, pattern = M.EMAIL, pattern_message = "must be an email address" })
+    { required = true, max = 254, valid = M.valid_email, invalid_message = "must be an email address" })
   local password = v:string("password",
     { required = true, min = rules.min_password_length, max = rules.max_password_length })
   local name = v:string("name", { required = true, min = 1, max = 200 })

@@ -1,6 +1,7 @@
 --- validate: field checks that collect every problem into one 422.
 --   local v = validate.new(req.json)
---   local email = v:string("email", { required = true, max = 254, pattern = "^[^@%s]+@[^@%s]+%.[^@%s]+$" })
+--   local code = v:string("code", { required = true, max = 8, pattern = "^%u+$" })
+--   local email = v:string("email", { valid = users.valid_email, invalid_message = "must be an email address" })
 --   local qty = v:integer("quantity", { required = true, min = 1, max = 10 })
 --   v:check()   -- raises a 422 problem naming each bad field, or returns
 local problem = require "evently.problem"
@@ -36,6 +37,10 @@ function V:string(field, opts)
   if opts.max and #v > opts.max then self:fail(field, "must be at most " .. opts.max .. " characters"); return nil end
   if opts.pattern and not v:match(opts.pattern) then
     self:fail(field, opts.pattern_message or "is not valid")
+    return nil
+  end
+  if opts.valid and not opts.valid(v) then
+    self:fail(field, opts.invalid_message or "is not valid")
     return nil
   end
   return v

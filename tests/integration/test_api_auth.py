@@ -66,6 +66,10 @@ def test_duplicate_email_is_409_whatever_its_case(api):
     ({"password": "longpassword"}, {"email", "name"}),
     ({"email": 42, "password": "longpassword", "name": "A"}, {"email"}),
     ({"email": "not-an-email", "password": "longpassword", "name": "A"}, {"email"}),
+    # a mailer reads this as victim@y.com: only a bare mailbox is an address here
+    ({"email": "x<victim@y.com>", "password": "longpassword", "name": "A"}, {"email"}),
+    ({"email": "Eve <eve@y.com>", "password": "longpassword", "name": "A"}, {"email"}),
+    ({"email": "a@b.co,victim@y.com", "password": "longpassword", "name": "A"}, {"email"}),
     ({"email": "a@b.co", "password": ["x"], "name": ""}, {"password", "name"}),
 ])
 def test_register_validates_every_field_with_422(api, body, fields):
