@@ -3,6 +3,7 @@
 local db = require "evently.db"
 local cache = require "evently.cache"
 local json = require "evently.json"
+local pages = require "domain.pages"
 
 local M = {}
 
@@ -123,15 +124,12 @@ function M.list(filter)
   end
   if filter.from then where[#where + 1] = "starts_at >= " .. arg(filter.from) end
   if filter.to then where[#where + 1] = "starts_at <= " .. arg(filter.to) end
-  local sql = "SELECT " .. COLUMNS .. ", count(*) OVER () AS total FROM events"
-    .. (#where > 0 and (" WHERE " .. table.concat(where, " AND ")) or "")
-    .. " ORDER BY starts_at, id LIMIT " .. arg(filter.size) .. " OFFSET " .. arg((filter.page - 1) * filter.size)
+  local from = "events" .. (#where > 0 and (" WHERE " .. table.concat(where, " AND ")) or "")
   local function load()
-    local rows, err = db.query(sql, table.unpack(args))
-    if not rows then return nil, err end
-    local total = rows[1] and rows[1].total or 0
+    local rows, total = pages.fetch(COLUMNS, from, args, "starts_at, id", filter.page, filter.size)
+    if not rows then return nil, total end
     local items = json.array({})
-    for i, r in ipairs(rows) do r.total = nil; items[i] = r end
+    for i, r in ipairs(rows) do items[i] = r end
     return { items = items, page = filter.page, size = filter.size, total = total }
   end
   if filter.admin then return load() end

@@ -9,6 +9,7 @@ local seats = require("domain.seats").pool
 local notify = require "domain.notify"
 local rules = require "rules.waitlist"
 local limit = require "domain.ticket_limit"
+local pages = require "domain.pages"
 
 local M = {}
 
@@ -81,14 +82,11 @@ end
 -- unless waiting): one statement, whatever the page holds. Returns rows,
 -- total | nil, err.
 function M.list(user_id, page, size)
-  local rows, err = db.query("SELECT " .. COLUMNS .. [[, count(*) OVER () AS total,
-      CASE WHEN w.status = 'waiting' THEN (SELECT count(*) FROM waitlist x
-        WHERE x.event_id = w.event_id AND x.status = 'waiting' AND x.id <= w.id) END AS position
-    FROM waitlist w WHERE user_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3]], user_id, size, (page - 1) * size)
-  if not rows then return nil, err end
-  local total = rows[1] and rows[1].total or 0
+  local rows, total = pages.fetch(COLUMNS .. [[, CASE WHEN w.status = 'waiting' THEN (SELECT count(*) FROM waitlist x
+      WHERE x.event_id = w.event_id AND x.status = 'waiting' AND x.id <= w.id) END AS position]],
+    "waitlist w WHERE user_id = $1", { user_id }, "id DESC", page, size)
+  if not rows then return nil, total end
   for _, r in ipairs(rows) do
-    r.total = nil
     if r.position == nil then r.position = db.null end
   end
   return rows, total

@@ -2,11 +2,11 @@
 -- (in process; with Kafka the dead letters are the <topic>.dlq topics).
 local problem = require "evently.problem"
 local json = require "evently.json"
-local db = require "evently.db"
 local stream = require "evently.stream"
 local validate = require "web.validate"
 local auth = require "web.auth"
 local paging = require "web.paging"
+local pages = require "domain.pages"
 
 local MAX_IDS = 1000
 
@@ -15,14 +15,11 @@ return function(app, base)
     auth.admin(req)
     local page, size = paging.read(req)
     local group = req.query.group
-    local rows, err = db.query([[SELECT d.id, d.consumer_group, d.topic, d.outbox_id, o.event_type AS type,
-        d.attempts, d.error, d.created_at, d.retry_requested_at, count(*) OVER () AS total
-      FROM dead_letters d JOIN outbox o ON o.id = d.outbox_id
-      WHERE ($1::text IS NULL OR d.consumer_group = $1)
-      ORDER BY d.id DESC LIMIT $2 OFFSET $3]], group, size, (page - 1) * size)
-    if not rows then return problem.unavailable("read the dead letters", err) end
-    local total = rows[1] and rows[1].total or 0
-    for _, r in ipairs(rows) do r.total = nil end
+    local rows, total = pages.fetch([[d.id, d.consumer_group, d.topic, d.outbox_id, o.event_type AS type,
+        d.attempts, d.error, d.created_at, d.retry_requested_at]],
+      "dead_letters d JOIN outbox o ON o.id = d.outbox_id" .. (group and " WHERE d.consumer_group = $1" or ""),
+      { group }, "d.id DESC", page, size)
+    if not rows then return problem.unavailable("read the dead letters", total) end
     return { items = json.array(rows), page = page, size = size, total = total }
   end, "dead_letters.list")
 

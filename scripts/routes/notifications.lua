@@ -4,17 +4,15 @@ local db = require "evently.db"
 local json = require "evently.json"
 local auth = require "web.auth"
 local paging = require "web.paging"
+local pages = require "domain.pages"
 
 return function(app, base)
   app.get(base .. "/notifications", function(req)
     local user = auth.user(req)
     local page, size = paging.read(req)
-    local rows, err = db.query([[SELECT id, type, payload, created_at, read_at, count(*) OVER () AS total
-        FROM notifications WHERE user_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3]],
-      user.id, size, (page - 1) * size)
-    if not rows then return problem.unavailable("read notifications", err) end
-    local total = rows[1] and rows[1].total or 0
-    for _, r in ipairs(rows) do r.total = nil end
+    local rows, total = pages.fetch("id, type, payload, created_at, read_at", "notifications WHERE user_id = $1",
+      { user.id }, "id DESC", page, size)
+    if not rows then return problem.unavailable("read notifications", total) end
     return { items = json.array(rows), page = page, size = size, total = total }
   end, "notifications.list")
 

@@ -269,5 +269,14 @@ describe("evently.stream #pg", function()
     stream.LAG_SCAN = bound
     assert.is_true(ok, n)
     assert.are.equal(50, n) -- a lower bound past it
+    local plan = db.transaction(function(tx)
+      assert(tx.query("SET LOCAL enable_seqscan = off")) -- the outbox may be small here
+      local rows = assert(tx.query("EXPLAIN " .. stream.LAG_SQL, 1, 0, "analytics-events", 100))
+      local lines = {}
+      for i, r in ipairs(rows) do lines[i] = r["QUERY PLAN"] end
+      return table.concat(lines, "\n")
+    end)
+    -- a range scan from the position (Index Cond), not a whole index or table read and filtered
+    assert.truthy(plan:find("outbox_txid_idx", 1, true) and plan:find("Index Cond", 1, true), plan)
   end)
 end)

@@ -649,12 +649,16 @@ end
 -- (txid, id) index): a scrape costs the same however far behind a group is or
 -- however long the outbox; beyond that it reports a lower bound.
 M.LAG_SCAN = 100000
+M.LAG_SQL = [[SELECT count(*) FILTER (WHERE outbox_topic_matches($3, s.event_type)) FROM (
+    SELECT o.event_type FROM outbox o WHERE (o.txid, o.id) > ($1, $2)
+    ORDER BY o.txid, o.id LIMIT $4) s]]
 function M.lag(group, topic)
-  return db.value([[SELECT count(*) FILTER (WHERE outbox_topic_matches($2, s.event_type)) FROM (
-      SELECT o.event_type FROM outbox o
-      WHERE (o.txid, o.id) > coalesce((SELECT (last_txid, last_id) FROM stream_offsets
-                                       WHERE consumer_group = $1 AND topic = $2), (0::bigint, 0::bigint))
-      ORDER BY o.txid, o.id LIMIT $3) s]], group, topic, M.LAG_SCAN)
+  -- the position first: compared as parameters, (txid, id) > ($1, $2) is an
+  -- index range scan; against a subquery's row it would scan the whole outbox
+  local pos, err = db.one("SELECT last_txid, last_id FROM stream_offsets WHERE consumer_group = $1 AND topic = $2",
+    group, topic)
+  if err then return nil, err end
+  return db.value(M.LAG_SQL, pos and pos.last_txid or 0, pos and pos.last_id or 0, topic, M.LAG_SCAN)
 end
 
 --- Consumer lag lines for /metrics. Kafka mode: evently.kafka reports each
