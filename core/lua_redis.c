@@ -54,26 +54,30 @@
 #include "co.h"
 #include "log.h"
 #include "lua_errors.h"
+#include "lua_redis.h"
 #include "redis.h"
 #include "runtime.h"
 
 #define CLIENT_MT "evently.redis.client"
-#define ERR_MT "evently.redis.error"
+#define ERR_MT    "evently.redis.error"
 
 typedef struct {
-    ev_redis_t *r;            /* NULL once collected */
-    lua_State *L;             /* main thread: messages start their coroutines there */
+    ev_redis_t *r; /* NULL once collected */
+    lua_State *L;  /* main thread: messages start their coroutines there */
     struct event_base *base;
-    int owned;                /* connect()ed; the default client is the runtime's */
-    int handlers;             /* registry ref of {channel = {handle = fn}} */
-    int timeout_ms;           /* default per call */
+    int owned;      /* connect()ed; the default client is the runtime's */
+    int handlers;   /* registry ref of {channel = {handle = fn}} */
+    int timeout_ms; /* default per call */
 } client_t;
 
 static const char DEFAULT_KEY = 'd'; /* registry: the default client userdata */
 
 /* ---- errors ---- */
 
-static int push_fail(lua_State *L, const char *err) { return ev_lua_error_fail(L, ERR_MT, err); }
+static int push_fail(lua_State *L, const char *err)
+{
+    return ev_lua_error_fail(L, ERR_MT, err);
+}
 
 /* An error reply: {kind = "redis", message = "WRONGTYPE ...", code = "WRONGTYPE"} */
 static void push_redis_error(lua_State *L, const redisReply *rep)
@@ -92,12 +96,8 @@ static void push_reply(lua_State *L, const redisReply *rep)
 {
     switch (rep->type) {
     case REDIS_REPLY_STRING:
-    case REDIS_REPLY_STATUS:
-        lua_pushlstring(L, rep->str, rep->len);
-        break;
-    case REDIS_REPLY_INTEGER:
-        lua_pushinteger(L, (lua_Integer)rep->integer);
-        break;
+    case REDIS_REPLY_STATUS: lua_pushlstring(L, rep->str, rep->len); break;
+    case REDIS_REPLY_INTEGER: lua_pushinteger(L, (lua_Integer)rep->integer); break;
     case REDIS_REPLY_ARRAY:
         luaL_checkstack(L, 4, "redis: reply nested too deeply");
         lua_createtable(L, rep->elements > 1u << 24 ? 0 : (int)rep->elements, 0);
@@ -109,14 +109,11 @@ static void push_reply(lua_State *L, const redisReply *rep)
     case REDIS_REPLY_ERROR: /* inside an array (EXEC): the element is the error */
         push_redis_error(L, rep);
         break;
-    default: /* REDIS_REPLY_NIL */
-        lua_pushlightuserdata(L, NULL);
-        break;
+    default: /* REDIS_REPLY_NIL */ lua_pushlightuserdata(L, NULL); break;
     }
 }
 
-/* one reply as a call returns it: value, or nil + err for an error reply */
-static int push_result(lua_State *L, const redisReply *rep)
+int ev_redis_push_result(lua_State *L, const redisReply *rep)
 {
     if (rep->type == REDIS_REPLY_ERROR) {
         lua_pushnil(L);
@@ -133,8 +130,8 @@ enum { W_CALL, W_PIPELINE, W_SUBSCRIBE };
 
 typedef struct {
     ev_co_t *co;
-    ev_redis_req_t *q;               /* NULL once answered */
-    redisReply *const *replies;      /* borrowed during push */
+    ev_redis_req_t *q;          /* NULL once answered */
+    redisReply *const *replies; /* borrowed during push */
     int n;
     int kind;
     char err[256];
@@ -163,11 +160,11 @@ static int wait_push(lua_State *L, void *data, ev_wake_t why)
         return 1;
     }
     if (w->kind == W_CALL)
-        return push_result(L, w->replies[0]);
+        return ev_redis_push_result(L, w->replies[0]);
     lua_createtable(L, w->n, 0);
     for (int i = 0; i < w->n; i++) {
         lua_createtable(L, 2, 0);
-        int k = push_result(L, w->replies[i]);
+        int k = ev_redis_push_result(L, w->replies[i]);
         for (int j = k; j >= 1; j--) /* {reply} or {nil, err} */
             lua_rawseti(L, -1 - j, j);
         lua_rawseti(L, -2, i + 1);
@@ -182,14 +179,20 @@ static void wait_cancel(void *data)
     w->q = NULL;
 }
 
-static void wait_release(void *data) { free(data); }
+static void wait_release(void *data)
+{
+    free(data);
+}
 
 static const ev_wait_ops_t call_ops = {"redis.call", wait_push, wait_cancel, wait_release};
 static const ev_wait_ops_t pipeline_ops = {"redis.pipeline", wait_push, wait_cancel, wait_release};
 static const ev_wait_ops_t subscribe_ops = {"redis.subscribe", wait_push, wait_cancel,
                                             wait_release};
 
-static int can_wait(lua_State *L) { return ev_co_current(L) && lua_isyieldable(L); }
+static int can_wait(lua_State *L)
+{
+    return ev_co_current(L) && lua_isyieldable(L);
+}
 
 static void need_coroutine(lua_State *L, const char *what)
 {
@@ -220,7 +223,10 @@ static wait_t *wait_new(lua_State *L, int kind)
 
 /* ---- arguments ---- */
 
-static client_t *check_client(lua_State *L) { return luaL_checkudata(L, 1, CLIENT_MT); }
+static client_t *check_client(lua_State *L)
+{
+    return luaL_checkudata(L, 1, CLIENT_MT);
+}
 
 /* opts at idx: nil or {timeout = seconds}; returns ms, 0 for the default */
 static int opt_timeout(lua_State *L, int idx)
@@ -239,15 +245,17 @@ static int opt_timeout(lua_State *L, int idx)
     return ms;
 }
 
-static int effective_ms(const client_t *c, int ms) { return ms > 0 ? ms : c->timeout_ms; }
+static int effective_ms(const client_t *c, int ms)
+{
+    return ms > 0 ? ms : c->timeout_ms;
+}
 
 /* The value at idx as bytes; a number becomes its text in place (floats
  * exactly: 0.1 is sent as the shortest text that reads back the same). */
 static const char *arg_bytes(lua_State *L, int idx, size_t *len, int argn)
 {
     switch (lua_type(L, idx)) {
-    case LUA_TSTRING:
-        return lua_tolstring(L, idx, len);
+    case LUA_TSTRING: return lua_tolstring(L, idx, len);
     case LUA_TNUMBER:
         if (!lua_isinteger(L, idx)) {
             char buf[40];
@@ -278,7 +286,8 @@ static void check_command(lua_State *L, const char *name, size_t len, const char
 {
     static const char *const refused[] = {
         "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
-        "monitor", "select", "quit", "reset", "hello", "watch", "unwatch", "sync", "psync", NULL};
+        "monitor",   "select",     "quit",       "reset",       "hello",        "watch",
+        "unwatch",   "sync",       "psync",      NULL};
     for (int i = 0; refused[i]; i++)
         if (name_is(name, len, refused[i]))
             luaL_error(L, "redis: %s is not allowed on the shared connection%s", refused[i],
@@ -355,8 +364,8 @@ static int client_pipeline(lua_State *L)
         total += (size_t)k;
         lua_pop(L, 2);
     }
-    ev_redis_cmd_t *cmds = lua_newuserdatauv(L, (size_t)n * sizeof *cmds + total *
-                                                (sizeof(char *) + sizeof(size_t)), 0);
+    ev_redis_cmd_t *cmds = lua_newuserdatauv(
+        L, (size_t)n * sizeof *cmds + total * (sizeof(char *) + sizeof(size_t)), 0);
     const char **argv = (const char **)(cmds + n);
     size_t *lens = (size_t *)(argv + total);
     size_t at = 0;
@@ -516,11 +525,16 @@ static int client_stats(lua_State *L)
     lua_setfield(L, -2, "connected");
     lua_pushboolean(L, s.subscribed);
     lua_setfield(L, -2, "subscribed");
-    struct { const char *k; long long v; } f[] = {
-        {"channels", s.channels}, {"pending", s.pending},
-        {"commands", (long long)s.commands}, {"errors", (long long)s.errors},
-        {"timeouts", (long long)s.timeouts}, {"reconnects", (long long)s.reconnects},
-        {"connect_failures", (long long)s.connect_failures}};
+    struct {
+        const char *k;
+        long long v;
+    } f[] = {{"channels", s.channels},
+             {"pending", s.pending},
+             {"commands", (long long)s.commands},
+             {"errors", (long long)s.errors},
+             {"timeouts", (long long)s.timeouts},
+             {"reconnects", (long long)s.reconnects},
+             {"connect_failures", (long long)s.connect_failures}};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         lua_pushinteger(L, f[i].v);
         lua_setfield(L, -2, f[i].k);
@@ -641,14 +655,10 @@ static int core_sha1(lua_State *L)
 }
 
 static const luaL_Reg client_methods[] = {
-    {"call", client_call},
-    {"pipeline", client_pipeline},
-    {"subscribe", client_subscribe},
-    {"unsubscribe", client_unsubscribe},
-    {"handlers", client_handlers},
-    {"stats", client_stats},
-    {"close", client_close},
-    {NULL, NULL},
+    {"call", client_call},           {"pipeline", client_pipeline},
+    {"subscribe", client_subscribe}, {"unsubscribe", client_unsubscribe},
+    {"handlers", client_handlers},   {"stats", client_stats},
+    {"close", client_close},         {NULL, NULL},
 };
 
 static const luaL_Reg core_funcs[] = {

@@ -7,7 +7,8 @@ Used by tests/load/websockets.sh.
 
 Writes READY_FILE ("<open sockets>") once every socket is open, waits for
 RESULT_FILE's trigger: a line "collect <seconds>" on stdin; then waits that
-long for the broadcast and writes "<received> <max latency ms> <p50 ms>"."""
+long for the broadcast and writes "<received> <max latency ms> <p50 ms>".
+RESULT_FILE "-": hold the sockets until killed (tests/load/soak.sh)."""
 import asyncio
 import base64
 import json
@@ -86,6 +87,8 @@ async def main():
         await asyncio.sleep(0.2)
     with open(READY, "w") as f:
         f.write("%d\n" % opened)
+    if RESULT == "-":
+        await asyncio.Event().wait()
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     wait = float(line.split()[1])
     end = time.time() + wait

@@ -1,0 +1,52 @@
+-- wrk script for tests/load/soak.sh: a mixed on-sale workload at a steady pace.
+-- Each connection waits an exponential time of mean DELAY_MS between requests
+-- and picks one of: browse the list (30 %), one event (25 %), book a seat of
+-- a random event (20 %), cancel one of its own bookings (10 %), join a
+-- waitlist (5 %), read its own bookings (10 %). Users (TOKENS) in turn;
+-- events EVENTS (a file of ids); cancellations as the admin (ADMIN, a token):
+-- wrk's response() cannot tell which request it answers, so a booking is
+-- recognised by its body. Prints p50/p99.
+local tokens, events = {}, {}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+for line in io.lines(os.getenv("EVENTS")) do events[#events + 1] = line end
+local pause = tonumber(os.getenv("DELAY_MS") or "20")
+math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0))
+
+local n, booked = 0, {}
+local admin = { ["Authorization"] = "Bearer " .. os.getenv("ADMIN") }
+local function auth(i) return { ["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json" } end
+
+delay = function() return math.floor(-pause * math.log(1 - math.random()) + 0.5) end
+
+request = function()
+  n = n + 1
+  local who = (n % #tokens) + 1
+  local ev = events[math.random(#events)]
+  local r = math.random(100)
+  if r <= 30 then
+    return wrk.format("GET", "/api/v1/events?page=" .. math.random(3) .. "&size=20")
+  elseif r <= 55 then
+    return wrk.format("GET", "/api/v1/events/" .. ev)
+  elseif r <= 75 then
+    return wrk.format("POST", "/api/v1/bookings", auth(who), '{"event_id": ' .. ev .. ', "quantity": 1}')
+  elseif r <= 85 and #booked > 0 then
+    local i = math.random(#booked)
+    local id = booked[i]
+    booked[i] = booked[#booked]; booked[#booked] = nil
+    return wrk.format("DELETE", "/api/v1/bookings/" .. id, admin)
+  elseif r <= 90 then
+    return wrk.format("POST", "/api/v1/events/" .. ev .. "/waitlist", auth(who), '{"quantity": 1}')
+  end
+  return wrk.format("GET", "/api/v1/bookings?size=10", auth(who))
+end
+
+response = function(status, _, body)
+  if status == 201 and body:find('"total_cents"', 1, true) then -- a booking, not a waitlist entry
+    local id = body:match('"id":%s*(%d+)')
+    if id and #booked < 5000 then booked[#booked + 1] = id end
+  end
+end
+
+done = function(_, latency)
+  io.write(string.format("p50_ms %.2f\np99_ms %.2f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
