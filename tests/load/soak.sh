@@ -19,7 +19,9 @@ port=18621
 base=http://127.0.0.1:$port
 trap 'kill $(cat $work/ws.pid 2>/dev/null) 2>/dev/null || true; kill $(cat $work/home/evently.pid 2>/dev/null) 2>/dev/null || true; sleep 3; rm -rf $work' EXIT
 
+# one address registers every user and opens every socket: those limits are off
 EVENTLY_HOME=$work/home EVENTLY_ACCESS_LOG=off EVENTLY_LIMIT_REGISTER_ADDRESS=off EVENTLY_WS_MAX_PER_USER=10 \
+  EVENTLY_LIMIT_WS_CONNECT_USER=off EVENTLY_LIMIT_WS_CONNECT_ADDRESS=off \
   setsid "$bin" serve --port $port --workers 2 >"$work/ev.log" 2>&1 &
 for _ in $(seq 1 120); do curl -sf --max-time 2 "$base/health/ready" >/dev/null 2>&1 && break; sleep 0.5; done
 EVENTLY_HOME=$work/home "$bin" user create --admin --email soak@example.com --password soakpassword >/dev/null
@@ -39,7 +41,7 @@ done >"$work/events"
 python3 tests/load/ws_idle.py 127.0.0.1 $port "$work/tokens" 200 "$work/ws.ready" - \
   </dev/null >"$work/ws.log" 2>&1 &
 echo $! >"$work/ws.pid"
-for _ in $(seq 1 60); do [ -s "$work/ws.ready" ] && break; sleep 0.5; done
+for _ in $(seq 1 300); do [ -s "$work/ws.ready" ] && break; sleep 0.5; done
 
 master=$(cat "$work/home/evently.pid")
 rss_kb() { # pids... -> summed VmRSS in kB
