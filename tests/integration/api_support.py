@@ -2,6 +2,7 @@
 with an admin and some users, and helpers that read the answers."""
 import json
 import os
+import threading
 import time
 
 from conftest import MIGRATIONS, REPO, Server, clean_env, run_cli
@@ -82,7 +83,9 @@ def book_until_201(api, who, event_id, within=0.5, failure="sold out was still a
 
 def sql(api, query, *args):
     """Runs one query through `evently lua` against the server's database; returns rows."""
-    script = os.path.join(api.root, "q.lua")
+    # One file per thread: a query run from another thread (a lock holder) must
+    # not see this one's script half-written.
+    script = os.path.join(api.root, "q-%d.lua" % threading.get_ident())
     with open(script, "w") as f:
         f.write('local db = require "evently.db"\nlocal json = require "evently.json"\n'
                 'local rows = assert(db.query(arg[1], table.unpack(arg, 2)))\n'
