@@ -205,7 +205,10 @@ function M.list(owner_id, event_id, page, size)
   if owner_id then args[#args + 1] = owner_id; where[#where + 1] = "user_id = $" .. #args end
   if event_id then args[#args + 1] = event_id; where[#where + 1] = "event_id = $" .. #args end
   local from = "bookings" .. (#where > 0 and " WHERE " .. table.concat(where, " AND ") or "")
-  return pages.fetch(COLUMNS, from, args, "id DESC", page, size)
+  -- a user's own list reads the total migration 0016's triggers keep
+  local count = owner_id and not event_id
+    and "SELECT coalesce((SELECT bookings FROM user_booking_totals WHERE user_id = $1), 0)" or nil
+  return pages.fetch(COLUMNS, from, args, "id DESC", page, size, count)
 end
 
 return M

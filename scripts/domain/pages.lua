@@ -9,8 +9,9 @@ local db = require "evently.db"
 local M = {}
 
 --- from: "bookings WHERE user_id = $1" (its parameters in args); order:
--- "id DESC". Returns rows, total | nil, err.
-function M.fetch(select, from, args, order, page, size)
+-- "id DESC"; count (optional): a query of the same parameters that answers
+-- the total from a kept counter instead of count(*). Returns rows, total | nil, err.
+function M.fetch(select, from, args, order, page, size, count)
   local n = #args
   local all = { table.unpack(args, 1, n) }
   all[n + 1], all[n + 2] = size, (page - 1) * size
@@ -19,7 +20,7 @@ function M.fetch(select, from, args, order, page, size)
   if not rows then return nil, err end
   if page == 1 and #rows < size then return rows, #rows end
   local total
-  total, err = db.value("SELECT count(*) FROM " .. from, table.unpack(args, 1, n))
+  total, err = db.value(count or "SELECT count(*) FROM " .. from, table.unpack(args, 1, n))
   if not total then return nil, err end
   return rows, total
 end
