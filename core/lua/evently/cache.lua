@@ -17,11 +17,15 @@
 --       (and Postgres NOTIFY when Redis is down), L2 is deleted at once.
 --       A family is dropped by bumping its generation (O(1), whatever the
 --       cache holds); nothing ever scans Redis's keyspace.
---   cache.stats() -> {hits_l1, hits_l2, misses, loads, invalidations, size}
+--   cache.stats() -> {hits_l1, hits_l2, misses, loads, invalidations, size,
+--                     rejected (L2 entries not signed by this deployment, or expired)}
+--       L2 entries are signed (crypto.sign): a value written into Redis by
+--       anyone but evently is a miss, never believed.
 --   cache.on_invalidate(fn)            fn(key, is_prefix) for every invalidation this
 --                                      worker hears (its own and other workers')
 -- Redis is optional: when it is down, fetch goes L1 -> loader and invalidate
 -- uses Postgres NOTIFY, so a change is still seen everywhere at once.
+local crypto = require "evently.crypto"
 local json = require "evently.json"
 local sync = require "evently.sync"
 local time = require "evently.time"
@@ -31,9 +35,11 @@ local M = {}
 local PREFIX = "evently:cache:"
 local CHANNEL = "evently_cache_invalidate"
 local MAX_ITEMS = 2000
-local WAIT = 10 -- seconds a fetch waits for another coroutine's loader
+-- Seconds a fetch waits for another coroutine's loader: well inside a
+-- request's deadline, so a waiter outlives a leader that never finishes.
+local WAIT = math.min(10, (require("evently.runtime").config().handler_timeout or 30) / 3)
 
-local stats = { hits_l1 = 0, hits_l2 = 0, misses = 0, loads = 0, invalidations = 0, size = 0 }
+local stats = { hits_l1 = 0, hits_l2 = 0, misses = 0, loads = 0, invalidations = 0, size = 0, rejected = 0 }
 
 -- L1: a hash for lookup plus a doubly linked list for recency (head = newest).
 local items, head, tail = {}, nil, nil
@@ -122,23 +128,34 @@ local function redis_or_nil()
   return ok and redis or nil
 end
 
+-- An L2 entry is "<hmac><json>": the HMAC (crypto.sign, the instance
+-- secret) covers the key and the JSON, which holds the value and its expiry
+-- (wall-clock ms). Whoever can write Redis cannot forge an entry (a token
+-- resolving to an admin), move one to another key, or replay an old one past
+-- its expiry; such an entry is a miss, counted in stats.rejected.
+local MAC = 64
+
 local function l2_get(key)
   local redis = redis_or_nil()
   if not redis then return nil end
   local raw = redis.call("GET", PREFIX .. key)
   if type(raw) ~= "string" then return nil end -- miss, null or Redis down
-  local doc = json.decode(raw)
-  if type(doc) ~= "table" then return nil end
+  local text = raw:sub(MAC + 1)
+  local doc = crypto.verify(PREFIX .. key .. "\n" .. text, raw:sub(1, MAC)) and json.decode(text)
+  if type(doc) ~= "table" or type(doc.exp) ~= "number" or doc.exp < time.now() * 1000 then
+    stats.rejected = stats.rejected + 1
+    return nil
+  end
   return doc
 end
 
 local function l2_set(key, value, ttl)
   local redis = redis_or_nil()
   if not redis then return end
-  local text = json.encode({ v = value })
-  if text then
-    redis.call("SET", PREFIX .. key, text, "PX", math.max(1, math.floor(ttl * 1000)))
-  end
+  local ms = math.max(1, math.floor(ttl * 1000))
+  local text = json.encode({ v = value, exp = math.floor(time.now() * 1000) + ms })
+  local mac = text and crypto.sign(PREFIX .. key .. "\n" .. text)
+  if mac then redis.call("SET", PREFIX .. key, mac .. text, "PX", ms) end
 end
 
 local inflight = {}
@@ -187,9 +204,15 @@ function M.fetch(key, ttl, loader, opts)
   end
   local ev = sync.event()
   inflight[key] = ev
+  -- The leader may be aborted mid-load (its client gone, its deadline
+  -- passed): only a <close> runs then. Without it the key stayed "in flight"
+  -- and every later fetch of it waited WAIT for nothing (issue 12's stall:
+  -- all 64 connections parked for 10 s on a few tokens).
+  local _ <close> = setmetatable({}, { __close = function()
+    if inflight[key] == ev then inflight[key] = nil end
+    ev:set()
+  end })
   local ok, v, err = pcall(load, key, ttl, loader, family)
-  if inflight[key] == ev then inflight[key] = nil end
-  ev:set()
   if not ok then error(v, 0) end
   return v, err
 end
