@@ -2,17 +2,22 @@
 -- Each connection waits an exponential time of mean DELAY_MS between requests
 -- and picks one of: browse the list (30 %), one event (25 %), book a seat of
 -- a random event (20 %), cancel one of its own bookings (10 %), join a
--- waitlist (5 %), read its own bookings (10 %). Users (TOKENS) in turn;
+-- waitlist (5 %), turn a waitlist entry it joined into a booking (3 %: an
+-- entry is tried again later, up to 20 times, since an offer comes only when
+-- seats of a sold-out event are given back), read its own bookings (7 %).
+-- Users (TOKENS) in turn;
 -- events EVENTS (a file of ids); cancellations as the admin (ADMIN, a token):
 -- wrk's response() cannot tell which request it answers, so a booking is
 -- recognised by its body. Prints p50/p99.
 local tokens, events = {}, {}
 for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
 for line in io.lines(os.getenv("EVENTS")) do events[#events + 1] = line end
+local owner, count = {}, 0 -- user id -> that user's token index
+for line in io.lines(os.getenv("UIDS")) do count = count + 1; owner[line] = count end
 local pause = tonumber(os.getenv("DELAY_MS") or "20")
 math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0))
 
-local n, booked = 0, {}
+local n, booked, joined = 0, {}, {}
 local admin = { ["Authorization"] = "Bearer " .. os.getenv("ADMIN") }
 local function auth(i) return { ["Authorization"] = "Bearer " .. tokens[i], ["Content-Type"] = "application/json" } end
 
@@ -36,6 +41,12 @@ request = function()
     return wrk.format("DELETE", "/api/v1/bookings/" .. id, admin)
   elseif r <= 90 then
     return wrk.format("POST", "/api/v1/events/" .. ev .. "/waitlist", auth(who), '{"quantity": 1}')
+  elseif r <= 93 and #joined > 0 then
+    local e = table.remove(joined, 1)
+    e.tries = e.tries + 1
+    if e.tries < 20 then joined[#joined + 1] = e end
+    local body = ('{"event_id": %s, "quantity": 1, "waitlist_entry_id": %s}'):format(e.event, e.id)
+    return wrk.format("POST", "/api/v1/bookings", auth(e.who), body)
   end
   return wrk.format("GET", "/api/v1/bookings?size=10", auth(who))
 end
@@ -44,6 +55,10 @@ response = function(status, _, body)
   if status == 201 and body:find('"total_cents"', 1, true) then -- a booking, not a waitlist entry
     local id = body:match('"id":%s*(%d+)')
     if id and #booked < 5000 then booked[#booked + 1] = id end
+  elseif status == 201 and body:find('"position"', 1, true) then -- a waitlist entry: whose is in its body
+    local id, ev, uid = body:match('"id":%s*(%d+)'), body:match('"event_id":%s*(%d+)'), body:match('"user_id":%s*(%d+)')
+    local who = uid and owner[uid]
+    if id and ev and who and #joined < 5000 then joined[#joined + 1] = { id = id, event = ev, who = who, tries = 0 } end
   end
 end
 

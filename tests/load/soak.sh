@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak (issue 14): a mixed on-sale workload at a steady rate for N minutes
 # (tests/load/soak.lua: browsing, booking, cancelling, joining waitlists,
-# reading one's bookings; 64 connections, exponential waits of mean DELAY_MS,
+# converting waitlist offers, reading one's bookings; 64 connections, exponential waits of mean DELAY_MS,
 # about 3,000 requests/s offered with the default 20 ms) with 200 WebSockets
 # held open (ws_idle.py). Every minute: the workers' and Redis' RSS, that
 # minute's p99, the main tables' size and Redis' memory. At the end it says
@@ -30,11 +30,14 @@ admin=$(curl -s "$base/api/v1/auth/login" -H 'Content-Type: application/json' \
 for i in $(seq 1 200); do
   curl -s "$base/api/v1/auth/register" -H 'Content-Type: application/json' \
     -d "{\"email\":\"s$i@example.com\",\"password\":\"soakpassword\",\"name\":\"S\"}" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
-done >"$work/tokens"
+    | python3 -c 'import json,sys; d = json.load(sys.stdin); print(d["token"]); print(d["user"]["id"], file=sys.stderr)'
+done >"$work/tokens" 2>"$work/uids"
+# ten small events sell out within seconds: from then on their waitlists
+# fill, cancellations offer the seats given back, and offers are converted
 for i in $(seq 1 50); do
+  capacity=10000; [ "$i" -gt 40 ] && capacity=40
   curl -s "$base/api/v1/events" -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
-    -d "{\"name\":\"Soak $i\",\"venue\":\"Arena\",\"starts_at\":\"2031-01-01T20:00:00Z\",\"capacity\":10000,\"price_cents\":100,\"status\":\"published\",\"max_per_booking\":4}" \
+    -d "{\"name\":\"Soak $i\",\"venue\":\"Arena\",\"starts_at\":\"2031-01-01T20:00:00Z\",\"capacity\":$capacity,\"price_cents\":100,\"status\":\"published\",\"max_per_booking\":4}" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'
 done >"$work/events"
 
@@ -63,7 +66,7 @@ LUA
 echo "ws sockets open: $(cat "$work/ws.ready" 2>/dev/null || echo 0)"
 printf "%-4s %10s %9s %9s %10s %11s  %s\n" min "req/s" "p99 ms" "workers" "redis" "redis mem" tables
 for m in $(seq 1 "$minutes"); do
-  TOKENS=$work/tokens EVENTS=$work/events ADMIN=$admin DELAY_MS=${DELAY_MS:-20} \
+  TOKENS=$work/tokens UIDS=$work/uids EVENTS=$work/events ADMIN=$admin DELAY_MS=${DELAY_MS:-20} \
     wrk -t2 -c64 -d60s --latency -s tests/load/soak.lua "$base" >"$work/wrk-$m.txt" 2>&1
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk-$m.txt")
   p99=$(awk '/^p99_ms/ {print $2}' "$work/wrk-$m.txt")
@@ -109,4 +112,9 @@ for _, r in ipairs(bad) do
 end
 print(("invariant: %d of %d events hold capacity = available + sold + held (%d tickets sold)"):format(
   #bad - broken, #bad, sold))
+local w = db.one([[SELECT count(*) FILTER (WHERE b.waitlist_entry_id IS NOT NULL) AS converted,
+    (SELECT count(*) FROM waitlist) AS joined, (SELECT count(*) FROM waitlist WHERE status = 'offered') AS offered
+  FROM bookings b]])
+print(("waitlist: %d entries joined, %d offers open, %d converted into bookings"):format(w.joined, w.offered,
+  w.converted))
 LUA
