@@ -16,6 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "redis_url.h"
+
 #ifndef EVENTLY_LUA_DIR
 #define EVENTLY_LUA_DIR "core/lua"
 #endif
@@ -30,7 +32,10 @@ typedef struct {
     long min, max;
 } field_t;
 
-#define F(k, e, t, member, lo, hi) {k, e, t, offsetof(ev_config_t, member), lo, hi}
+#define F(k, e, t, member, lo, hi)                                                                 \
+    {                                                                                              \
+        k, e, t, offsetof(ev_config_t, member), lo, hi                                             \
+    }
 static const field_t fields[] = {
     F("home", "EVENTLY_HOME", T_STR, home, 0, 0),
     F("host", "EVENTLY_HOST", T_STR, host, 0, 0),
@@ -44,6 +49,7 @@ static const field_t fields[] = {
     F("redis_url", "EVENTLY_REDIS_URL", T_STR, redis_url, 0, 0),
     F("kafka_brokers", "EVENTLY_KAFKA_BROKERS", T_STR, kafka_brokers, 0, 0),
     F("smtp_url", "EVENTLY_SMTP_URL", T_STR, smtp_url, 0, 0),
+    F("secret", "EVENTLY_SECRET", T_STR, secret, 0, 0),
     F("mail_from", "EVENTLY_MAIL_FROM", T_STR, mail_from, 0, 0),
     F("log_level", "EVENTLY_LOG_LEVEL", T_STR, log_level, 0, 0),
     F("access_log", "EVENTLY_ACCESS_LOG", T_STR, access_log, 0, 0),
@@ -63,8 +69,10 @@ static const field_t fields[] = {
     F("ws_max_lifetime", "EVENTLY_WS_MAX_LIFETIME", T_INT, ws_max_lifetime, 1, 31 * 86400),
     F("db_pool_max", "EVENTLY_DB_POOL_MAX", T_INT, db_pool_max, 1, 1000),
     F("db_pool_min", "EVENTLY_DB_POOL_MIN", T_INT, db_pool_min, 0, 1000),
-    F("db_acquire_timeout_ms", "EVENTLY_DB_ACQUIRE_TIMEOUT_MS", T_INT, db_acquire_timeout_ms, 1, 600000),
-    F("db_statement_timeout_ms", "EVENTLY_DB_STATEMENT_TIMEOUT_MS", T_INT, db_statement_timeout_ms, 1, 3600000),
+    F("db_acquire_timeout_ms", "EVENTLY_DB_ACQUIRE_TIMEOUT_MS", T_INT, db_acquire_timeout_ms, 1,
+      600000),
+    F("db_statement_timeout_ms", "EVENTLY_DB_STATEMENT_TIMEOUT_MS", T_INT, db_statement_timeout_ms,
+      1, 3600000),
     F("hash_queue_max", "EVENTLY_HASH_QUEUE_MAX", T_INT, hash_queue_max, 1, 100000),
     F("hash_timeout_ms", "EVENTLY_HASH_TIMEOUT_MS", T_INT, hash_timeout_ms, 1, 600000),
     F("plugins", "EVENTLY_PLUGINS", T_LIST, plugins, 0, 0),
@@ -134,9 +142,18 @@ static int parse_size(const char *v, long long *out)
     long long mul = 1;
     switch (tolower((unsigned char)*end)) {
     case '\0': break;
-    case 'k': mul = 1024; end++; break;
-    case 'm': mul = 1024 * 1024; end++; break;
-    case 'g': mul = 1024LL * 1024 * 1024; end++; break;
+    case 'k':
+        mul = 1024;
+        end++;
+        break;
+    case 'm':
+        mul = 1024 * 1024;
+        end++;
+        break;
+    case 'g':
+        mul = 1024LL * 1024 * 1024;
+        end++;
+        break;
     default: return -1;
     }
     if ((tolower((unsigned char)*end) == 'b' && end[1] == '\0'))
@@ -175,18 +192,15 @@ int ev_config_set(ev_config_t *c, const char *key, const char *value, char *err,
     void *slot = (char *)c + f->off;
     long long n;
     switch (f->kind) {
-    case T_STR:
-        set_str(slot, *value ? value : NULL);
-        return 0;
-    case T_LIST:
-        return set_list(c, value, err, errlen);
+    case T_STR: set_str(slot, *value ? value : NULL); return 0;
+    case T_LIST: return set_list(c, value, err, errlen);
     case T_INT:
     case T_SIZE:
         if (parse_size(value, &n) != 0 || (f->kind == T_INT && strpbrk(value, "kKmMgG")) ||
             n < f->min || n > f->max) {
             snprintf(err, errlen, "%s (%s): bad value '%s', expected %s between %ld and %ld",
-                     f->key, f->env, value, f->kind == T_INT ? "an integer" : "a size",
-                     f->min, f->max);
+                     f->key, f->env, value, f->kind == T_INT ? "an integer" : "a size", f->min,
+                     f->max);
             return -1;
         }
         if (f->kind == T_INT)
@@ -310,13 +324,17 @@ static int validate_mail(const ev_config_t *c, char *err, size_t errlen)
 {
     if (c->smtp_url && *c->smtp_url && strncmp(c->smtp_url, "smtp://", 7) != 0 &&
         strncmp(c->smtp_url, "smtps://", 8) != 0) {
-        snprintf(err, errlen, "smtp_url (EVENTLY_SMTP_URL): bad value '%s', expected smtp://host:port or smtps://host:port",
-                 c->smtp_url);
+        /* not repeated: a URL may carry a password, and this goes to the log */
+        snprintf(err, errlen,
+                 "smtp_url (EVENTLY_SMTP_URL): bad value, expected smtp://host:port or "
+                 "smtps://host:port");
         return -1;
     }
     const char *f = c->mail_from;
     if (!f || !strchr(f, '@') || strpbrk(f, "\r\n")) {
-        snprintf(err, errlen, "mail_from (EVENTLY_MAIL_FROM): bad value '%s', expected an address or \"Name <address>\"",
+        snprintf(err, errlen,
+                 "mail_from (EVENTLY_MAIL_FROM): bad value '%s', expected an address or \"Name "
+                 "<address>\"",
                  f ? f : "");
         return -1;
     }
@@ -334,16 +352,20 @@ int ev_config_validate(const ev_config_t *c, char *err, size_t errlen)
     for (int i = 0; i < 4; i++)
         ok |= c->log_level && strcmp(c->log_level, levels[i]) == 0;
     if (!ok) {
-        snprintf(err, errlen, "log_level (EVENTLY_LOG_LEVEL): bad value '%s', expected debug, info, warn or error",
-                 c->log_level ? c->log_level : "");
+        snprintf(
+            err, errlen,
+            "log_level (EVENTLY_LOG_LEVEL): bad value '%s', expected debug, info, warn or error",
+            c->log_level ? c->log_level : "");
         return -1;
     }
-    if (c->redis_url && strncmp(c->redis_url, "redis://", 8) != 0 &&
-        strncmp(c->redis_url, "unix:", 5) != 0) {
-        snprintf(err, errlen, "redis_url (EVENTLY_REDIS_URL): bad value '%s', expected redis://host:port or unix:/path",
-                 c->redis_url);
+    char why[160];
+    ev_redis_url_t u;
+    if (c->redis_url && ev_redis_url_parse(c->redis_url, &u, why, sizeof why) != 0) {
+        snprintf(err, errlen, "redis_url (EVENTLY_REDIS_URL): %s", why); /* never the URL itself */
         return -1;
     }
+    if (c->redis_url)
+        ev_redis_url_free(&u);
     return validate_mail(c, err, errlen);
 }
 

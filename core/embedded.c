@@ -58,15 +58,15 @@
 
 #include "log.h"
 
-#define RUN_USER "evently"
-#define PG_PORT "5432"
-#define PG_SOCK_NAME ".s.PGSQL." PG_PORT
-#define SOCK_MAX 100              /* sun_path is 108 bytes; keep a margin */
-#define PG_START_TIMEOUT "60"     /* seconds, pg_ctl -t */
-#define REDIS_START_MS 10000
-#define REDIS_STOP_MS 5000
-#define PROBE_WAIT_MS 60000       /* a postmaster starting up or shutting down */
-#define STD_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define RUN_USER         "evently"
+#define PG_PORT          "5432"
+#define PG_SOCK_NAME     ".s.PGSQL." PG_PORT
+#define SOCK_MAX         100  /* sun_path is 108 bytes; keep a margin */
+#define PG_START_TIMEOUT "60" /* seconds, pg_ctl -t */
+#define REDIS_START_MS   10000
+#define REDIS_STOP_MS    5000
+#define PROBE_WAIT_MS    60000 /* a postmaster starting up or shutting down */
+#define STD_PATH         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* Who the children run as. drop == 0: as this process. */
 typedef struct {
@@ -300,8 +300,8 @@ static int wait_child(pid_t pid, int *status)
 }
 
 /* Runs a command to completion: "<what> failed (exit 1): <log tail>". */
-static int run(const runas_t *ru, char *const argv[], const char *out, const char *what,
-               char *err, size_t errlen)
+static int run(const runas_t *ru, char *const argv[], const char *out, const char *what, char *err,
+               size_t errlen)
 {
     int status = 0;
     char how[32], tail[512];
@@ -346,17 +346,19 @@ static int resolve_user(runas_t *ru, char *err, size_t errlen)
     if (geteuid() != 0 || lookup_user(ru) == 0)
         return 0;
     if (find_in_path("useradd", useradd, sizeof useradd) != 0)
-        return fail(err, errlen, "running as root and user %s does not exist; create it "
-                    "(useradd is not installed)", RUN_USER);
-    char *argv[] = {useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+        return fail(err, errlen,
+                    "running as root and user %s does not exist; create it "
+                    "(useradd is not installed)",
+                    RUN_USER);
+    char *argv[] = {useradd,  "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                     RUN_USER, NULL};
     /* A failure is fine if a concurrent evently created the user first. */
     int rc = run(ru, argv, NULL, "useradd " RUN_USER, err, errlen);
     if (lookup_user(ru) != 0)
-        return rc != 0 ? -1 : fail(err, errlen, "useradd %s succeeded but the user cannot be "
-                                   "found", RUN_USER);
-    ev_info("created system user %s to run the embedded servers (postgres refuses root)",
-            RUN_USER);
+        return rc != 0 ? -1
+                       : fail(err, errlen, "useradd %s succeeded but the user cannot be found",
+                              RUN_USER);
+    ev_info("created system user %s to run the embedded servers (postgres refuses root)", RUN_USER);
     return 0;
 }
 
@@ -426,7 +428,8 @@ static int check_traversable(const runas_t *ru, const char *home, char *err, siz
     for (int k = 1; home[i]; i++)
         if (home[i] == '/' && k++ == depth)
             break;
-    return fail(err, errlen, "directory %.*s is not traversable by user %s, which runs the "
+    return fail(err, errlen,
+                "directory %.*s is not traversable by user %s, which runs the "
                 "embedded servers; run chmod o+x on it or choose another EVENTLY_HOME",
                 (int)i, home, RUN_USER);
 }
@@ -441,8 +444,8 @@ static int choose_run_dir(layout_t *l)
     unsigned int mdlen = 0;
     if (!EVP_Digest(l->home, strlen(l->home), md, &mdlen, EVP_sha256(), NULL))
         return -1;
-    snprintf(l->run, sizeof l->run, "/tmp/evently-%02x%02x%02x%02x%02x%02x", md[0], md[1],
-             md[2], md[3], md[4], md[5]);
+    snprintf(l->run, sizeof l->run, "/tmp/evently-%02x%02x%02x%02x%02x%02x", md[0], md[1], md[2],
+             md[3], md[4], md[5]);
     return 0;
 }
 
@@ -459,22 +462,25 @@ static int layout_init(layout_t *l, const char *home)
     return 0;
 }
 
-/* A /tmp run dir sits in a shared directory: refuse one somebody else made
- * (a planted symlink or directory would receive our sockets). */
+/* The sockets' directory is the servers' only door: Postgres trusts whoever
+ * reaches its socket (a superuser login, COPY ... PROGRAM) and Redis holds the
+ * cache, so only their user (and root) may enter it: 0700. A /tmp run dir
+ * sits in a shared directory: refuse one somebody else made (a planted
+ * symlink or directory would receive our sockets). */
 static int make_run_dir(const layout_t *l, char *err, size_t errlen)
 {
     struct stat st;
     int shared = strncmp(l->run, l->home, strlen(l->home)) != 0;
-    if (mkdir(l->run, 0755) == 0)
-        return chmod(l->run, 0755) == 0 ? 0 : fail(err, errlen, "chmod %s: %s", l->run,
-                                                   strerror(errno));
-    if (errno != EEXIST)
+    if (mkdir(l->run, 0700) != 0 && errno != EEXIST)
         return fail(err, errlen, "cannot create %s: %s", l->run, strerror(errno));
     if (lstat(l->run, &st) != 0 || !S_ISDIR(st.st_mode))
         return fail(err, errlen, "%s exists and is not a directory", l->run);
     if (shared && st.st_uid != geteuid() && !(l->ru.drop && st.st_uid == l->ru.uid))
         return fail(err, errlen, "%s belongs to uid %d, not to evently; remove it", l->run,
                     (int)st.st_uid);
+    /* a home made by an older evently has a 0755 run dir: close it too */
+    if (chmod(l->run, 0700) != 0)
+        return fail(err, errlen, "chmod %s: %s", l->run, strerror(errno));
     return 0;
 }
 
@@ -570,15 +576,18 @@ static int pg_bindir(const char *pgdata, char *out, size_t len, char *err, size_
     struct dirent *de;
     while (d && (de = readdir(d)) != NULL) {
         int v = atoi(de->d_name);
-        if (v > best && snprintf(path, sizeof path, "/usr/lib/postgresql/%s/bin/pg_ctl",
-                                 de->d_name) < (int)sizeof path && access(path, X_OK) == 0)
+        if (v > best &&
+            snprintf(path, sizeof path, "/usr/lib/postgresql/%s/bin/pg_ctl", de->d_name) <
+                (int)sizeof path &&
+            access(path, X_OK) == 0)
             best = v;
     }
     if (d)
         closedir(d);
     if (best >= 0 && snprintf(out, len, "/usr/lib/postgresql/%d/bin", best) < (int)len)
         return 0;
-    return fail(err, errlen, "PostgreSQL server binaries not found (install postgresql; "
+    return fail(err, errlen,
+                "PostgreSQL server binaries not found (install postgresql; "
                 "looked in PATH and /usr/lib/postgresql/*/bin)");
 }
 
@@ -603,14 +612,17 @@ static int write_pg_conf(const layout_t *l, char *err, size_t errlen)
         return fail(err, errlen, "cannot write %s/evently.conf: %s", l->pg, strerror(errno));
     fputs("# Written by evently at every start; edits are lost. Override with\n"
           "# ALTER SYSTEM (postgresql.auto.conf is read after this file).\n"
-          "listen_addresses = ''\nunix_socket_directories = '", f);
+          "listen_addresses = ''\nunix_socket_directories = '",
+          f);
     for (const char *p = l->run; *p; p++) {
         if (*p == '\'')
             fputc('\'', f); /* quotes double inside a conf string */
         fputc(*p, f);
     }
-    fputs("'\nport = " PG_PORT "\nmax_connections = 200\nshared_buffers = 128MB\n"
-          "fsync = on\n", f);
+    /* the directory is 0700 already; the socket itself says the same */
+    fputs("'\nunix_socket_permissions = 0700\nport = " PG_PORT
+          "\nmax_connections = 200\nshared_buffers = 128MB\nfsync = on\n",
+          f);
     if (fclose(f) != 0)
         return fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
     if (l->ru.drop && chown(path, l->ru.uid, l->ru.gid) != 0)
@@ -672,8 +684,8 @@ static int pg_initdb(const layout_t *l, const char *bindir, char *err, size_t er
     if (join(prog, sizeof prog, bindir, "initdb") != 0)
         return fail(err, errlen, "path too long: %s", bindir);
     ev_info("initializing PostgreSQL cluster in %s", l->pg);
-    char *argv[] = {prog, "-D", pg, "-U", RUN_USER, "--auth=trust", "-E", "UTF8",
-                    "--no-locale", NULL};
+    char *argv[] = {prog,           "-D", pg,     "-U",          RUN_USER,
+                    "--auth=trust", "-E", "UTF8", "--no-locale", NULL};
     return run(&l->ru, argv, l->pg_log, "initdb", err, errlen);
 }
 
@@ -685,8 +697,7 @@ static int pg_ctl_start(const layout_t *l, const char *bindir, char *err, size_t
     if (join(prog, sizeof prog, bindir, "pg_ctl") != 0)
         return fail(err, errlen, "path too long: %s", bindir);
     /* -s: pg_ctl's progress dots would end up in an error's log tail */
-    char *argv[] = {prog, "-D", pg, "-l", log, "-s", "-w", "-t", PG_START_TIMEOUT, "start",
-                    NULL};
+    char *argv[] = {prog, "-D", pg, "-l", log, "-s", "-w", "-t", PG_START_TIMEOUT, "start", NULL};
     return run(&l->ru, argv, l->pg_log, "PostgreSQL start (pg_ctl)", err, errlen);
 }
 
@@ -720,8 +731,8 @@ static int pg_ensure_db(const layout_t *l, char *err, size_t errlen)
         PQclear(r);
         r = PQexec(conn, "CREATE DATABASE evently");
         const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK && !(state && (strcmp(state, "42P04") == 0 ||
-                                                             strcmp(state, "23505") == 0))) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK &&
+            !(state && (strcmp(state, "42P04") == 0 || strcmp(state, "23505") == 0))) {
             pq_fail(conn, "CREATE DATABASE evently failed", err, errlen);
             goto done;
         }
@@ -863,8 +874,8 @@ static int redis_start(const layout_t *l, ev_embedded_t *e, char *err, size_t er
     snprintf(sock, sizeof sock, "%s", l->redis_sock);
     snprintf(dir, sizeof dir, "%s", l->redis_dir);
     snprintf(log, sizeof log, "%s", l->redis_log);
-    char *argv[] = {prog, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "770",
-                    "--dir", dir, "--daemonize", "no", "--save", "", "--appendonly", "no",
+    char *argv[] = {prog, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--dir",
+                    dir, "--daemonize", "no", "--save", "", "--appendonly", "no",
                     /* a cache, a gate and rate counters: bounded, and any key may go */
                     "--maxmemory", EMBEDDED_REDIS_MAXMEMORY, "--maxmemory-policy", "allkeys-lru",
                     "--logfile", log, "--pidfile", pidfile, NULL};
@@ -901,8 +912,8 @@ static int lock_home(const char *home, char *err, size_t errlen)
     return fd;
 }
 
-int ev_embedded_start(ev_embedded_t *e, const char *home, int want_pg, int want_redis,
-                      char *err, size_t errlen)
+int ev_embedded_start(ev_embedded_t *e, const char *home, int want_pg, int want_redis, char *err,
+                      size_t errlen)
 {
     layout_t *l = calloc(1, sizeof *l);
     int lock = -1, rc = -1;

@@ -2,7 +2,7 @@
  *
  * Postgres: PQping with a 2 s connect timeout (it reports "accepting
  * connections", no query needed). Redis: a PING over a plain socket with a
- * 2 s timeout. Kafka: a TCP connect to each bootstrap broker in turn until
+ * 2 s timeout, after AUTH when the URL has a password. Kafka: a TCP connect to each bootstrap broker in turn until
  * one answers (the client itself finds the rest of the cluster); reported
  * "not_configured" when no brokers are set (in-process outbox). */
 #include "health.h"
@@ -17,11 +17,19 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "redis_url.h"
+
 static const char *const comp_names[] = {"postgres", "redis", "kafka"};
 static const char *const state_names[] = {"unknown", "up", "down", "not_configured"};
 
-const char *ev_health_component_name(ev_component_t c) { return comp_names[c]; }
-const char *ev_health_state_name(ev_state_t s) { return state_names[s]; }
+const char *ev_health_component_name(ev_component_t c)
+{
+    return comp_names[c];
+}
+const char *ev_health_state_name(ev_state_t s)
+{
+    return state_names[s];
+}
 
 static int probe_postgres(const char *url, char *detail, size_t cap)
 {
@@ -62,44 +70,70 @@ static int connect_tcp(const char *host, const char *port)
     return fd;
 }
 
-static int connect_redis(const char *url)
+static int connect_redis(const ev_redis_url_t *u)
 {
     struct timeval tv = {2, 0};
     int fd = -1;
-    if (strncmp(url, "unix:", 5) == 0) {
+    if (u->path) {
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", url + 5);
+        snprintf(sa.sun_path, sizeof sa.sun_path, "%s", u->path);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
             close(fd);
             return -1;
         }
     } else {
-        char host[256] = "127.0.0.1", port[16] = "6379";
-        const char *h = strncmp(url, "redis://", 8) == 0 ? url + 8 : url;
-        const char *at = strchr(h, '@');
-        if (at)
-            h = at + 1;
-        sscanf(h, "%255[^:/]:%15[0-9]", host, port);
-        fd = connect_tcp(host, port);
+        char port[16];
+        snprintf(port, sizeof port, "%d", u->port);
+        fd = connect_tcp(u->host, port);
     }
     if (fd >= 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
 }
 
+/* Sends one command as a RESP array (binary-safe: a password may hold
+ * anything) and reads the first line of the answer into buf. */
+static int redis_ask(int fd, const char *const *argv, int argc, char *buf, size_t cap)
+{
+    char out[1024];
+    int n = snprintf(out, sizeof out, "*%d\r\n", argc);
+    for (int i = 0; i < argc && n > 0 && (size_t)n < sizeof out; i++)
+        n += snprintf(out + n, sizeof out - (size_t)n, "$%zu\r\n%s\r\n", strlen(argv[i]), argv[i]);
+    if (n <= 0 || (size_t)n >= sizeof out || write(fd, out, (size_t)n) != n)
+        return -1;
+    ssize_t got = read(fd, buf, cap - 1);
+    buf[got > 0 ? got : 0] = '\0';
+    return got > 0 ? 0 : -1;
+}
+
+/* PING, after AUTH when the URL names a password (a server that requires one
+ * answers nothing else). */
 static int probe_redis(const char *url, char *detail, size_t cap)
 {
-    int fd = connect_redis(url);
-    if (fd < 0) {
-        snprintf(detail, cap, "cannot connect");
+    ev_redis_url_t u;
+    char why[120];
+    if (ev_redis_url_parse(url, &u, why, sizeof why) != 0) {
+        snprintf(detail, cap, "%s", why);
         return EV_STATE_DOWN;
     }
+    int fd = connect_redis(&u);
     char buf[64] = {0};
-    int ok = write(fd, "PING\r\n", 6) == 6 && read(fd, buf, sizeof buf - 1) > 0 &&
+    int ok = 0;
+    if (fd < 0) {
+        snprintf(detail, cap, "cannot connect");
+    } else if (u.pass && (redis_ask(fd, (const char *[]){"AUTH", u.user ? u.user : u.pass, u.pass},
+                                    u.user ? 3 : 2, buf, sizeof buf) != 0 ||
+                          strncmp(buf, "+OK", 3) != 0)) {
+        snprintf(detail, cap, "AUTH refused");
+    } else {
+        ok = redis_ask(fd, (const char *[]){"PING"}, 1, buf, sizeof buf) == 0 &&
              strncmp(buf, "+PONG", 5) == 0;
-    close(fd);
-    snprintf(detail, cap, ok ? "PONG" : "no PONG: %.40s", buf);
+        snprintf(detail, cap, ok ? "PONG" : "no PONG");
+    }
+    if (fd >= 0)
+        close(fd);
+    ev_redis_url_free(&u);
     return ok ? EV_STATE_UP : EV_STATE_DOWN;
 }
 
@@ -113,7 +147,7 @@ static int probe_kafka(const char *brokers, char *detail, size_t cap)
         char *scheme = strstr(b, "://"); /* PLAINTEXT://host:port, as librdkafka takes it */
         if (scheme)
             b = scheme + 3;
-        int parsed = *b == '[' ? sscanf(b, "[%255[^]]]:%15[0-9]", host, port)  /* [::1]:9092 */
+        int parsed = *b == '[' ? sscanf(b, "[%255[^]]]:%15[0-9]", host, port) /* [::1]:9092 */
                                : sscanf(b, " %255[^:, ]:%15[0-9]", host, port);
         if (parsed < 1)
             continue;

@@ -11,6 +11,9 @@
  *   crypto.random_token(nbytes?) -> string          URL-safe base64, 32 bytes default
  *   crypto.sha256(s) -> hex string
  *   crypto.equal(a, b) -> boolean                   constant time
+ *   crypto.sign(s) -> hex | nil, err                HMAC-SHA-256 of s under the instance
+ *                                                    secret (secret.h), which Lua never sees
+ *   crypto.verify(s, mac) -> boolean                constant time; false when no secret
  * Argon2id costs ~50-100 ms of CPU and 64 MiB on purpose, so it never runs on
  * the event loop: jobs go to one hashing thread per worker and come back
  * through a pipe the loop watches; the calling coroutine waits meanwhile. A
@@ -24,6 +27,7 @@
 #include <lauxlib.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -32,6 +36,7 @@
 #include "co.h"
 #include "log.h"
 #include "runtime.h"
+#include "secret.h"
 
 typedef enum { JOB_HASH, JOB_VERIFY } job_kind_t;
 typedef enum { J_QUEUED, J_RUNNING, J_DONE } job_state_t;
@@ -245,7 +250,8 @@ static int c_hash_password(lua_State *L)
 {
     size_t n;
     const char *pw = luaL_checklstring(L, 1, &n);
-    luaL_argcheck(L, n <= 4096 && strlen(pw) == n, 1, "password must be a string without NUL, at most 4096 bytes");
+    luaL_argcheck(L, n <= 4096 && strlen(pw) == n, 1,
+                  "password must be a string without NUL, at most 4096 bytes");
     return submit(L, JOB_HASH, NULL, pw);
 }
 
@@ -294,7 +300,68 @@ static int c_equal(lua_State *L)
     return 1;
 }
 
+/* The instance secret's key, loaded by this process's first signature. */
+static unsigned char sign_key[EV_SECRET_KEY_BYTES];
+static int sign_state; /* 0: not loaded, 1: loaded, -1: failed (sign_err says why) */
+static char sign_err[300];
+
+static int have_key(lua_State *L)
+{
+    if (sign_state == 0) {
+        ev_runtime_t *rt = ev_runtime_get(L);
+        const ev_config_t *cfg = rt ? rt->cfg : NULL;
+        if (!cfg)
+            snprintf(sign_err, sizeof sign_err, "secret: no configuration");
+        sign_state =
+            cfg && ev_secret_load(cfg->secret, cfg->home, sign_key, sign_err, sizeof sign_err) == 0
+                ? 1
+                : -1;
+        if (sign_state < 0)
+            ev_error("%s: nothing is signed, so nothing is cached in Redis", sign_err);
+    }
+    return sign_state > 0;
+}
+
+static void mac_of(const char *s, size_t n, char hex[crypto_auth_hmacsha256_BYTES * 2 + 1])
+{
+    unsigned char mac[crypto_auth_hmacsha256_BYTES];
+    crypto_auth_hmacsha256(mac, (const unsigned char *)s, n, sign_key);
+    sodium_bin2hex(hex, crypto_auth_hmacsha256_BYTES * 2 + 1, mac, sizeof mac);
+}
+
+static int c_sign(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    if (!have_key(L)) {
+        luaL_pushfail(L);
+        lua_pushstring(L, sign_err);
+        return 2;
+    }
+    char hex[crypto_auth_hmacsha256_BYTES * 2 + 1];
+    mac_of(s, n, hex);
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+static int c_verify(lua_State *L)
+{
+    size_t n, mn;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *mac = luaL_checklstring(L, 2, &mn);
+    char hex[crypto_auth_hmacsha256_BYTES * 2 + 1];
+    int ok = have_key(L) && mn == sizeof hex - 1;
+    if (ok) {
+        mac_of(s, n, hex);
+        ok = sodium_memcmp(hex, mac, mn) == 0;
+    }
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
 static const luaL_Reg crypto_funcs[] = {
+    {"sign", c_sign},
+    {"verify", c_verify},
     {"hash_password", c_hash_password},
     {"verify_password", c_verify_password},
     {"random_token", c_random_token},

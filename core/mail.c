@@ -76,39 +76,39 @@ typedef struct lane {
     ev_mail_t *m;
     pthread_t thread;
     int running;
-    struct event_base *base;   /* the lane's own loop */
+    struct event_base *base; /* the lane's own loop */
     CURLM *multi;
-    struct event *timer;       /* CURLMOPT_TIMERFUNCTION's timer */
-    int inbox[2];              /* loop -> lane: requests to start, NULL to stop */
+    struct event *timer; /* CURLMOPT_TIMERFUNCTION's timer */
+    int inbox[2];        /* loop -> lane: requests to start, NULL to stop */
     struct event *inbox_ev;
-    int inflight;              /* the loop's count of requests handed over, not back */
+    int inflight; /* the loop's count of requests handed over, not back */
 } lane_t;
 
 struct ev_mail {
-    struct event_base *base;   /* the worker's loop */
-    int done_pipe[2];          /* lanes -> loop: finished requests */
+    struct event_base *base; /* the worker's loop */
+    int done_pipe[2];        /* lanes -> loop: finished requests */
     struct event *done_ev;
     lane_t lanes[EV_MAIL_LANES];
-    ev_mail_req_t *reqs;       /* every request not yet freed, doubly linked */
-    int pending;               /* sends someone still waits for */
+    ev_mail_req_t *reqs; /* every request not yet freed, doubly linked */
+    int pending;         /* sends someone still waits for */
 };
 
 /* Owned by the loop until posted to a lane, by the lane until posted back
  * (then the loop frees it). Only `cancelled` is shared meanwhile. */
 struct ev_mail_req {
     ev_mail_t *m;
-    lane_t *lane;              /* where the loop handed it */
+    lane_t *lane; /* where the loop handed it */
     CURL *easy;
     struct curl_slist *rcpt;
-    char *data;                /* the whole message */
+    char *data; /* the whole message */
     size_t len, off;
     long timeout_ms;
-    ev_mail_cb cb;             /* NULL once cancelled */
+    ev_mail_cb cb; /* NULL once cancelled */
     void *arg;
-    int cancelled;             /* atomic: the loop asks the lane to give up */
-    int ok, smtp_code;         /* the outcome, written by the lane */
+    int cancelled;     /* atomic: the loop asks the lane to give up */
+    int ok, smtp_code; /* the outcome, written by the lane */
     char msgid[160];
-    char last_reply[256];      /* the server's last 4xx/5xx reply line */
+    char last_reply[256]; /* the server's last 4xx/5xx reply line */
     char errbuf[CURL_ERROR_SIZE];
     char error[400];
     ev_mail_req_t *prev, *next; /* on m->reqs: the loop's only */
@@ -143,7 +143,10 @@ static void buf_add(buf_t *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
-static void buf_str(buf_t *b, const char *s) { buf_add(b, s, strlen(s)); }
+static void buf_str(buf_t *b, const char *s)
+{
+    buf_add(b, s, strlen(s));
+}
 
 static void buf_printf(buf_t *b, const char *fmt, ...)
 {
@@ -193,11 +196,13 @@ static int addr_char_ok(unsigned char c)
 static int check_addr(const char *a, size_t n, const char *what, char *err, size_t errlen)
 {
     const char *at = memchr(a, '@', n);
-    if (n < 3 || n >= ADDR_MAX || !at || at == a || at == a + n - 1 || memchr(at + 1, '@', n - (size_t)(at - a) - 1))
+    if (n < 3 || n >= ADDR_MAX || !at || at == a || at == a + n - 1 ||
+        memchr(at + 1, '@', n - (size_t)(at - a) - 1))
         return invalid(err, errlen, "invalid: %s is not an email address", what);
     for (size_t i = 0; i < n; i++)
         if (!addr_char_ok((unsigned char)a[i]))
-            return invalid(err, errlen, "invalid: %s has a character not allowed in an address", what);
+            return invalid(err, errlen, "invalid: %s has a character not allowed in an address",
+                           what);
     return 0;
 }
 
@@ -215,7 +220,8 @@ static int parse_mailbox(const char *s, const char *what, char *addr, const char
 {
     size_t n = strlen(s);
     if (has_controls(s, n))
-        return invalid(err, errlen, "invalid: %s contains CR, LF or another control character", what);
+        return invalid(err, errlen, "invalid: %s contains CR, LF or another control character",
+                       what);
     const char *lt = strchr(s, '<');
     const char *a = s;
     size_t an = n;
@@ -297,7 +303,10 @@ static void put_mailbox(buf_t *b, const char *name, size_t name_len, const char 
 
 /* ---- quoted-printable body (RFC 2045 6.7) ---- */
 
-static int qp_literal(unsigned char c) { return (c >= 33 && c <= 126 && c != '=') || c == ' ' || c == '\t'; }
+static int qp_literal(unsigned char c)
+{
+    return (c >= 33 && c <= 126 && c != '=') || c == ' ' || c == '\t';
+}
 
 /* One input line (no line break) as QP lines of at most 76 columns. */
 static void qp_line(buf_t *b, const char *s, size_t n)
@@ -368,9 +377,10 @@ static int make_msgid(char *out, size_t n, const char *from_addr)
 
 static int reserved_header(const char *name)
 {
-    static const char *const set[] = {"from", "to", "subject", "date", "message-id",
-                                      "mime-version", "content-type",
-                                      "content-transfer-encoding", NULL};
+    static const char *const set[] = {
+        "from",       "to",           "subject",      "date",
+        "message-id", "mime-version", "content-type", "content-transfer-encoding",
+        NULL};
     for (int i = 0; set[i]; i++)
         if (strcasecmp(name, set[i]) == 0)
             return 1;
@@ -384,7 +394,9 @@ static int check_header_name(const char *name, char *err, size_t errlen)
         return invalid(err, errlen, "invalid: header name '%.80s' must be 1..76 characters", name);
     for (size_t i = 0; i < n; i++)
         if (!isalnum((unsigned char)name[i]) && name[i] != '-')
-            return invalid(err, errlen, "invalid: header name '%.80s' may hold only letters, digits and '-'", name);
+            return invalid(err, errlen,
+                           "invalid: header name '%.80s' may hold only letters, digits and '-'",
+                           name);
     if (reserved_header(name))
         return invalid(err, errlen, "invalid: header '%.80s' is set by evently.mail", name);
     return 0;
@@ -397,7 +409,9 @@ static int put_extra_headers(buf_t *b, const ev_mail_msg_t *msg, char *err, size
         if (check_header_name(name, err, errlen) != 0)
             return -1;
         if (has_controls(value, strlen(value)))
-            return invalid(err, errlen, "invalid: header '%.80s' contains CR, LF or another control character", name);
+            return invalid(err, errlen,
+                           "invalid: header '%.80s' contains CR, LF or another control character",
+                           name);
         buf_printf(b, "%s: ", name);
         put_text(b, value, strlen(value));
         buf_str(b, "\r\n");
@@ -405,8 +419,8 @@ static int put_extra_headers(buf_t *b, const ev_mail_msg_t *msg, char *err, size
     return 0;
 }
 
-static int build(buf_t *b, const ev_mail_msg_t *msg, char *from_addr, char *to_addr,
-                 char *msgid, size_t idlen, char *err, size_t errlen)
+static int build(buf_t *b, const ev_mail_msg_t *msg, char *from_addr, char *to_addr, char *msgid,
+                 size_t idlen, char *err, size_t errlen)
 {
     const char *from_name, *to_name;
     size_t from_nl, to_nl;
@@ -415,7 +429,8 @@ static int build(buf_t *b, const ev_mail_msg_t *msg, char *from_addr, char *to_a
         return -1;
     size_t sn = strlen(msg->subject);
     if (has_controls(msg->subject, sn))
-        return invalid(err, errlen, "invalid: %s contains CR, LF or another control character", "subject");
+        return invalid(err, errlen, "invalid: %s contains CR, LF or another control character",
+                       "subject");
     if (make_msgid(msgid, idlen, from_addr) != 0)
         return invalid(err, errlen, "error: %s", "no random bytes for the Message-ID");
     put_date(b);
@@ -450,8 +465,8 @@ static int build_with_id(const ev_mail_msg_t *msg, char **out, size_t *len, char
     return 0;
 }
 
-int ev_mail_build(const ev_mail_msg_t *msg, char **out, size_t *len, char *from_addr,
-                  char *to_addr, size_t addrlen, char *err, size_t errlen)
+int ev_mail_build(const ev_mail_msg_t *msg, char **out, size_t *len, char *from_addr, char *to_addr,
+                  size_t addrlen, char *err, size_t errlen)
 {
     char msgid[160];
     if (addrlen < ADDR_MAX)
@@ -498,7 +513,8 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         curl_multi_assign(l->multi, s, NULL);
         return 0;
     }
-    short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    short kind =
+        EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
     if (!ev) {
         ev = event_new(l->base, s, kind, on_io, l);
         if (!ev)
@@ -575,7 +591,8 @@ static int is_connection_error(CURLcode rc)
 {
     return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
            rc == CURLE_COULDNT_RESOLVE_PROXY || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR ||
-           rc == CURLE_GOT_NOTHING || rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_WEIRD_SERVER_REPLY;
+           rc == CURLE_GOT_NOTHING || rc == CURLE_SSL_CONNECT_ERROR ||
+           rc == CURLE_WEIRD_SERVER_REPLY;
 }
 
 /* [lane] The error string for a finished transfer, by mail.h's vocabulary. */
@@ -584,8 +601,13 @@ static void describe(ev_mail_req_t *q, CURLcode rc, long code)
     const char *detail = q->errbuf[0] ? q->errbuf : curl_easy_strerror(rc);
     const char *reply = q->last_reply[0] ? q->last_reply : detail;
     if (rc == CURLE_OPERATION_TIMEDOUT)
-        snprintf(q->error, sizeof q->error, "timeout: the SMTP server did not finish within %ld ms (%s)",
-                 q->timeout_ms, detail);
+        snprintf(q->error, sizeof q->error,
+                 "timeout: the SMTP server did not finish within %ld ms (%s)", q->timeout_ms,
+                 detail);
+    else if (rc == CURLE_USE_SSL_FAILED) /* transient: the mail waits for TLS, it is not lost */
+        snprintf(
+            q->error, sizeof q->error,
+            "unavailable: the SMTP server offered no TLS, which a URL with credentials requires");
     else if (code >= 500 && code < 600)
         snprintf(q->error, sizeof q->error, "refused: %s", reply);
     else if (code >= 400 && code < 500)
@@ -718,7 +740,8 @@ static int lane_start(ev_mail_t *m, lane_t *l)
 {
     l->m = m;
     l->inbox[0] = l->inbox[1] = -1;
-    if (make_pipe(l->inbox) != 0 || !(l->base = event_base_new()) || !(l->multi = curl_multi_init()))
+    if (make_pipe(l->inbox) != 0 || !(l->base = event_base_new()) ||
+        !(l->multi = curl_multi_init()))
         return -1;
     l->timer = evtimer_new(l->base, on_timeout, l);
     l->inbox_ev = event_new(l->base, l->inbox[0], EV_READ | EV_PERSIST, on_inbox, l);
@@ -805,6 +828,17 @@ void ev_mail_free(ev_mail_t *m)
     curl_global_cleanup();
 }
 
+/* "smtp://user:pass@host...": an '@' between the scheme and the path. */
+static int has_credentials(const char *url)
+{
+    const char *p = strstr(url, "://");
+    if (!p)
+        return 0;
+    p += 3;
+    const char *at = strchr(p, '@'), *slash = strchr(p, '/');
+    return at && (!slash || at < slash);
+}
+
 static int setup_easy(ev_mail_req_t *q, const ev_mail_opts_t *opts, const char *from_addr,
                       const char *to_addr)
 {
@@ -822,8 +856,12 @@ static int setup_easy(ev_mail_req_t *q, const ev_mail_opts_t *opts, const char *
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(e, CURLOPT_READDATA, q);
     curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)q->len);
-    /* STARTTLS when the server offers it; smtps:// is TLS from the start */
-    curl_easy_setopt(e, CURLOPT_USE_SSL, (long)CURLUSESSL_TRY);
+    /* smtps:// is TLS from the start. Otherwise STARTTLS when the server
+     * offers it, and required when the URL carries credentials: a password
+     * never goes out in clear, whatever a server (or whoever strips its
+     * STARTTLS) says. */
+    curl_easy_setopt(e, CURLOPT_USE_SSL,
+                     (long)(has_credentials(opts->url) ? CURLUSESSL_ALL : CURLUSESSL_TRY));
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L); /* no SIGALRM: we are not alone in the process */
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, opts->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, opts->connect_timeout_ms);
@@ -906,4 +944,7 @@ void ev_mail_cancel(ev_mail_req_t *q)
     __atomic_store_n(&q->cancelled, 1, __ATOMIC_RELEASE);
 }
 
-int ev_mail_pending(const ev_mail_t *m) { return m ? m->pending : 0; }
+int ev_mail_pending(const ev_mail_t *m)
+{
+    return m ? m->pending : 0;
+}

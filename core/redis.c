@@ -50,16 +50,17 @@
 #include <sys/time.h>
 
 #include "log.h"
+#include "redis_url.h"
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
 typedef struct link {
     ev_redis_t *r;
-    redisAsyncContext *ac;   /* NULL: down */
+    redisAsyncContext *ac; /* NULL: down */
     int up;
     int pubsub;
-    int lost;                /* failed or lost since last up: a success is a reconnect */
+    int lost; /* failed or lost since last up: a success is a reconnect */
     int backoff_ms;
     struct timeval up_since;
     struct timeval retry_at; /* no new attempt before this */
@@ -69,41 +70,40 @@ typedef struct link {
 typedef struct sub {
     char *name;
     size_t len;
-    int wanted;              /* someone listens; else an UNSUBSCRIBE is in flight */
-    int confirmed;           /* the server said "subscribe" on this connection */
+    int wanted;    /* someone listens; else an UNSUBSCRIBE is in flight */
+    int confirmed; /* the server said "subscribe" on this connection */
     int unsub_pending;
     struct sub *next;
 } sub_t;
 
 struct ev_redis_req {
-    ev_redis_t *r;           /* NULL: orphaned by ev_redis_free, waits for its callbacks */
-    ev_redis_reply_fn fn;    /* NULL: answered, timed out or cancelled */
+    ev_redis_t *r;        /* NULL: orphaned by ev_redis_free, waits for its callbacks */
+    ev_redis_reply_fn fn; /* NULL: answered, timed out or cancelled */
     void *arg;
     struct event *timer;
-    sub_t *sub;              /* a subscribe confirmation wait */
+    sub_t *sub; /* a subscribe confirmation wait */
     int n, got, inflight;
     int timeout_ms;
-    int pinned;              /* its callback is running: not freed under our feet */
-    int failed;              /* err is set; the kick delivers it */
+    int pinned; /* its callback is running: not freed under our feet */
+    int failed; /* err is set; the kick delivers it */
     char err[200];
     ev_redis_req_t *prev, *next;
-    redisReply *replies[];   /* n: copies of 0..n-2, the last one borrowed */
+    redisReply *replies[]; /* n: copies of 0..n-2, the last one borrowed */
 };
 
 struct ev_redis {
     struct event_base *base;
-    char *host, *path, *user, *pass;
-    int port, db;
+    ev_redis_url_t url;
     ev_redis_opts_t opts;
     link_t cmd, ps;
     sub_t *subs;
     int nsubs;
-    ev_redis_req_t *reqs;    /* every live record, answered or not */
+    ev_redis_req_t *reqs; /* every live record, answered or not */
     struct event *kick;
     ev_redis_msg_fn on_message;
     void *msg_arg;
-    int depth;               /* user callbacks on the stack */
-    int dead;                /* freed while depth > 0 */
+    int depth; /* user callbacks on the stack */
+    int dead;  /* freed while depth > 0 */
     int closed;
     char last_error[256];
     unsigned long long commands, errors, timeouts, reconnects, connect_failures;
@@ -127,7 +127,10 @@ static void kick(ev_redis_t *r)
         event_active(r->kick, EV_TIMEOUT, 0);
 }
 
-static struct timeval ms_tv(int ms) { return (struct timeval){ms / 1000, (ms % 1000) * 1000}; }
+static struct timeval ms_tv(int ms)
+{
+    return (struct timeval){ms / 1000, (ms % 1000) * 1000};
+}
 
 static int past(const struct timeval *t)
 {
@@ -137,7 +140,10 @@ static int past(const struct timeval *t)
 }
 
 /* Callbacks into user code are bracketed so a free from inside waits. */
-static void enter(ev_redis_t *r) { r->depth++; }
+static void enter(ev_redis_t *r)
+{
+    r->depth++;
+}
 
 static void leave(ev_redis_t *r)
 {
@@ -430,8 +436,8 @@ static void on_disconnect(const redisAsyncContext *cac, int status)
 static int link_connect(link_t *l, char *err, size_t errlen)
 {
     ev_redis_t *r = l->r;
-    redisAsyncContext *ac = r->path ? redisAsyncConnectUnix(r->path)
-                                    : redisAsyncConnect(r->host, r->port);
+    redisAsyncContext *ac = r->url.path ? redisAsyncConnectUnix(r->url.path)
+                                        : redisAsyncConnect(r->url.host, r->url.port);
     if (!ac || ac->err) {
         set_error(r, ac ? ac->c.errstr : "out of memory");
         if (ac)
@@ -452,21 +458,21 @@ static int link_connect(link_t *l, char *err, size_t errlen)
     l->up = 0;
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    if (!r->path)
+    if (!r->url.path)
         redisEnableKeepAlive(&ac->c); /* a peer that vanished is noticed eventually */
     /* hiredis buffers these until connected; they go first */
-    if (r->pass) {
-        if (r->user)
-            redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s %s", r->user, r->pass);
+    if (r->url.pass) {
+        if (r->url.user)
+            redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s %s", r->url.user, r->url.pass);
         else
-            redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s", r->pass);
+            redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s", r->url.pass);
     }
     if (l->pubsub) {
         for (sub_t *s = r->subs; s; s = s->next)
             if (s->wanted)
                 sub_send(r, s, "SUBSCRIBE");
-    } else if (r->db) {
-        redisAsyncCommand(ac, on_setup_reply, NULL, "SELECT %d", r->db);
+    } else if (r->url.db) {
+        redisAsyncCommand(ac, on_setup_reply, NULL, "SELECT %d", r->url.db);
     }
     struct timeval tv = ms_tv(r->opts.connect_timeout_ms);
     event_base_update_cache_time(r->base);
@@ -641,7 +647,8 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *privdata)
         return; /* torn down, or a connection we dropped */
     ev_redis_t *r = l->r;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
-        rep->element[0]->type != REDIS_REPLY_STRING || rep->element[1]->type != REDIS_REPLY_STRING) {
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING) {
         if (rep->type == REDIS_REPLY_ERROR)
             ev_warn("redis: pub/sub: %s", rep->str);
         return;
@@ -762,8 +769,8 @@ ev_redis_req_t *ev_redis_send(ev_redis_t *r, const ev_redis_cmd_t *cmds, int n, 
         return NULL;
     }
     for (int i = 0; i < n; i++) {
-        if (redisAsyncCommandArgv(r->cmd.ac, on_reply, q, cmds[i].argc,
-                                  (const char **)cmds[i].argv, cmds[i].argvlen) != REDIS_OK)
+        if (redisAsyncCommandArgv(r->cmd.ac, on_reply, q, cmds[i].argc, (const char **)cmds[i].argv,
+                                  cmds[i].argvlen) != REDIS_OK)
             break;
         q->inflight++;
         r->commands++;
@@ -781,86 +788,6 @@ ev_redis_req_t *ev_redis_send(ev_redis_t *r, const ev_redis_cmd_t *cmds, int n, 
 
 /* ---- the client ---- */
 
-static char *dup_range(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
-/* "redis://[[user]:pass@]host[:port][/db]" or "unix:/path" */
-static int parse_url(ev_redis_t *r, const char *url, char *err, size_t errlen)
-{
-    if (strncmp(url, "unix:", 5) == 0) {
-        if (!url[5]) {
-            snprintf(err, errlen, "redis url '%s': missing socket path", url);
-            return -1;
-        }
-        r->path = strdup(url + 5);
-        return r->path ? 0 : -1;
-    }
-    if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "redis url '%s': expected redis://host:port[/db] or unix:/path", url);
-        return -1;
-    }
-    const char *p = url + 8, *at = strchr(p, '@'), *slash;
-    if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon) {
-            if (colon > p)
-                r->user = dup_range(p, (size_t)(colon - p));
-            r->pass = dup_range(colon + 1, (size_t)(at - colon - 1));
-        } else {
-            r->pass = dup_range(p, (size_t)(at - p));
-        }
-        p = at + 1;
-    }
-    slash = strchr(p, '/');
-    size_t hl = slash ? (size_t)(slash - p) : strlen(p);
-    const char *port = NULL;
-    if (*p == '[') { /* [::1]:6379 */
-        const char *close = memchr(p, ']', hl);
-        if (!close) {
-            snprintf(err, errlen, "redis url '%s': bad IPv6 address", url);
-            return -1;
-        }
-        r->host = dup_range(p + 1, (size_t)(close - p - 1));
-        if (close + 1 < p + hl && close[1] == ':')
-            port = close + 2;
-    } else {
-        const char *colon = memchr(p, ':', hl);
-        r->host = dup_range(p, colon ? (size_t)(colon - p) : hl);
-        port = colon ? colon + 1 : NULL;
-    }
-    if (!r->host || !*r->host) {
-        snprintf(err, errlen, "redis url '%s': missing host", url);
-        return -1;
-    }
-    r->port = 6379;
-    if (port) {
-        char *end;
-        long v = strtol(port, &end, 10);
-        if (end == port || (*end && *end != '/') || v < 1 || v > 65535) {
-            snprintf(err, errlen, "redis url '%s': bad port", url);
-            return -1;
-        }
-        r->port = (int)v;
-    }
-    if (slash && slash[1]) {
-        char *end;
-        long v = strtol(slash + 1, &end, 10);
-        if (*end || v < 0 || v > 1000000) {
-            snprintf(err, errlen, "redis url '%s': bad database number", url);
-            return -1;
-        }
-        r->db = (int)v;
-    }
-    return 0;
-}
-
 ev_redis_t *ev_redis_new(struct event_base *base, const char *url, const ev_redis_opts_t *opts,
                          char *err, size_t errlen)
 {
@@ -876,7 +803,7 @@ ev_redis_t *ev_redis_new(struct event_base *base, const char *url, const ev_redi
     if (opts && opts->connect_timeout_ms > 0)
         r->opts.connect_timeout_ms = opts->connect_timeout_ms;
     snprintf(err, errlen, "out of memory");
-    if (parse_url(r, url, err, errlen) != 0) {
+    if (ev_redis_url_parse(url, &r->url, err, errlen) != 0) {
         destroy(r);
         return NULL;
     }
@@ -933,10 +860,7 @@ static void destroy(ev_redis_t *r)
     }
     if (r->kick)
         event_free(r->kick);
-    free(r->host);
-    free(r->path);
-    free(r->user);
-    free(r->pass);
+    ev_redis_url_free(&r->url);
     free(r);
 }
 
@@ -961,6 +885,7 @@ void ev_redis_stats(const ev_redis_t *r, ev_redis_stats_t *o)
     int pending = 0; /* records waiting only to drop a late reply do not count */
     for (const ev_redis_req_t *q = r->reqs; q; q = q->next)
         pending += q->fn != NULL;
-    *o = (ev_redis_stats_t){r->cmd.up, r->ps.up, r->nsubs, pending, r->commands, r->errors,
-                            r->timeouts, r->reconnects, r->connect_failures, r->last_error};
+    *o = (ev_redis_stats_t){r->cmd.up,           r->ps.up,     r->nsubs,    pending,
+                            r->commands,         r->errors,    r->timeouts, r->reconnects,
+                            r->connect_failures, r->last_error};
 }

@@ -14,6 +14,11 @@
 -- - marks and stamps expire after TTL seconds, the safety net for a reopen
 --   that did not reach Redis (Redis down for that one call).
 -- Redis down: read() answers "not marked" and Postgres answers as before.
+-- A mark is signed (crypto.sign) over its event, max_per_booking and the
+-- time it was written: a mark written by anyone but evently, moved to
+-- another event or replayed after TTL, is no mark (issue 15: whoever can
+-- write Redis cannot stop an event's sales).
+local crypto = require "evently.crypto"
 local time = require "evently.time"
 local log = require "evently.log"
 
@@ -47,10 +52,18 @@ function M.clock() return math.floor(time.now() * 1000) end
 --- Marks event_id sold out as seen by a batch that started at started_ms;
 -- max_per_booking is kept with it (a larger quantity is a 422, answered by
 -- the full path). Never raises; a failure only costs later round trips.
+local function signed(event_id, max_per_booking, at_ms)
+  return crypto.sign(("soldout:%d:%d:%d"):format(event_id, max_per_booking, at_ms))
+end
+
 function M.mark(event_id, started_ms, max_per_booking)
   local redis = client()
   if not redis then return end
-  local ok, err = redis.eval("evently_soldout_mark", { PREFIX .. event_id }, { started_ms, max_per_booking, TTL_MS })
+  local at = M.clock()
+  local mac = signed(event_id, max_per_booking, at)
+  if not mac then return end
+  local ok, err = redis.eval("evently_soldout_mark", { PREFIX .. event_id },
+    { started_ms, ("%d:%d:%s"):format(max_per_booking, at, mac), TTL_MS })
   if ok == nil then log.debug("sold-out mark for event %d not written: %s", event_id, tostring(err)) end
 end
 
@@ -61,7 +74,11 @@ function M.read(event_id)
   if not redis then return nil end
   local v = redis.call("GET", PREFIX .. event_id)
   if type(v) ~= "string" then return nil end
-  return math.tointeger(tonumber(v:match("^soldout:(%d+)$")))
+  local max, at, mac = v:match("^soldout:(%d+):(%d+):(%x+)$")
+  max, at = math.tointeger(tonumber(max)), math.tointeger(tonumber(at))
+  -- another instance's clock may run a little ahead or behind: a second
+  if not (max and at and math.abs(M.clock() - at) <= TTL_MS + 1000) then return nil end
+  return crypto.verify(("soldout:%d:%d:%d"):format(event_id, max, at), mac) and max or nil
 end
 
 --- Seats of event_id came back (called after the commit): no worker may

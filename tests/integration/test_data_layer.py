@@ -178,3 +178,34 @@ def test_pool_keeps_its_minimum_open_before_the_first_request(start_server):
     srv = start_server("db-min", scripts=DATA_APP, workers=1, env={"EVENTLY_DB_POOL_MIN": "3"})
     text = srv.metrics_when(lambda t: t, lambda t: 'evently_pool_connections{pool="db",worker="0"} 3' in t)
     assert 'evently_pool_connections{pool="db",worker="0"} 3' in text, text[-2000:]
+
+
+REACH = """import socket, sys
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        print("reached", path)
+    except OSError as e:
+        print("refused", path, e.errno)
+"""
+
+
+def test_no_other_local_user_reaches_the_embedded_servers(start_server):
+    """The embedded Postgres trusts whoever reaches its socket (a superuser
+    login, COPY ... PROGRAM) and Redis holds the token cache: another account
+    of the machine must not reach either socket (issue 15). Run as root, as CI
+    does: a process of user nobody tries to connect to both."""
+    assert os.geteuid() == 0, "this test switches to user nobody: run the suite as root, as CI does"
+    srv = start_server("db-sockets", scripts=DATA_APP)
+    run = os.path.join(srv.home, "run")
+    pg_sock, redis_sock = os.path.join(run, ".s.PGSQL.5432"), os.path.join(run, "redis.sock")
+    assert os.path.exists(pg_sock) and os.path.exists(redis_sock), os.listdir(run)
+    assert os.stat(run).st_mode & 0o077 == 0, oct(os.stat(run).st_mode)
+    for sock in (pg_sock, redis_sock):
+        assert os.stat(sock).st_mode & 0o077 == 0, (sock, oct(os.stat(sock).st_mode))
+    p = subprocess.run(["/usr/bin/python3", "-c", REACH, pg_sock, redis_sock], user="nobody", group="nogroup",
+                       capture_output=True, text=True, timeout=30, cwd="/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("refused") == 2 and "reached" not in p.stdout, p.stdout
+    assert srv.get("/db/value?n=1").json()["value"] == 2  # and evently itself still gets in

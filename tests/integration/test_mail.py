@@ -109,6 +109,23 @@ def test_a_refused_recipient_gives_the_servers_answer(tmp_path, smtp_sink):
     assert smtp_sink.messages == []
 
 
+def test_credentials_never_go_to_a_server_without_tls(tmp_path, smtp_sink):
+    """A URL with a user and password requires TLS (issue 15): the sink offers
+    no STARTTLS, so nothing is sent (not the password, not the message), and
+    the error is the transient "unavailable", so the mail waits for a fixed
+    server rather than being lost. Without credentials the same sink is used
+    in clear, as before."""
+    with_password = smtp_sink.url.replace("smtp://", "smtp://mailer:hunter2@")
+    out = send_one(tmp_path, lua_env(with_password), {"to": "tls@example.com", "subject": "x", "text": "x"})
+    assert out["ok"] is False
+    assert out["res"].startswith("unavailable: the SMTP server offered no TLS"), out
+    assert "hunter2" not in out["res"]
+    assert smtp_sink.messages == []
+    out = send_one(tmp_path, lua_env(smtp_sink.url), {"to": "tls@example.com", "subject": "x", "text": "x"})
+    assert out["ok"] is True, out
+    smtp_sink.wait_for(lambda m: m.to == ["tls@example.com"])
+
+
 def test_a_deferred_recipient_is_retried_until_accepted(tmp_path, smtp_sink):
     tries = []
 

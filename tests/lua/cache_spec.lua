@@ -111,6 +111,45 @@ describe("evently.cache #redis", function()
     assert.is_true(after < before * 3 + 0.05, ("before %.4fs after %.4fs"):format(before, after))
   end)
 
+  it("believes only Redis entries it signed, for their key, until they expire (issue 15)", function()
+    local loads = 0
+    local function as_user() loads = loads + 1; return { role = "user" } end
+    -- an entry evently wrote is an L2 hit once this worker's L1 lost it
+    local own = key("signed")
+    cache.fetch(own, 60, as_user)
+    local signed = redis.call("GET", "evently:cache:" .. own)
+    time.sleep(0.1) -- the subscription is up
+    redis.publish("evently_cache_invalidate", "k:" .. own)
+    local deadline = time.monotonic() + 2
+    local hits = cache.stats().hits_l2
+    while cache.stats().hits_l2 == hits and time.monotonic() < deadline do
+      assert.are.same({ role = "user" }, cache.fetch(own, 60, function() error("L2 was not believed") end))
+      time.sleep(0.01)
+    end
+    assert.are.equal(hits + 1, cache.stats().hits_l2)
+    -- a forged entry, with or without a MAC, is a miss
+    local rejected = cache.stats().rejected
+    local forged = key("forged")
+    redis.call("SET", "evently:cache:" .. forged, '{"v":{"role":"admin"},"exp":99999999999999}')
+    assert.are.same({ role = "user" }, cache.fetch(forged, 60, as_user))
+    local forged2 = key("forged")
+    redis.call("SET", "evently:cache:" .. forged2, ("0"):rep(64) .. '{"v":{"role":"admin"},"exp":99999999999999}')
+    assert.are.same({ role = "user" }, cache.fetch(forged2, 60, as_user))
+    -- a genuine entry moved to another key is a miss
+    local moved = key("moved")
+    redis.call("SET", "evently:cache:" .. moved, signed)
+    assert.are.same({ role = "user" }, cache.fetch(moved, 60, as_user))
+    -- a genuine entry put back after its expiry is a miss
+    local old = key("replayed")
+    cache.fetch(old, 0.05, as_user)
+    local stale = redis.call("GET", "evently:cache:" .. old)
+    time.sleep(0.1)
+    redis.call("SET", "evently:cache:" .. old, stale)
+    assert.are.same({ role = "user" }, cache.fetch(old, 60, as_user))
+    assert.are.equal(rejected + 4, cache.stats().rejected)
+    assert.are.equal(6, loads) -- own, both forged, moved, and the replayed key twice
+  end)
+
   it("hears invalidations published by others", function()
     local k, loads = key("remote"), 0
     local function loader() loads = loads + 1; return { v = loads } end

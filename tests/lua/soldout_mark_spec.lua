@@ -42,4 +42,31 @@ describe("domain.soldout_mark #redis", function()
     mark.mark(id, mark.clock() + 50, 10)
     assert.are.equal(10, mark.read(id))
   end)
+
+  it("believes only marks evently signed, for their event, while fresh (issue 15)", function()
+    local key = function(id) return "evently:soldout:" .. id end
+    local forged = event_id()
+    redis.call("SET", key(forged), "soldout:4")
+    assert.is_nil(mark.read(forged))
+    redis.call("SET", key(forged), ("soldout:4:%d:%s"):format(mark.clock(), ("ab"):rep(32)))
+    assert.is_nil(mark.read(forged))
+    local real, other = event_id(), event_id()
+    mark.mark(real, mark.clock(), 4)
+    local genuine = redis.call("GET", key(real))
+    assert.are.equal(4, mark.read(real))
+    redis.call("SET", key(other), genuine) -- moved to another event
+    assert.is_nil(mark.read(other))
+    local max, at, mac = genuine:match("^soldout:(%d+):(%d+):(%x+)$")
+    redis.call("SET", key(real), ("soldout:%d:%s:%s"):format(max + 1, at, mac)) -- altered
+    assert.is_nil(mark.read(real))
+    -- a genuine mark replayed long after it was written (its signed stamp says when)
+    local clock = mark.clock
+    mark.clock = function() return clock() - 10000 end
+    local ok, err = pcall(mark.mark, real, mark.clock(), 4)
+    mark.clock = clock
+    assert(ok, err)
+    local stamp = tonumber(redis.call("GET", key(real)):match("^soldout:4:(%d+):"))
+    assert.is_true(stamp < mark.clock() - 9000)
+    assert.is_nil(mark.read(real))
+  end)
 end)

@@ -82,10 +82,10 @@ static const char *config_file(const char *name, const char *text)
     return path;
 }
 
-#define assert_contains(haystack, needle)                                                       \
-    do {                                                                                        \
-        if (!strstr((haystack), (needle)))                                                      \
-            fail_msg("'%s' does not contain '%s'", (haystack), (needle));                       \
+#define assert_contains(haystack, needle)                                                          \
+    do {                                                                                           \
+        if (!strstr((haystack), (needle)))                                                         \
+            fail_msg("'%s' does not contain '%s'", (haystack), (needle));                          \
     } while (0)
 
 /* Refused with a message naming both the key and its environment variable. */
@@ -283,14 +283,14 @@ static void env_with_a_bad_value_is_refused_naming_the_variable(void **state)
 static void file_sets_values_of_every_kind(void **state)
 {
     ev_config_t *c = *state;
-    const char *path = config_file("all.lua",
-                                   "local port = 7000\n"
-                                   "return {\n"
-                                   "  port = port, workers = 3, max_body = '512k', max_header = 32768,\n"
-                                   "  host = '0.0.0.0', log_level = 'warn',\n"
-                                   "  redis_url = 'redis://127.0.0.1:6379',\n"
-                                   "  plugins = { 'auth', 'rate-limit' },\n"
-                                   "}\n");
+    const char *path = config_file(
+        "all.lua", "local port = 7000\n"
+                   "return {\n"
+                   "  port = port, workers = 3, max_body = '512k', max_header = 32768,\n"
+                   "  host = '0.0.0.0', log_level = 'warn',\n"
+                   "  redis_url = 'redis://127.0.0.1:6379',\n"
+                   "  plugins = { 'auth', 'rate-limit' },\n"
+                   "}\n");
     assert_int_equal(ev_config_load_file(c, path, err, sizeof err), 0);
     assert_int_equal(c->port, 7000);
     assert_int_equal(c->workers, 3);
@@ -314,8 +314,8 @@ static void env_wins_over_the_file(void **state)
     int rc = ev_config_load_env(c, err, sizeof err);
     unsetenv("EVENTLY_PORT");
     assert_int_equal(rc, 0);
-    assert_int_equal(c->port, 9000);  /* env over file */
-    assert_int_equal(c->workers, 3);  /* file over default */
+    assert_int_equal(c->port, 9000); /* env over file */
+    assert_int_equal(c->workers, 3); /* file over default */
     assert_string_equal(c->host, "127.0.0.1");
 }
 
@@ -374,9 +374,9 @@ static void file_that_fails_to_load_reports_the_lua_error(void **state)
  * call to Lua API". Run in a child so a panic (abort) is observed, not suffered. */
 static void file_whose_list_raises_in_a_metamethod_is_refused_without_a_panic(void **state)
 {
-    const char *path = config_file("meta.lua",
-                                   "return { plugins = setmetatable({}, {\n"
-                                   "  __len = function() error('len exploded') end }) }\n");
+    const char *path =
+        config_file("meta.lua", "return { plugins = setmetatable({}, {\n"
+                                "  __len = function() error('len exploded') end }) }\n");
     fflush(NULL);
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -417,6 +417,18 @@ static void validate_refuses_a_bad_redis_url(void **state)
     assert_int_equal(ev_config_validate(c, err, sizeof err), 0);
     assert_int_equal(ev_config_set(c, "redis_url", "unix:/run/redis.sock", err, sizeof err), 0);
     assert_int_equal(ev_config_validate(c, err, sizeof err), 0);
+    /* a bad URL with a password: the error, which is logged, does not repeat it */
+    assert_int_equal(ev_config_set(c, "redis_url", "redis://:hunter2@cache:99999", err, sizeof err),
+                     0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), -1);
+    assert_contains(err, "bad port");
+    assert_null(strstr(err, "hunter2"));
+    assert_int_equal(ev_config_set(c, "smtp_url", "smpt://mailer:hunter2@mail:25", err, sizeof err),
+                     0);
+    assert_int_equal(ev_config_set(c, "redis_url", "unix:/run/redis.sock", err, sizeof err), 0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), -1);
+    assert_contains(err, "smtp_url (EVENTLY_SMTP_URL)");
+    assert_null(strstr(err, "hunter2"));
 }
 
 static void validate_refuses_a_bad_smtp_url_and_mail_from(void **state)
