@@ -49,7 +49,7 @@ static const field_t fields[] = {
     F("redis_url", "EVENTLY_REDIS_URL", T_STR, redis_url, 0, 0),
     F("kafka_brokers", "EVENTLY_KAFKA_BROKERS", T_STR, kafka_brokers, 0, 0),
     F("smtp_url", "EVENTLY_SMTP_URL", T_STR, smtp_url, 0, 0),
-    F("secret", "EVENTLY_SECRET", T_STR, secret, 0, 0),
+    F("secret_key", "EVENTLY_SECRET_KEY", T_STR, secret_key, 0, 0),
     F("mail_from", "EVENTLY_MAIL_FROM", T_STR, mail_from, 0, 0),
     F("log_level", "EVENTLY_LOG_LEVEL", T_STR, log_level, 0, 0),
     F("access_log", "EVENTLY_ACCESS_LOG", T_STR, access_log, 0, 0),

@@ -24,7 +24,7 @@ typedef struct {
     char *kafka_brokers;   /* EVENTLY_KAFKA_BROKERS; NULL: in-process */
     char *smtp_url;        /* EVENTLY_SMTP_URL: smtp[s]://[user:pass@]host[:port]; NULL: no mail */
     char *mail_from;       /* EVENTLY_MAIL_FROM: default sender, "Name <addr>" or "addr" */
-    char *secret;          /* EVENTLY_SECRET: signs what is kept in Redis (secret.h); NULL:
+    char *secret_key;      /* EVENTLY_SECRET_KEY: signs what is kept in Redis (secret.h); NULL:
                           * $EVENTLY_HOME/secret, made on first use */
     char *log_level;       /* EVENTLY_LOG_LEVEL: debug|info|warn|error */
     char *access_log;      /* EVENTLY_ACCESS_LOG: "stderr" (default), "off" or a file path */

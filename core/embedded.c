@@ -630,6 +630,46 @@ static int write_pg_conf(const layout_t *l, char *err, size_t errlen)
     return 0;
 }
 
+/* Writes path (in the data dir) whole, owned by the run user. */
+static int write_pg_file(const layout_t *l, const char *name, const char *text, char *err,
+                         size_t errlen)
+{
+    char path[PATH_MAX];
+    FILE *f = NULL;
+    if (join(path, sizeof path, l->pg, name) != 0 || !(f = fopen(path, "we")))
+        return fail(err, errlen, "cannot write %s/%s: %s", l->pg, name, strerror(errno));
+    fputs(text, f);
+    if (fclose(f) != 0)
+        return fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    if (l->ru.drop && chown(path, l->ru.uid, l->ru.gid) != 0)
+        return fail(err, errlen, "chown %s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* Who may log in, rewritten at every start: nobody is trusted. Peer
+ * authentication over the socket (the only way in: listen_addresses is
+ * empty) lets the servers' own account and root in as role evently, through
+ * the map "evently"; any other account is refused even if it reached the
+ * socket, which the 0700 directory already prevents. */
+static int write_pg_auth(const layout_t *l, char *err, size_t errlen)
+{
+    static const char hba[] = "# Written by evently at every start; edits are lost.\n"
+                              "# TYPE DATABASE USER METHOD\n"
+                              "local all all peer map=evently\n";
+    char ident[512];
+    const struct passwd *pw = l->ru.drop ? NULL : getpwuid(geteuid());
+    const char *self = l->ru.drop ? RUN_USER : pw ? pw->pw_name : RUN_USER;
+    snprintf(ident, sizeof ident,
+             "# Written by evently at every start; edits are lost.\n"
+             "# MAPNAME SYSTEM-USERNAME PG-USERNAME\n"
+             "evently root " RUN_USER "\n"
+             "evently %s " RUN_USER "\n",
+             self);
+    if (write_pg_file(l, "pg_hba.conf", hba, err, errlen) != 0)
+        return -1;
+    return write_pg_file(l, "pg_ident.conf", ident, err, errlen);
+}
+
 /* Appends the include to postgresql.conf once; last setting wins, so ours
  * beat initdb's defaults. */
 static int include_pg_conf(const layout_t *l, char *err, size_t errlen)
@@ -684,8 +724,9 @@ static int pg_initdb(const layout_t *l, const char *bindir, char *err, size_t er
     if (join(prog, sizeof prog, bindir, "initdb") != 0)
         return fail(err, errlen, "path too long: %s", bindir);
     ev_info("initializing PostgreSQL cluster in %s", l->pg);
-    char *argv[] = {prog,           "-D", pg,     "-U",          RUN_USER,
-                    "--auth=trust", "-E", "UTF8", "--no-locale", NULL};
+    /* peer from the start; write_pg_auth() adds the map before the first start */
+    char *argv[] = {prog,          "-D", pg,     "-U",          RUN_USER,
+                    "--auth=peer", "-E", "UTF8", "--no-locale", NULL};
     return run(&l->ru, argv, l->pg_log, "initdb", err, errlen);
 }
 
@@ -711,7 +752,7 @@ static int pq_fail(PGconn *conn, const char *what, char *err, size_t errlen)
 
 /* CREATE DATABASE has no IF NOT EXISTS; a concurrent creator (another
  * instance on a reused cluster) shows up as 42P04 or a unique violation. */
-static int pg_ensure_db(const layout_t *l, char *err, size_t errlen)
+static int pg_ensure_db(const layout_t *l, char *err, size_t errlen, int reused)
 {
     char ci[PATH_MAX * 3];
     int rc = -1;
@@ -738,6 +779,15 @@ static int pg_ensure_db(const layout_t *l, char *err, size_t errlen)
         }
         ev_info("created database evently");
     }
+    /* a cluster an older evently started may still trust its socket: the
+     * files are ours now, and a reload applies them at once */
+    if (reused) {
+        PQclear(r);
+        r = NULL;
+        if (write_pg_auth(l, err, errlen) != 0)
+            goto done;
+        r = PQexec(conn, "SELECT pg_reload_conf()");
+    }
     rc = 0;
 done:
     PQclear(r);
@@ -758,7 +808,8 @@ static int pg_start(const layout_t *l, ev_embedded_t *e, char *err, size_t errle
             if (pg_initdb(l, bindir, err, errlen) != 0)
                 return -1;
         }
-        if (write_pg_conf(l, err, errlen) != 0 || include_pg_conf(l, err, errlen) != 0)
+        if (write_pg_conf(l, err, errlen) != 0 || include_pg_conf(l, err, errlen) != 0 ||
+            write_pg_auth(l, err, errlen) != 0)
             return -1;
         clear_stale_pid(l);
         if (pg_ctl_start(l, bindir, err, errlen) != 0)
@@ -768,7 +819,7 @@ static int pg_start(const layout_t *l, ev_embedded_t *e, char *err, size_t errle
     } else {
         ev_info("reusing running PostgreSQL in %s", l->run);
     }
-    if (pg_ensure_db(l, err, errlen) != 0)
+    if (pg_ensure_db(l, err, errlen, !e->started_pg) != 0)
         return -1;
     pg_conninfo(url, sizeof url, l->run, "evently", 0);
     if (!(e->database_url = strdup(url)))

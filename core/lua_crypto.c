@@ -312,10 +312,10 @@ static int have_key(lua_State *L)
         const ev_config_t *cfg = rt ? rt->cfg : NULL;
         if (!cfg)
             snprintf(sign_err, sizeof sign_err, "secret: no configuration");
-        sign_state =
-            cfg && ev_secret_load(cfg->secret, cfg->home, sign_key, sign_err, sizeof sign_err) == 0
-                ? 1
-                : -1;
+        sign_state = cfg && ev_secret_load(cfg->secret_key, cfg->home, sign_key, sign_err,
+                                           sizeof sign_err) == 0
+                         ? 1
+                         : -1;
         if (sign_state < 0)
             ev_error("%s: nothing is signed, so nothing is cached in Redis", sign_err);
     }

@@ -3,7 +3,7 @@
  *   evently serve [--port P] [--workers N] [--host H] [--config F]
  *   evently migrate [--status]      evently check
  *   evently lua FILE [args]         evently test [paths]
- *   evently user create [--admin] --email E --password P [--name N]
+ *   evently user create [--admin] --email E [--password P|-] [--name N]
  *   evently dead-letters list|retry|drop [--group G] [ID...]
  *   evently version | help
  * Every command reads the configuration the same way (config.h). Commands
@@ -44,7 +44,7 @@ static const char usage[] =
     "  check                                       load every script and plugin, then exit\n"
     "  lua FILE [args]                             run a Lua file with the platform API\n"
     "  test [paths]                                run busted specs inside the runtime\n"
-    "  user create [--admin] --email E --password P [--name N]\n"
+    "  user create [--admin] --email E [--password P|-] [--name N]\n"
     "  dead-letters list|retry|drop [--group G] [ID...]   what consumers gave up on\n"
     "  version                                     print the version\n"
     "  help                                        this text\n"
@@ -367,6 +367,22 @@ static int cmd_test(int argc, char **argv)
     return rc;
 }
 
+/* The password of `user create`: "-" reads one line from standard input,
+ * and with no --password EVENTLY_ADMIN_PASSWORD is used, so it need not
+ * appear on a command line (which every user of the machine sees in ps). */
+static const char *password_option(const char *value)
+{
+    static char line[4098];
+    if (!value)
+        return getenv("EVENTLY_ADMIN_PASSWORD");
+    if (strcmp(value, "-") != 0)
+        return value;
+    if (!fgets(line, sizeof line, stdin))
+        return NULL;
+    line[strcspn(line, "\r\n")] = '\0';
+    return line;
+}
+
 /* The accounts are the app's: the options are read here, the work is the
  * app's scripts/cli/user_create.lua (its checks, its table). */
 static int cmd_user(int argc, char **argv)
@@ -381,8 +397,12 @@ static int cmd_user(int argc, char **argv)
         return 2;
     if (nrest)
         return usage_error("user create: unexpected argument '%s'", rest[0]);
-    if (!o[1].value || !o[2].value)
-        return usage_error("user create: %s are required", "--email and --password");
+    const char *password = password_option(o[2].value);
+    if (!o[1].value || !password)
+        return usage_error(
+            "user create: %s",
+            "--email and a password are required (--password P; --password - reads it "
+            "from standard input; or EVENTLY_ADMIN_PASSWORD)");
     app_t app = {0};
     if (load_config(&app, o[4].value, NULL) != 0)
         return 1;
@@ -393,7 +413,7 @@ static int cmd_user(int argc, char **argv)
         finish(&app);
         return 1;
     }
-    const char *args[] = {o[1].value, o[2].value, o[3].value ? o[3].value : "",
+    const char *args[] = {o[1].value, password, o[3].value ? o[3].value : "",
                           o[0].value ? "admin" : "user"};
     int rc = 1;
     if (need_services(&app) == 0 && migrate_now(&app, 0) == 0)

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MIN_SECRET 16 /* bytes of EVENTLY_SECRET: shorter ones are guessable */
+#define MIN_SECRET 16 /* bytes of EVENTLY_SECRET_KEY: shorter ones are guessable */
 #define FILE_HEX   64 /* the generated secret: 32 random bytes, hex */
 
 /* Writes a fresh secret beside path and links it in: link() fails when
@@ -69,7 +69,7 @@ int ev_secret_load(const char *value, const char *home, unsigned char key[EV_SEC
         return snprintf(err, errlen, "secret: libsodium failed to start"), -1;
     if (value) {
         if (strlen(value) < MIN_SECRET)
-            return snprintf(err, errlen, "EVENTLY_SECRET must be at least %d characters",
+            return snprintf(err, errlen, "EVENTLY_SECRET_KEY must be at least %d characters",
                             MIN_SECRET),
                    -1;
         crypto_hash_sha256(key, (const unsigned char *)value, strlen(value));

@@ -2,7 +2,7 @@
  * itself (Redis: cached tokens and pages, sold-out marks), so whoever can
  * write a Redis key still cannot make evently believe it.
  *
- * EVENTLY_SECRET when set (every instance of one deployment must share it, or
+ * EVENTLY_SECRET_KEY when set (every instance of one deployment must share it, or
  * each only trusts what it wrote itself); otherwise $EVENTLY_HOME/secret,
  * 32 random bytes (hex) made on first use, mode 0600. The key is the SHA-256
  * of that text. Loaded lazily by the first signature a worker makes. */

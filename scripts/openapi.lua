@@ -101,12 +101,45 @@ local paths = {
       .. "passwords, rules `login-account-address` and `login-account`): past a limit 429 `rate-limited`. "
       .. "503 `busy` when the password could not be checked now: never 401 for a right password.",
     requestBody = req({ type = "object", required = { "email", "password" }, properties = { email = STR, password = STR } }),
-    responses = with({ "400", "401", "422", "429" }, { ["503"] = BUSY, ["200"] = body({ type = "object",
+    responses = with({ "400", "401", "422", "429" }, { ["503"] = BUSY, ["403"] = problem("The account is disabled "
+      .. "(type account-disabled; said only to the right password)"), ["200"] = body({ type = "object",
       required = { "token", "expires_at", "user" }, properties = { token = STR, expires_at = TS, user = ref("User") } }) }) } },
   ["/api/v1/auth/logout"] = { post = { tags = { "auth" }, summary = "Revoke the token at once", security = BEARER,
     responses = with({ "401", "503" }, { ["204"] = { description = "Logged out" } }) } },
+  ["/api/v1/auth/logout-all"] = { post = { tags = { "auth" }, summary = "Revoke every token of the caller at once",
+    description = "Every session of the account ends, this one included; their WebSockets close (1008).",
+    security = BEARER, responses = with({ "401", "503" }, { ["204"] = { description = "Logged out everywhere" } }) } },
+  ["/api/v1/auth/password-reset"] = { post = { tags = { "auth" }, summary = "Mail a password reset code",
+    description = "Always 202, whether or not the account exists (no way to learn who has one); the mail, "
+      .. "when the account exists and is not disabled, holds a code that works once, for "
+      .. "`password_reset_minutes` (rules/auth.lua, default 60). Limited per client address (rule "
+      .. "`reset-address`) and per email (rule `reset-account`): past a limit 429 `rate-limited`.",
+    requestBody = req({ type = "object", required = { "email" }, properties = { email = { type = "string", maxLength = 254 } } }),
+    responses = with({ "400", "413", "422", "429", "503" }, { ["202"] = body({ type = "object",
+      required = { "status" }, properties = { status = { type = "string", enum = { "accepted" } } } }, "Accepted") }) } },
+  ["/api/v1/auth/password-reset/confirm"] = { post = { tags = { "auth" }, summary = "Set a new password with a mailed code",
+    description = "422 `validation` naming `token` when the code is unknown, used or expired. On success every "
+      .. "session of the account ends.",
+    requestBody = req({ type = "object", required = { "token", "password" }, properties = {
+      token = { type = "string", minLength = 16, maxLength = 200 }, password = { type = "string", minLength = 8, maxLength = 1024 } } }),
+    responses = with({ "400", "413", "422" }, { ["503"] = BUSY, ["204"] = { description = "Password set" } }) } },
   ["/api/v1/users/me"] = { get = { tags = { "users" }, summary = "The caller", security = BEARER,
     responses = with({ "401", "503" }, { ["200"] = body(ref("User")) }) } },
+  ["/api/v1/users/me/password"] = { post = { tags = { "users" }, summary = "Change the caller's password",
+    description = "403 `invalid-credentials` when `current_password` is wrong; wrong guesses count against the "
+      .. "same limits as logins (429). Every other session of the account ends; this one stays.",
+    security = BEARER, requestBody = req({ type = "object", required = { "current_password", "password" }, properties = {
+      current_password = { type = "string", maxLength = 1024 }, password = { type = "string", minLength = 8, maxLength = 1024 } } }),
+    responses = with({ "400", "401", "403", "413", "422", "429" }, { ["503"] = BUSY,
+      ["204"] = { description = "Password changed" } }) } },
+  ["/api/v1/admin/users/{id}"] = { patch = { tags = { "users" }, summary = "Disable or enable an account",
+    description = "`{\"disabled\": true}` revokes every token of the account at once (its WebSockets close) and "
+      .. "its logins answer 403 `account-disabled`; `false` lets it log in again. An administrator cannot "
+      .. "disable their own account (422).",
+    security = BEARER, parameters = { ID },
+    requestBody = req({ type = "object", required = { "disabled" }, properties = { disabled = { type = "boolean" } } }),
+    responses = with({ "400", "401", "403", "404", "413", "422", "503" }, { ["200"] = body({ allOf = { ref("User"),
+      { type = "object", required = { "disabled" }, properties = { disabled = { type = "boolean" } } } } }) }) } },
   ["/api/v1/events"] = {
     get = { tags = { "events" }, summary = "List events (drafts only for admins)", parameters = { PAGE, SIZE,
       { name = "q", ["in"] = "query", schema = { type = "string", maxLength = 200 } },

@@ -21,6 +21,7 @@ local DAY, HOUR = 86400, 3600
 local TABLES = {
   { "idempotency_keys", "created_at < now() - make_interval(secs => $1)", "idempotency_hours", HOUR },
   { "auth_tokens", "coalesce(revoked_at, expires_at) < now() - make_interval(secs => $1)", "tokens_days", DAY },
+  { "password_resets", "expires_at < now() - make_interval(secs => $1)", "tokens_days", DAY },
   { "inventory_holds", [[settled_at < now() - make_interval(secs => $1)
       AND NOT EXISTS (SELECT 1 FROM waitlist w WHERE w.hold_id = inventory_holds.id)]], "holds_days", DAY },
   { "notifications", "read_at < now() - make_interval(secs => $1)", "notifications_read_days", DAY },

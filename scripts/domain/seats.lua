@@ -154,9 +154,13 @@ M.gated = function(event_id, quantity) return gated(event_id, quantity) end
 -- "unknown" (its batch never answered: it may have booked) or a db error.
 -- idempotency_key: the request's Idempotency-Key, claimed already (domain/
 -- idempotency.lua): a granted take stores its 201 answer in the same statement.
+-- Its caller asked the whole gate before claiming the key (routes/bookings.lua
+-- book_once), so only this worker's own gate is asked again, not Redis.
 function M.take(event_id, user_id, quantity, idempotency_key)
   if not flushing then start_flushing() end
-  if gated(event_id, quantity) then
+  local refused
+  if idempotency_key then refused = pool:sold_out(event_id, quantity) else refused = gated(event_id, quantity) end
+  if refused then
     return nil, "sold-out", { available = 0 }
   end
   local row, why, info = pool:take(event_id, user_id, quantity,

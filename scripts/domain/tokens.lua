@@ -9,8 +9,9 @@ local M = {}
 function M.issue(user_id)
   local token = crypto.random_token(32)
   local row, err = db.one([[INSERT INTO auth_tokens (token_hash, user_id, expires_at)
-      VALUES ($1, $2, now() + make_interval(mins => $3)) RETURNING expires_at]],
-    crypto.sha256(token), user_id, rules.token_ttl_minutes)
+      VALUES ($1, $2, least(now() + make_interval(mins => $3), now() + make_interval(days => $4)))
+      RETURNING expires_at]],
+    crypto.sha256(token), user_id, rules.token_ttl_minutes, rules.token_max_days)
   if not row then return nil, err end
   return token, row.expires_at
 end
@@ -24,13 +25,19 @@ local cache = require "evently.cache"
 -- every worker at once (cache.invalidate), so revocation stays immediate.
 local CACHE_TTL = 30
 
+-- The expiry slides, but never past token_max_days after the login: a token
+-- in constant use still ends (issue 15). A disabled user's tokens were
+-- revoked when it was disabled; the join refuses them too.
 local function slide(hash)
   local user, err = db.one([[WITH t AS (
-        UPDATE auth_tokens SET expires_at = now() + make_interval(mins => $2)
+        UPDATE auth_tokens SET expires_at = least(now() + make_interval(mins => $2),
+                                                  created_at + make_interval(days => $3))
         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
+          AND created_at > now() - make_interval(days => $3)
         RETURNING user_id)
-      SELECT u.id, u.email, u.name, u.role, u.created_at FROM users u JOIN t ON t.user_id = u.id]],
-    hash, rules.token_ttl_minutes)
+      SELECT u.id, u.email, u.name, u.role, u.created_at FROM users u JOIN t ON t.user_id = u.id
+      WHERE u.disabled_at IS NULL]],
+    hash, rules.token_ttl_minutes, rules.token_max_days)
   if err then return nil, err end
   return user or false
 end
@@ -52,6 +59,19 @@ function M.seconds_left(token)
     crypto.sha256(token))
   if err then return nil, err end
   return row and row.left or nil
+end
+
+--- Revokes every live token of user_id but the one whose hash is `keep`
+-- (optional: a password change keeps the session that made it). Each stops
+-- at once on every worker, and its WebSockets close. Returns the number
+-- revoked | nil, err.
+function M.revoke_all(user_id, keep)
+  local rows, err = db.query([[UPDATE auth_tokens SET revoked_at = now()
+      WHERE user_id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR token_hash <> $2)
+      RETURNING token_hash]], user_id, keep)
+  if not rows then return nil, err end
+  for _, r in ipairs(rows) do cache.invalidate("token:" .. r.token_hash) end
+  return #rows
 end
 
 function M.revoke(token)

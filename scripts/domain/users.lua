@@ -66,7 +66,8 @@ local decoy
 -- hasher), or a database error. An unknown email is checked against the
 -- decoy, so it is busy exactly when a known one would be (no oracle).
 function M.authenticate(email, password)
-  local row, err = db.one("SELECT " .. PUBLIC .. ", password_hash FROM users WHERE email = lower($1)", email)
+  local row, err = db.one("SELECT " .. PUBLIC .. ", password_hash, disabled_at IS NOT NULL AS disabled"
+    .. " FROM users WHERE email = lower($1)", email)
   if err then return nil, err end
   if not row then
     if not decoy then
@@ -81,7 +82,43 @@ function M.authenticate(email, password)
   if ok == nil then return nil, verr end
   if not ok then return nil end
   row.password_hash = nil
-  return row
+  return row -- row.disabled: the password is right, but the account may not log in
+end
+
+--- The password checked the way a login checks it, for a user known by id
+-- (a password change): true | false | nil, err.
+function M.check_password(user_id, password)
+  local row, err = db.one("SELECT password_hash FROM users WHERE id = $1", user_id)
+  if not row then return nil, err or "no such user" end
+  return crypto.verify_password(row.password_hash, password)
+end
+
+--- Sets a new password (hashed). true | nil, err ("busy", "timeout": the hasher).
+function M.set_password(user_id, password)
+  local hash, herr = crypto.hash_password(password)
+  if not hash then return nil, herr end
+  local res, err = db.query("UPDATE users SET password_hash = $2 WHERE id = $1", user_id, hash)
+  if not res then return nil, err end
+  return res.affected == 1
+end
+
+--- Disables (true) or enables (false) an account. Returns the public user
+-- with `disabled`, false when there is no such user, or nil, err.
+function M.set_disabled(user_id, disabled)
+  local row, err = db.one("UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END"
+    .. " WHERE id = $1 RETURNING " .. PUBLIC .. ", disabled_at IS NOT NULL AS disabled", user_id, disabled)
+  if err then return nil, err end
+  if not row then return false end
+  local u = M.public(row)
+  u.disabled = row.disabled
+  return u
+end
+
+--- id, email, name of the account with this email that may log in, or false.
+function M.find_active(email)
+  local row, err = db.one("SELECT id, email, name FROM users WHERE email = lower($1) AND disabled_at IS NULL", email)
+  if err then return nil, err end
+  return row or false
 end
 
 function M.public(row)

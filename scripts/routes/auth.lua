@@ -1,4 +1,5 @@
--- POST /auth/register, /auth/login, /auth/logout (API.md "Auth and users").
+-- POST /auth/register, /auth/login, /auth/logout (API.md "Auth and users");
+-- /auth/logout-all, /auth/password-reset[/confirm] (issue 15, README "Accounts").
 local problem = require "evently.problem"
 local limit = require "evently.limit"
 local validate = require "web.validate"
@@ -8,15 +9,9 @@ local tokens = require "domain.tokens"
 local rules = require "rules.auth"
 local auth_limits = require "domain.auth_limits"
 
--- 503 when the work could not be done now. The hasher's queue full or too
--- slow ("busy", "timeout"): the password was never checked, so the answer is
--- "come back", never 401 (API.md "Rate limits and overload").
-local function not_now(err, doing)
-  if err ~= "busy" and err ~= "timeout" then return problem.unavailable(doing, err) end
-  local status, body, headers = problem.response(503, "busy", "too many password checks at once; retry shortly")
-  headers["Retry-After"] = "1"
-  return status, body, headers
-end
+local password_resets = require "domain.password_resets"
+
+local not_now = auth.not_now
 
 return function(app, base)
   app.post(base .. "/auth/register", function(req)
@@ -56,6 +51,9 @@ return function(app, base)
       return problem.response(401, "invalid-credentials", "wrong email or password")
     end
     attempt:done("ok")
+    if user.disabled then
+      return problem.response(403, "account-disabled", "this account is disabled; ask an administrator")
+    end
     local token, expires_at = tokens.issue(user.id)
     if not token then return problem.unavailable("issue a token", expires_at) end
     return 200, { token = token, expires_at = expires_at, user = users.public(user) }
@@ -69,4 +67,43 @@ return function(app, base)
     if not ok then return problem.unavailable("log out", err) end
     return 204
   end, "auth.logout")
+
+  -- Every session of the caller ends at once, this one included (its
+  -- WebSockets close too).
+  app.post(base .. "/auth/logout-all", function(req)
+    local user = auth.user(req)
+    local n, err = tokens.revoke_all(user.id)
+    if not n then return problem.unavailable("log out everywhere", err) end
+    return 204
+  end, "auth.logout_all")
+
+  -- Always 202, whether or not the account exists (no way to learn who has
+  -- one); the mail, when there is one, goes out after the answer.
+  app.post(base .. "/auth/password-reset", function(req)
+    local allowed, info = limit.check(rules.limits.reset_address, limit.address(req.peer))
+    if not allowed then return limit.response(info) end
+    local v = validate.new(req.json)
+    local email = v:string("email", { required = true, max = 254 })
+    v:check()
+    allowed, info = limit.check(rules.limits.reset_account, email:lower())
+    if not allowed then return limit.response(info) end
+    local ok, err = password_resets.request(email)
+    if not ok then return problem.unavailable("ask for a password reset", err) end
+    return 202, { status = "accepted" }
+  end, "auth.password_reset")
+
+  app.post(base .. "/auth/password-reset/confirm", function(req)
+    local v = validate.new(req.json)
+    local token = v:string("token", { required = true, min = 16, max = 200 })
+    local password = v:string("password",
+      { required = true, min = rules.min_password_length, max = rules.max_password_length })
+    v:check()
+    local ok, err = password_resets.confirm(token, password)
+    if ok == nil then return not_now(err, "reset the password") end
+    if not ok then
+      return problem.response(422, "validation", "the reset code is unknown, used or expired",
+        { errors = { { field = "token", message = "is unknown, used or expired" } } })
+    end
+    return 204
+  end, "auth.password_reset_confirm")
 end

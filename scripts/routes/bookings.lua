@@ -102,7 +102,7 @@ return function(app, base)
     end
     local hash = idempotency.hash(req)
     local state, status, body = idempotency.claim(user.id, key, hash)
-    if not state then return problem.unavailable("book") end
+    if not state then return problem.unavailable("book", status) end -- status holds the error
     if state == "mismatch" then
       return problem.response(422, "idempotency-key-reused", "this Idempotency-Key was used with another request")
     end

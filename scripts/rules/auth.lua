@@ -1,6 +1,8 @@
 -- Operator rules for accounts; edit and reload (kill -HUP) to apply.
 return {
   token_ttl_minutes = 30,   -- sliding: every authenticated request pushes expiry forward
+  token_max_days = 30,      -- ...but never past this long after the login (log in again)
+  password_reset_minutes = 60, -- a mailed reset link works once, for this long
   min_password_length = 8,
   max_password_length = 1024,
 
@@ -23,6 +25,9 @@ return {
     login_account = { name = "login-account", limit = 100, window = 900 },
     -- registrations from one client address
     register_address = { name = "register-address", limit = 20, window = 3600 },
+    -- password reset mails asked for, from one address and to one account
+    reset_address = { name = "reset-address", limit = 10, window = 3600 },
+    reset_account = { name = "reset-account", limit = 3, window = 3600 },
   },
   known_address_days = 30,
 }

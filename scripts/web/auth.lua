@@ -58,6 +58,17 @@ function M.user(req)
   return user
 end
 
+-- 503 when a password could not be checked or hashed now. The hasher's
+-- queue full or too slow ("busy", "timeout"): the password was never
+-- checked, so the answer is "come back", never 401 (API.md "Rate limits and
+-- overload"); anything else is a dependency's error.
+function M.not_now(err, doing)
+  if err ~= "busy" and err ~= "timeout" then return problem.unavailable(doing, err) end
+  local status, body, headers = problem.response(503, "busy", "too many password checks at once; retry shortly")
+  headers["Retry-After"] = "1"
+  return status, body, headers
+end
+
 function M.admin(req)
   local user = M.user(req)
   if user.role ~= "admin" then problem.raise(403, "forbidden", "this needs the admin role") end

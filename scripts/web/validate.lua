@@ -3,6 +3,7 @@
 --   local code = v:string("code", { required = true, max = 8, pattern = "^%u+$" })
 --   local email = v:string("email", { valid = users.valid_email, invalid_message = "must be an email address" })
 --   local qty = v:integer("quantity", { required = true, min = 1, max = 10 })
+--   local off = v:boolean("disabled", { required = true })
 --   v:check()   -- raises a 422 problem naming each bad field, or returns
 local problem = require "evently.problem"
 
@@ -57,6 +58,16 @@ function V:integer(field, opts)
   if not v then self:fail(field, "must be an integer"); return nil end
   if opts.min and v < opts.min then self:fail(field, "must be >= " .. opts.min); return nil end
   if opts.max and v > opts.max then self:fail(field, "must be <= " .. opts.max); return nil end
+  return v
+end
+
+function V:boolean(field, opts)
+  local v = self.body[field]
+  if v == nil or v == require("evently.json").null then
+    if opts and opts.required then self:fail(field, "is required") end
+    return nil
+  end
+  if type(v) ~= "boolean" then self:fail(field, "must be true or false"); return nil end
   return v
 end
 

@@ -44,7 +44,7 @@ def test_no_command_prints_usage_and_exits_2():
     (["migrate", "--status=yes"], "option '--status=yes' takes no value"),
     (["check", "--nope=1"], "unknown option '--nope=1'"),
     (["user"], "user: expected 'create'"),
-    (["user", "create", "--email", "a@b.c"], "--email and --password are required"),
+    (["user", "create", "--email", "a@b.c"], "--email and a password are required"),
     (["lua"], "lua: missing FILE"),
     (["dead-letters"], "dead-letters: expected list, retry or drop"),
     (["dead-letters", "retry"], "give ids or --group (one of them)"),
@@ -243,6 +243,25 @@ def test_user_create_admin_once_then_duplicate(cli_home):
     p = run_cli(["user", "create", "--email", "A@B.C", "--password", "otherpassword"], env=env)
     assert p.returncode == 1
     assert "already exists" in p.stderr
+
+
+def test_user_create_takes_the_password_off_the_command_line(cli_home):
+    """Issue 15: a password on the command line is seen by every user of the
+    machine (ps); `--password -` reads it from standard input, and with no
+    --password EVENTLY_ADMIN_PASSWORD gives it. Either way the account logs in
+    with it (checked through the app's own login code)."""
+    root, env = cli_home
+    p = run_cli(["user", "create", "--email", "stdin@b.c", "--password", "-"], env=env, input="piped password\n")
+    assert p.returncode == 0, p.stderr
+    p = run_cli(["user", "create", "--email", "env@b.c"], env=dict(env, EVENTLY_ADMIN_PASSWORD="from the env"))
+    assert p.returncode == 0, p.stderr
+    script = os.path.join(root, "login.lua")
+    with open(script, "w") as f:
+        f.write('local users = require "domain.users"\n'
+                'for i = 1, #arg, 2 do print((users.authenticate(arg[i], arg[i + 1]) or {}).email) end\n')
+    p = run_cli(["lua", script, "stdin@b.c", "piped password", "env@b.c", "from the env", "env@b.c", "-"], env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["stdin@b.c", "env@b.c", "nil"], p.stdout
 
 
 def test_user_create_validates_input(cli_home):

@@ -9,7 +9,7 @@ import pwd
 import subprocess
 import time
 
-from conftest import HERE
+from conftest import HERE, clean_env, run_cli
 
 DATA_APP = os.path.join(HERE, "data_app")
 
@@ -209,3 +209,12 @@ def test_no_other_local_user_reaches_the_embedded_servers(start_server):
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("refused") == 2 and "reached" not in p.stdout, p.stdout
     assert srv.get("/db/value?n=1").json()["value"] == 2  # and evently itself still gets in
+    # and the cluster trusts nobody: every rule it loaded is peer authentication
+    script = os.path.join(srv.root, "hba.lua")
+    with open(script, "w") as f:
+        f.write('local db = require "evently.db"\n'
+                'for _, r in ipairs(assert(db.query("SELECT type, auth_method FROM pg_hba_file_rules"))) do\n'
+                '  print(r.type, r.auth_method) end\n')
+    p = run_cli(["lua", script], env=clean_env({"EVENTLY_HOME": srv.home}))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["local", "peer"], p.stdout

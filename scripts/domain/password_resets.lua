@@ -1,0 +1,64 @@
+--- password_resets: "I forgot my password" (issue 15). A reset token is
+-- mailed to the account's address, stored as its SHA-256 (like bearer
+-- tokens), works once and for rules.auth.password_reset_minutes. Using it
+-- sets the password and ends every session of the account.
+local db = require "evently.db"
+local crypto = require "evently.crypto"
+local log = require "evently.log"
+local time = require "evently.time"
+local users = require "domain.users"
+local tokens = require "domain.tokens"
+local rules = require "rules.auth"
+
+local M = {}
+
+local function send(user, token)
+  local msg, err = require("domain.mail").message("password.reset",
+    { token = token, minutes = rules.password_reset_minutes }, user)
+  if not msg then
+    log.warn("password reset for user %d: no mail: %s", user.id, tostring(err))
+    return
+  end
+  local ok, serr = require("evently.mail").send(msg)
+  if not ok then log.warn("password reset for user %d: mail not sent: %s", user.id, tostring(serr)) end
+end
+
+--- Mails a reset token when email belongs to an account that may log in;
+-- the mail goes out after the answer, so the caller cannot tell (by what it
+-- says, or how long it takes) whether the account exists. true | nil, err.
+function M.request(email)
+  local user, err = users.find_active(email)
+  if user == nil then return nil, err end
+  if not user then return true end
+  local token = crypto.random_token(32)
+  local ok, ierr = db.query([[INSERT INTO password_resets (token_hash, user_id, expires_at)
+      VALUES ($1, $2, now() + make_interval(mins => $3))]], crypto.sha256(token), user.id, rules.password_reset_minutes)
+  if not ok then return nil, ierr end
+  time.after(0, function() send(user, token) end)
+  return true
+end
+
+--- Sets password for the account token was mailed to. Returns true, false
+-- when the token is unknown, used or expired, or nil, err (the hasher busy,
+-- the database).
+function M.confirm(token, password)
+  local hash, herr = crypto.hash_password(password) -- before the transaction: it takes a while
+  if not hash then return nil, herr end
+  local user_id, err = db.transaction(function(tx)
+    local row, uerr = tx.one([[UPDATE password_resets SET used_at = now()
+        WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now() RETURNING user_id]], crypto.sha256(token))
+    if uerr then error(uerr, 0) end
+    if not row then return false end
+    assert(tx.query("UPDATE users SET password_hash = $2 WHERE id = $1 AND disabled_at IS NULL", row.user_id, hash))
+    -- every other reset link of the account dies with this one
+    assert(tx.query("UPDATE password_resets SET used_at = now() WHERE user_id = $1 AND used_at IS NULL", row.user_id))
+    return row.user_id
+  end)
+  if user_id == nil then return nil, err end
+  if not user_id then return false end
+  local n, rerr = tokens.revoke_all(user_id)
+  if not n then return nil, rerr end
+  return true
+end
+
+return M
