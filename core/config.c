@@ -50,6 +50,7 @@ static const field_t fields[] = {
     F("kafka_brokers", "EVENTLY_KAFKA_BROKERS", T_STR, kafka_brokers, 0, 0),
     F("smtp_url", "EVENTLY_SMTP_URL", T_STR, smtp_url, 0, 0),
     F("secret_key", "EVENTLY_SECRET_KEY", T_STR, secret_key, 0, 0),
+    F("ops_listen", "EVENTLY_OPS_LISTEN", T_STR, ops_listen, 0, 0),
     F("mail_from", "EVENTLY_MAIL_FROM", T_STR, mail_from, 0, 0),
     F("log_level", "EVENTLY_LOG_LEVEL", T_STR, log_level, 0, 0),
     F("access_log", "EVENTLY_ACCESS_LOG", T_STR, access_log, 0, 0),
@@ -341,6 +342,29 @@ static int validate_mail(const ev_config_t *c, char *err, size_t errlen)
     return 0;
 }
 
+int ev_config_host_port(const char *s, char *host, size_t hostlen, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s)
+        return -1;
+    const char *h = s;
+    size_t n = (size_t)(colon - s);
+    if (*h == '[') { /* [::1]:9100 */
+        if (n < 3 || h[n - 1] != ']')
+            return -1;
+        h++;
+        n -= 2;
+    }
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (n >= hostlen || end == colon + 1 || *end || p < 1 || p > 65535)
+        return -1;
+    memcpy(host, h, n);
+    host[n] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
 int ev_config_validate(const ev_config_t *c, char *err, size_t errlen)
 {
     if (!c->home || !*c->home) {
@@ -366,6 +390,17 @@ int ev_config_validate(const ev_config_t *c, char *err, size_t errlen)
     }
     if (c->redis_url)
         ev_redis_url_free(&u);
+    char host[256];
+    int port;
+    if (c->ops_listen && ev_config_host_port(c->ops_listen, host, sizeof host, &port) != 0) {
+        snprintf(err, errlen, "ops_listen (EVENTLY_OPS_LISTEN): bad value '%s', expected host:port",
+                 c->ops_listen);
+        return -1;
+    }
+    if (c->ops_listen && port == c->port) {
+        snprintf(err, errlen, "ops_listen (EVENTLY_OPS_LISTEN): port %d is the public port", port);
+        return -1;
+    }
     return validate_mail(c, err, errlen);
 }
 

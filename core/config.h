@@ -26,6 +26,9 @@ typedef struct {
     char *mail_from;       /* EVENTLY_MAIL_FROM: default sender, "Name <addr>" or "addr" */
     char *secret_key;      /* EVENTLY_SECRET_KEY: signs what is kept in Redis (secret.h); NULL:
                           * $EVENTLY_HOME/secret, made on first use */
+    char *ops_listen;      /* EVENTLY_OPS_LISTEN: "host:port" serving /metrics and the detailed
+                       * /health/ready; the public listener then has no /metrics and a bare
+                       * readiness answer. NULL: both on the public listener */
     char *log_level;       /* EVENTLY_LOG_LEVEL: debug|info|warn|error */
     char *access_log;      /* EVENTLY_ACCESS_LOG: "stderr" (default), "off" or a file path */
     size_t max_body;       /* EVENTLY_MAX_BODY bytes, default 1 MiB */
@@ -67,6 +70,8 @@ int ev_config_load_file(ev_config_t *c, const char *path, char *err, size_t errl
 int ev_config_load_env(ev_config_t *c, char *err, size_t errlen);
 /* Sets one key ("port", "workers", ...) from a string, as env and flags do. */
 int ev_config_set(ev_config_t *c, const char *key, const char *value, char *err, size_t errlen);
+/* "host:port" or "[v6 address]:port" into host and port: 0, or -1. */
+int ev_config_host_port(const char *s, char *host, size_t hostlen, int *port);
 /* Checks cross-field rules after everything is loaded. */
 int ev_config_validate(const ev_config_t *c, char *err, size_t errlen);
 void ev_config_free(ev_config_t *c);

@@ -57,6 +57,7 @@ typedef struct {
     struct event_base *base;
     ev_metrics_t *metrics;
     int listen_fds[EV_METRICS_MAX_WORKERS]; /* one per listener */
+    int ops_fd;                             /* ops_listen's socket, every worker's; -1: none */
     int listeners;
     int generation;
     int stopping;
@@ -96,28 +97,30 @@ static int port_in_use(const struct addrinfo *ai)
     return taken;
 }
 
-static int open_listener(const ev_config_t *cfg, int first)
+/* A listening socket on host:port. shared: SO_REUSEPORT, one per worker
+ * position (the first checks nobody else listens there); otherwise one
+ * socket that every worker accepts from (the operations listener). */
+static int open_listener(const char *host, int port, int first, int shared)
 {
-    char port[16];
-    snprintf(port, sizeof port, "%d", cfg->port);
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
-    int rc = getaddrinfo(cfg->host, port, &hints, &ai);
+    int rc = getaddrinfo(host, portstr, &hints, &ai);
     if (rc != 0) {
-        ev_error("host %s: %s", cfg->host, gai_strerror(rc));
+        ev_error("host %s: %s", host, gai_strerror(rc));
         return -1;
     }
     if (first && port_in_use(ai)) {
-        ev_error("cannot listen on %s:%d: the port is in use by another process", cfg->host,
-                 cfg->port);
+        ev_error("cannot listen on %s:%d: the port is in use by another process", host, port);
         freeaddrinfo(ai);
         return -1;
     }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
-        ev_error("cannot listen on %s:%d: %s", cfg->host, cfg->port, strerror(errno));
+        (shared && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, shared ? 4096 : 128) != 0) {
+        ev_error("cannot listen on %s:%d: %s", host, port, strerror(errno));
         if (fd >= 0)
             close(fd);
         fd = -1;
@@ -159,7 +162,7 @@ static int spawn(ev_master_t *m, int slot, int listener)
         for (int i = 0; i < m->listeners; i++)
             if (i != listener)
                 close(m->listen_fds[i]); /* only its own listener's queue */
-        _exit(ev_worker_run(m->cfg, m->listen_fds[listener], m->metrics, slot));
+        _exit(ev_worker_run(m->cfg, m->listen_fds[listener], m->ops_fd, m->metrics, slot));
     }
     m->slots[slot] = (slot_t){pid, m->generation, listener, time(NULL)};
     ev_metrics_worker_set(m->metrics, slot, pid);
@@ -378,7 +381,7 @@ static void pidfile(const ev_config_t *cfg, int create)
 
 int ev_master_serve(const ev_config_t *cfg)
 {
-    ev_master_t m = {.cfg = cfg, .listeners = 0};
+    ev_master_t m = {.cfg = cfg, .listeners = 0, .ops_fd = -1};
     int rc = 1;
     int sigs[] = {SIGCHLD, SIGHUP, SIGTERM, SIGINT};
     struct event *sev[4] = {0}, *probe = NULL;
@@ -392,8 +395,15 @@ int ev_master_serve(const ev_config_t *cfg)
     if (!m.metrics || !m.base)
         goto done;
     for (; m.listeners < cfg->workers; m.listeners++) {
-        m.listen_fds[m.listeners] = open_listener(cfg, m.listeners == 0);
+        m.listen_fds[m.listeners] = open_listener(cfg->host, cfg->port, m.listeners == 0, 1);
         if (m.listen_fds[m.listeners] < 0)
+            goto done;
+    }
+    char ops_host[256];
+    int ops_port = 0;
+    if (cfg->ops_listen) {
+        if (ev_config_host_port(cfg->ops_listen, ops_host, sizeof ops_host, &ops_port) != 0 ||
+            (m.ops_fd = open_listener(ops_host, ops_port, 1, 0)) < 0)
             goto done;
     }
     for (int i = 0; i < 4; i++) {
@@ -415,6 +425,8 @@ int ev_master_serve(const ev_config_t *cfg)
     top_up(&m);
     ev_info("evently listening on http://%s:%d with %d workers", cfg->host, cfg->port,
             cfg->workers);
+    if (m.ops_fd >= 0)
+        ev_info("operations (/metrics, /health/ready) on http://%s:%d", ops_host, ops_port);
     event_base_dispatch(m.base);
     ev_info("all workers stopped");
     pidfile(cfg, 0);
@@ -432,6 +444,8 @@ done:
     for (int i = 0; i < m.listeners; i++)
         if (m.listen_fds[i] >= 0)
             close(m.listen_fds[i]);
+    if (m.ops_fd >= 0)
+        close(m.ops_fd);
     if (m.base)
         event_base_free(m.base);
     ev_metrics_destroy(m.metrics);

@@ -265,6 +265,10 @@ static int rt_config(lua_State *L)
     }
     lua_pushstring(L, c->mail_from);
     lua_setfield(L, -2, "mail_from");
+    if (c->ops_listen) {
+        lua_pushstring(L, c->ops_listen);
+        lua_setfield(L, -2, "ops_listen");
+    }
     lua_createtable(L, c->nplugins, 0);
     for (int i = 0; i < c->nplugins; i++) {
         lua_pushstring(L, c->plugins[i]);

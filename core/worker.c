@@ -43,6 +43,7 @@ typedef struct {
     ev_runtime_t rt;
     lua_State *L;
     ev_http_server_t *http;
+    ev_http_server_t *ops; /* ops_listen's server, or NULL */
     int dispatch_ref;
     int access_fd; /* -1: access log off */
     struct event *sig_term, *sig_quit, *sig_int, *drain_tick, *mem_tick;
@@ -259,9 +260,13 @@ static void request_detach(ev_runtime_t *rt, ev_co_t *co)
 }
 
 /* The request table: method, path, query, headers, body, id, peer. */
-static void push_request(lua_State *T, const ev_http_req_t *req)
+static void push_request(lua_State *T, const ev_http_req_t *req, int ops)
 {
-    lua_createtable(T, 0, 8);
+    lua_createtable(T, 0, 9);
+    if (ops) { /* came in on ops_listen: evently.app serves only the operations routes there */
+        lua_pushliteral(T, "ops");
+        lua_setfield(T, -2, "listener");
+    }
     lua_pushstring(T, req->method);
     lua_setfield(T, -2, "method");
     lua_pushstring(T, req->path);
@@ -313,11 +318,8 @@ static int answer_early(ev_worker_t *w, ev_http_req_t *req)
     return 1;
 }
 
-static void on_request(ev_http_req_t *req, void *arg)
+static void start_request(ev_worker_t *w, ev_http_req_t *req, int ops)
 {
-    ev_worker_t *w = arg;
-    if (w->rt.early && answer_early(w, req))
-        return;
     ev_request_t *r = request_new(w);
     if (!r) {
         respond_problem(req, 503, "unavailable", "Service Unavailable", NULL);
@@ -337,8 +339,23 @@ static void on_request(ev_http_req_t *req, void *arg)
     ev_co_set_tag(r->co, req->request_id);
     lua_State *T = ev_co_state(r->co);
     lua_rawgeti(T, LUA_REGISTRYINDEX, w->dispatch_ref);
-    push_request(T, req);
+    push_request(T, req, ops);
     ev_co_start(r->co, 1);
+}
+
+static void on_request(ev_http_req_t *req, void *arg)
+{
+    ev_worker_t *w = arg;
+    if (w->rt.early && answer_early(w, req))
+        return;
+    start_request(w, req, 0);
+}
+
+/* The operations listener: no early answers, and the request says where it
+ * came in. */
+static void on_ops_request(ev_http_req_t *req, void *arg)
+{
+    start_request(arg, req, 1);
 }
 
 /* ---- lifecycle ---- */
@@ -351,7 +368,8 @@ static void drain_check(evutil_socket_t fd, short what, void *arg)
     struct timeval now, d;
     gettimeofday(&now, NULL);
     timersub(&now, &w->drain_start, &d);
-    int conns = ev_http_server_connections(w->http) + ev_ws_hub_count(w->rt.ws);
+    int conns = ev_http_server_connections(w->http) + ev_ws_hub_count(w->rt.ws) +
+                (w->ops ? ev_http_server_connections(w->ops) : 0);
     if (conns == 0 || d.tv_sec >= w->rt.cfg->drain_timeout) {
         if (conns)
             ev_warn("drain timeout: closing %d connections", conns);
@@ -369,6 +387,8 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     w->rt.draining = 1;
     gettimeofday(&w->drain_start, NULL);
     ev_http_server_drain(w->http);
+    if (w->ops)
+        ev_http_server_drain(w->ops);
     if (w->rt.ws) /* clients reconnect, to the next generation */
         ev_ws_hub_close_all(w->rt.ws, 1001, "server going away");
     struct timeval tick = {0, 20000};
@@ -473,7 +493,8 @@ static int load_dispatch(ev_worker_t *w)
     return 0;
 }
 
-int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, int slot)
+int ev_worker_run(const ev_config_t *cfg, int listen_fd, int ops_fd, ev_metrics_t *metrics,
+                  int slot)
 {
     ev_worker_t w = {0};
     int rc = 1;
@@ -503,6 +524,11 @@ int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, 
         ev_error("cannot serve on the listening socket");
         goto done;
     }
+    if (ops_fd >= 0 && !(w.ops = ev_http_server_new(w.rt.base, ops_fd, &limits, on_ops_request,
+                                                    on_answered, &w))) {
+        ev_error("cannot serve on the operations socket");
+        goto done;
+    }
     w.sig_term = evsignal_new(w.rt.base, SIGTERM, on_stop_signal, &w);
     w.sig_quit = evsignal_new(w.rt.base, SIGQUIT, on_stop_signal, &w);
     w.sig_int = evsignal_new(w.rt.base, SIGINT, on_stop_signal, &w);
@@ -527,6 +553,8 @@ done:
     ev_slice_stop();
     if (w.http)
         ev_http_server_free(w.http); /* aborts what is left after a drain timeout */
+    if (w.ops)
+        ev_http_server_free(w.ops);
     struct event *evs[] = {w.sig_term, w.sig_quit, w.sig_int, w.drain_tick, w.mem_tick};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (evs[i])

@@ -9,6 +9,8 @@
 #include "config.h"
 #include "metrics.h"
 
-int ev_worker_run(const ev_config_t *cfg, int listen_fd, ev_metrics_t *metrics, int slot);
+/* ops_fd: the operations listener (ops_listen), or -1. */
+int ev_worker_run(const ev_config_t *cfg, int listen_fd, int ops_fd, ev_metrics_t *metrics,
+                  int slot);
 
 #endif

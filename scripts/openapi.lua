@@ -244,9 +244,14 @@ local paths = {
   ["/health"] = { get = { tags = { "operations" }, summary = "Liveness",
     responses = { ["200"] = body({ type = "object", properties = { status = STR } }) } } },
   ["/health/ready"] = { get = { tags = { "operations" }, summary = "Readiness of each dependency",
+    description = "With `ops_listen` set, this listener answers only `{\"status\": \"ready\"}` or "
+      .. "`{\"status\": \"not-ready\"}` (503); each dependency's state and details are served on the "
+      .. "operations listener.",
     responses = { ["200"] = body({ type = "object" }), ["503"] = body({ type = "object" }, "Not ready") } } },
   ["/metrics"] = { get = { tags = { "operations" }, summary = "Prometheus text exposition",
-    responses = { ["200"] = { description = "OK", content = { ["text/plain"] = { schema = STR } } } } } },
+    description = "404 here when `ops_listen` is set: the figures are served on the operations listener.",
+    responses = { ["200"] = { description = "OK", content = { ["text/plain"] = { schema = STR } } },
+      ["404"] = P["404"] } } },
 }
 
 return {

@@ -90,3 +90,51 @@ def test_a_redis_that_requires_a_password_is_ready_and_used(start_server, tmp_pa
     finally:
         redis.terminate()
         redis.wait(10)
+
+
+def ops_get(port, path):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def test_ops_listen_keeps_metrics_and_dependency_details_off_the_public_listener(start_server):
+    """ops_listen (API.md "Operations additions"; issue 15): /metrics and the
+    detailed readiness move to their own listener; the public /health/ready
+    says ready or not and nothing else, even when a dependency is down (its
+    error text, host and user stay private), and the operations listener
+    serves nothing but the operations routes."""
+    import json
+    ops = free_port()
+    srv = start_server("ops-listen", scripts=DATA_APP, env={"EVENTLY_OPS_LISTEN": "127.0.0.1:%d" % ops})
+    r = srv.get("/health/ready")
+    assert r.status == 200 and r.json() == {"status": "ready"}, r.text
+    assert srv.get("/metrics").status == 404
+    status, text = ops_get(ops, "/health/ready")
+    assert status == 200 and json.loads(text)["components"]["postgres"]["state"] == "up", text
+    status, text = ops_get(ops, "/metrics")
+    assert status == 200 and "evently_http_requests_total" in text
+    assert ops_get(ops, "/items/1")[0] == 404 and ops_get(ops, "/db/value?n=1")[0] == 404
+    assert srv.get("/db/value?n=1").status == 200  # the app itself is on the public listener still
+
+    down = free_port()  # nothing listens there
+    ops2 = free_port()
+    bad = start_server("ops-listen-down", wait=False, scripts=DATA_APP, env={
+        "EVENTLY_OPS_LISTEN": "127.0.0.1:%d" % ops2, "EVENTLY_REDIS_URL": "redis://127.0.0.1:%d" % down})
+    deadline, r = time.time() + 30, None
+    while time.time() < deadline:
+        try:
+            r = bad.get("/health/ready", timeout=2)
+            if r.status == 503:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    assert r is not None and r.status == 503 and r.json() == {"status": "not-ready"}, r and r.text
+    status, text = ops_get(ops2, "/health/ready")
+    assert status == 503 and json.loads(text)["components"]["redis"]["detail"] == "cannot connect", text

@@ -455,6 +455,30 @@ static void validate_refuses_an_empty_home(void **state)
     assert_contains(err, "EVENTLY_HOME");
 }
 
+static void validate_takes_ops_listen_as_host_and_port(void **state)
+{
+    ev_config_t *c = *state;
+    char host[64];
+    int port = 0;
+    assert_int_equal(ev_config_host_port("127.0.0.1:9100", host, sizeof host, &port), 0);
+    assert_string_equal(host, "127.0.0.1");
+    assert_int_equal(port, 9100);
+    assert_int_equal(ev_config_host_port("[::1]:9101", host, sizeof host, &port), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(port, 9101);
+    const char *bad[] = {"9100", ":9100", "host:", "host:0", "host:70000", "host:9x", "[::1:9100"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(ev_config_host_port(bad[i], host, sizeof host, &port), -1);
+    assert_int_equal(ev_config_set(c, "ops_listen", "localhost", err, sizeof err), 0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), -1);
+    assert_contains(err, "ops_listen (EVENTLY_OPS_LISTEN)");
+    assert_int_equal(ev_config_set(c, "ops_listen", "127.0.0.1:8080", err, sizeof err), 0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), -1); /* the public port */
+    assert_contains(err, "public port");
+    assert_int_equal(ev_config_set(c, "ops_listen", "127.0.0.1:9100", err, sizeof err), 0);
+    assert_int_equal(ev_config_validate(c, err, sizeof err), 0);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -483,6 +507,7 @@ int main(void)
         T(validate_refuses_a_bad_redis_url),
         T(validate_refuses_a_bad_smtp_url_and_mail_from),
         T(validate_refuses_an_empty_home),
+        T(validate_takes_ops_listen_as_host_and_port),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }

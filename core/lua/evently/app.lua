@@ -101,10 +101,19 @@ local function handle(req)
   return req.route.handler(req)
 end
 
+-- Route names served on the operations listener (ops_listen: req.listener
+-- is "ops"); evently.ops adds its own. Nothing else answers there.
+M.operations = {}
+
 --- Called by the C core for every request, in its own coroutine.
 -- Returns status, headers, body, route name.
 function M.dispatch(req)
   local route, params, allowed = routes:match(req.method, req.path)
+  if req.listener == "ops" and not (route and M.operations[route.name]) then
+    local s, b, h = problem.response(404, "not-found",
+      "the operations listener serves /health, /health/ready and /metrics")
+    return s, h, json.encode(b), "unmatched"
+  end
   if not route then
     if allowed then
       local s, b, h = problem.response(405, "method-not-allowed", req.method .. " is not allowed here")
