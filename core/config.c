@@ -18,6 +18,8 @@
 
 #include "redis_url.h"
 
+extern char **environ;
+
 #ifndef EVENTLY_LUA_DIR
 #define EVENTLY_LUA_DIR "core/lua"
 #endif
@@ -213,6 +215,34 @@ int ev_config_set(ev_config_t *c, const char *key, const char *value, char *err,
     return -1;
 }
 
+/* EVENTLY_KAFKA_SASL_USERNAME=v -> sasl.username = v (see config.h). */
+static int load_kafka_props(ev_config_t *c, char *err, size_t errlen)
+{
+    static const char prefix[] = "EVENTLY_KAFKA_";
+    for (char **e = environ; *e; e++) {
+        const char *name = *e + sizeof prefix - 1, *eq = strchr(*e, '=');
+        if (strncmp(*e, prefix, sizeof prefix - 1) != 0 || !eq || eq == name ||
+            strncmp(name, "BROKERS=", 8) == 0)
+            continue;
+        if (c->nkafka_props == EV_MAX_KAFKA_PROPS) {
+            snprintf(err, errlen, "at most %d EVENTLY_KAFKA_* properties", EV_MAX_KAFKA_PROPS);
+            return -1;
+        }
+        char *prop = strndup(name, (size_t)(eq - name)), *value = strdup(eq + 1);
+        if (!prop || !value) {
+            free(prop);
+            free(value);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        for (char *p = prop; *p; p++)
+            *p = *p == '_' ? '.' : (char)tolower((unsigned char)*p);
+        c->kafka_prop_names[c->nkafka_props] = prop;
+        c->kafka_prop_values[c->nkafka_props++] = value;
+    }
+    return 0;
+}
+
 int ev_config_load_env(ev_config_t *c, char *err, size_t errlen)
 {
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
@@ -220,7 +250,7 @@ int ev_config_load_env(ev_config_t *c, char *err, size_t errlen)
         if (v && ev_config_set(c, fields[i].key, v, err, errlen) != 0)
             return -1;
     }
-    return 0;
+    return load_kafka_props(c, err, errlen);
 }
 
 /* Turns the config-file value on top of the stack into the string form
@@ -412,4 +442,9 @@ void ev_config_free(ev_config_t *c)
     for (int i = 0; i < c->nplugins; i++)
         free(c->plugins[i]);
     c->nplugins = 0;
+    for (int i = 0; i < c->nkafka_props; i++) {
+        free(c->kafka_prop_names[i]);
+        free(c->kafka_prop_values[i]);
+    }
+    c->nkafka_props = 0;
 }

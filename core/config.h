@@ -8,7 +8,8 @@
 
 #include <stddef.h>
 
-#define EV_MAX_PLUGINS 32
+#define EV_MAX_PLUGINS     32
+#define EV_MAX_KAFKA_PROPS 32
 
 typedef struct {
     char *home;            /* EVENTLY_HOME: state dir, default ./var */
@@ -57,6 +58,12 @@ typedef struct {
                           * beyond it hash/verify answer "busy" at once */
     int hash_timeout_ms; /* EVENTLY_HASH_TIMEOUT_MS a password job may take, queue included,
                           * default 5000; then "timeout" */
+    /* EVENTLY_KAFKA_<NAME>=value (any but BROKERS): librdkafka property <name>
+     * lower-cased with '_' as '.' (EVENTLY_KAFKA_SECURITY_PROTOCOL=SASL_SSL is
+     * security.protocol), set on every Kafka client after evently's own */
+    char *kafka_prop_names[EV_MAX_KAFKA_PROPS];
+    char *kafka_prop_values[EV_MAX_KAFKA_PROPS];
+    int nkafka_props;
     char *plugins[EV_MAX_PLUGINS]; /* EVENTLY_PLUGINS: comma-separated names */
     int nplugins;
     char *lua_path; /* platform Lua modules (core/lua), EVENTLY_LUA_PATH */

@@ -16,15 +16,15 @@
 
 struct ev_kafka {
     rd_kafka_t *rk;
-    rd_kafka_queue_t *queue;   /* main queue (producer) or consumer queue */
+    rd_kafka_queue_t *queue; /* main queue (producer) or consumer queue */
     int consumer;
     int pipe_fd[2];
     struct event *readable;
-    struct event *tick;        /* a slow poll besides the pipe: cheap insurance */
+    struct event *tick; /* a slow poll besides the pipe: cheap insurance */
     void (*on_ready)(void *ud);
     void *ready_ud;
-    char last_error[160];      /* logged once until it changes */
-    char *stats;               /* the latest statistics JSON (consumers) */
+    char last_error[160]; /* logged once until it changes */
+    char *stats;          /* the latest statistics JSON (consumers) */
 };
 
 typedef struct {
@@ -117,6 +117,24 @@ static int set(rd_kafka_conf_t *conf, const char *key, const char *value, char *
 {
     if (rd_kafka_conf_set(conf, key, value, err, errlen) != RD_KAFKA_CONF_OK)
         return -1;
+    return 0;
+}
+
+/* The operator's properties, after ours (so they win). The error names the
+ * property and librdkafka's reason, never the value: it may be a password. */
+static int apply_props(rd_kafka_conf_t *conf, const ev_kafka_props_t *props, char *err,
+                       size_t errlen)
+{
+    char why[256];
+    for (int i = 0; props && i < props->n; i++) {
+        if (rd_kafka_conf_set(conf, props->names[i], props->values[i], why, sizeof why) !=
+            RD_KAFKA_CONF_OK) {
+            if (strstr(why, props->values[i]) && *props->values[i])
+                snprintf(why, sizeof why, "its value is refused");
+            snprintf(err, errlen, "kafka property %s: %s", props->names[i], why);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -231,7 +249,8 @@ static int close_bounded(rd_kafka_t *rk, int consumer)
         free(c);
         return 0;
     }
-    ev_warn("kafka: client did not close within %d s (brokers unreachable?); not waiting", CLOSE_WAIT_S);
+    ev_warn("kafka: client did not close within %d s (brokers unreachable?); not waiting",
+            CLOSE_WAIT_S);
     return -1;
 }
 
@@ -263,14 +282,15 @@ static ev_kafka_t *fail(ev_kafka_t *k, rd_kafka_conf_t *conf)
     return NULL;
 }
 
-static int create(ev_kafka_t *k, rd_kafka_type_t type, rd_kafka_conf_t *conf, char *err, size_t errlen)
+static int create(ev_kafka_t *k, rd_kafka_type_t type, rd_kafka_conf_t *conf, char *err,
+                  size_t errlen)
 {
     k->rk = rd_kafka_new(type, conf, err, errlen); /* owns conf on success */
     return k->rk ? 0 : -1;
 }
 
-ev_kafka_t *ev_kafka_producer_new(struct event_base *base, const char *brokers, char *err,
-                                  size_t errlen)
+ev_kafka_t *ev_kafka_producer_new(struct event_base *base, const char *brokers,
+                                  const ev_kafka_props_t *props, char *err, size_t errlen)
 {
     ev_kafka_t *k = alloc_handle(err, errlen);
     if (!k)
@@ -278,7 +298,8 @@ ev_kafka_t *ev_kafka_producer_new(struct event_base *base, const char *brokers, 
     rd_kafka_conf_t *conf = base_conf(k, brokers, err, errlen);
     if (!conf || set(conf, "enable.idempotence", "true", err, errlen) ||
         set(conf, "acks", "all", err, errlen) || set(conf, "linger.ms", "2", err, errlen) ||
-        set(conf, "message.timeout.ms", "30000", err, errlen))
+        set(conf, "message.timeout.ms", "30000", err, errlen) ||
+        apply_props(conf, props, err, errlen))
         return fail(k, conf);
     rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
     if (create(k, RD_KAFKA_PRODUCER, conf, err, errlen) != 0)
@@ -324,7 +345,8 @@ int ev_kafka_produce(ev_kafka_t *k, const char *topic, const void *key, size_t k
     return 0;
 }
 
-ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers, const char *group,
+ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers,
+                                  const ev_kafka_props_t *props, const char *group,
                                   const char *const *topics, int ntopics, char *err, size_t errlen)
 {
     ev_kafka_t *k = alloc_handle(err, errlen);
@@ -344,7 +366,8 @@ ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers, 
         set(conf, "statistics.interval.ms", "2000", err, errlen) ||
         /* a batch's handlers may retry for minutes (mail, a broker outage
          * while dead-lettering): stay in the group meanwhile */
-        set(conf, "max.poll.interval.ms", "1800000", err, errlen))
+        set(conf, "max.poll.interval.ms", "1800000", err, errlen) ||
+        apply_props(conf, props, err, errlen))
         return fail(k, conf);
     rd_kafka_conf_set_stats_cb(conf, stats_cb);
     if (create(k, RD_KAFKA_CONSUMER, conf, err, errlen) != 0)
@@ -394,7 +417,10 @@ int ev_kafka_store(ev_kafka_t *k, const char *topic, int32_t partition, int64_t 
     return e == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : -1;
 }
 
-const char *ev_kafka_stats(const ev_kafka_t *k) { return k->stats; }
+const char *ev_kafka_stats(const ev_kafka_t *k)
+{
+    return k->stats;
+}
 
 int ev_kafka_fatal(ev_kafka_t *k, char *err, size_t errlen)
 {

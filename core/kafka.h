@@ -33,8 +33,16 @@ typedef struct {
 /* Delivery report: err 0 and the partition/offset written, or an error text. */
 typedef void (*ev_kafka_dr_fn)(void *ud, const char *err, int32_t partition, int64_t offset);
 
-ev_kafka_t *ev_kafka_producer_new(struct event_base *base, const char *brokers, char *err,
-                                  size_t errlen);
+/* Extra librdkafka properties (security.protocol, sasl.*, ssl.*), set after
+ * evently's own; a property librdkafka refuses fails the client's creation,
+ * naming the property and never its value (it may be a password). */
+typedef struct {
+    const char *const *names, *const *values;
+    int n;
+} ev_kafka_props_t;
+
+ev_kafka_t *ev_kafka_producer_new(struct event_base *base, const char *brokers,
+                                  const ev_kafka_props_t *props, char *err, size_t errlen);
 /* Queues one message (copied); dr runs later on the loop, exactly once, also
  * when the message times out or the handle is freed. -1 and err when it could
  * not even be queued (then dr never runs). */
@@ -42,7 +50,8 @@ int ev_kafka_produce(ev_kafka_t *k, const char *topic, const void *key, size_t k
                      const void *value, size_t value_len, const ev_kafka_header_t *headers,
                      int nheaders, ev_kafka_dr_fn dr, void *ud, char *err, size_t errlen);
 
-ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers, const char *group,
+ev_kafka_t *ev_kafka_consumer_new(struct event_base *base, const char *brokers,
+                                  const ev_kafka_props_t *props, const char *group,
                                   const char *const *topics, int ntopics, char *err, size_t errlen);
 /* The next message, or NULL when none is queued (never blocks). Errors the
  * client reports (broker down, ...) are logged here, not returned. The caller

@@ -30,9 +30,9 @@
 /* ---- produce: one wait for a whole batch of delivery reports */
 
 typedef struct {
-    ev_co_t *co;        /* NULL once the waiter is gone */
-    int outstanding;    /* delivery reports still due */
-    int released;       /* the wait is over: the last report frees us */
+    ev_co_t *co;     /* NULL once the waiter is gone */
+    int outstanding; /* delivery reports still due */
+    int released;    /* the wait is over: the last report frees us */
     char err[200];
     int32_t partition;
     int64_t offset;
@@ -72,7 +72,10 @@ static int batch_push(lua_State *L, void *data, ev_wake_t why)
     return 3;
 }
 
-static void batch_cancel(void *data) { ((batch_t *)data)->co = NULL; }
+static void batch_cancel(void *data)
+{
+    ((batch_t *)data)->co = NULL;
+}
 
 static void batch_release(void *data)
 {
@@ -85,6 +88,13 @@ static void batch_release(void *data)
 }
 
 static const ev_wait_ops_t batch_ops = {"kafka.produce", batch_push, batch_cancel, batch_release};
+
+/* EVENTLY_KAFKA_* properties (config.h), for every client of the worker. */
+static ev_kafka_props_t props_of(const ev_config_t *cfg)
+{
+    return (ev_kafka_props_t){(const char *const *)cfg->kafka_prop_names,
+                              (const char *const *)cfg->kafka_prop_values, cfg->nkafka_props};
+}
 
 static ev_kafka_t *producer(lua_State *L)
 {
@@ -99,7 +109,8 @@ static ev_kafka_t *producer(lua_State *L)
         return rt->kafka;
     if (!rt->cfg->kafka_brokers)
         luaL_error(L, "kafka: no brokers configured (EVENTLY_KAFKA_BROKERS)");
-    rt->kafka = ev_kafka_producer_new(rt->base, rt->cfg->kafka_brokers, err, sizeof err);
+    ev_kafka_props_t props = props_of(rt->cfg);
+    rt->kafka = ev_kafka_producer_new(rt->base, rt->cfg->kafka_brokers, &props, err, sizeof err);
     if (!rt->kafka)
         luaL_error(L, "kafka: %s", err);
     return rt->kafka;
@@ -114,8 +125,10 @@ static int read_headers(lua_State *L, int msg, ev_kafka_header_t *h)
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
-            if (n == MAX_HEADERS || lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-                luaL_error(L, "kafka.produce: headers must be at most %d string=string pairs", MAX_HEADERS);
+            if (n == MAX_HEADERS || lua_type(L, -2) != LUA_TSTRING ||
+                lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "kafka.produce: headers must be at most %d string=string pairs",
+                           MAX_HEADERS);
             h[n].name = lua_tostring(L, -2);
             h[n].value = lua_tolstring(L, -1, &h[n].len);
             n++;
@@ -138,7 +151,8 @@ static void check_message(lua_State *L, lua_Integer i)
     int vt = lua_getfield(L, msg, "value");
     if (tt != LUA_TSTRING || lua_rawlen(L, -3) == 0 || vt != LUA_TSTRING ||
         (kt != LUA_TSTRING && kt != LUA_TNIL))
-        luaL_error(L, "kafka.produce: message %d needs topic and value strings (key optional)", (int)i);
+        luaL_error(L, "kafka.produce: message %d needs topic and value strings (key optional)",
+                   (int)i);
     read_headers(L, msg, h);
     lua_settop(L, msg - 1);
 }
@@ -174,7 +188,8 @@ static int l_produce(lua_State *L)
     ev_co_t *co = ev_co_current(L);
     /* checked before anything is queued: ev_co_wait would raise after it */
     if (!co || !lua_isyieldable(L))
-        return luaL_error(L, "kafka.produce must be called from a request, timer or script coroutine");
+        return luaL_error(L,
+                          "kafka.produce must be called from a request, timer or script coroutine");
     ev_kafka_t *k = producer(L);
     batch_t *b = calloc(1, sizeof *b);
     if (!b)
@@ -268,7 +283,10 @@ static int poll_push(lua_State *L, void *data, ev_wake_t why)
     return 1;
 }
 
-static void poll_cancel(void *data) { ((consumer_t *)data)->waiter = NULL; }
+static void poll_cancel(void *data)
+{
+    ((consumer_t *)data)->waiter = NULL;
+}
 
 static void poll_release(void *data)
 {
@@ -390,7 +408,9 @@ static int l_consumer(lua_State *L)
     memset(c, 0, sizeof *c);
     luaL_setmetatable(L, CONSUMER_MT);
     char err[256];
-    c->k = ev_kafka_consumer_new(rt->base, rt->cfg->kafka_brokers, group, topics, n, err, sizeof err);
+    ev_kafka_props_t props = props_of(rt->cfg);
+    c->k = ev_kafka_consumer_new(rt->base, rt->cfg->kafka_brokers, &props, group, topics, n, err,
+                                 sizeof err);
     if (!c->k)
         return luaL_error(L, "kafka: %s", err);
     ev_kafka_on_ready(c->k, on_ready, c);
@@ -405,8 +425,9 @@ static int l_enabled(lua_State *L)
 
 int luaopen_evently_kafka_core(lua_State *L)
 {
-    static const luaL_Reg consumer_methods[] = {
-        {"poll", c_poll}, {"drain", c_drain}, {"store", c_store}, {"stats", c_stats}, {"close", c_close}, {NULL, NULL}};
+    static const luaL_Reg consumer_methods[] = {{"poll", c_poll},   {"drain", c_drain},
+                                                {"store", c_store}, {"stats", c_stats},
+                                                {"close", c_close}, {NULL, NULL}};
     luaL_newmetatable(L, CONSUMER_MT);
     luaL_newlib(L, consumer_methods);
     lua_setfield(L, -2, "__index");

@@ -17,7 +17,9 @@ KAFKA_DIR = os.path.join(REPO, "tests", "kafka")
 
 
 class Broker:
-    def __init__(self):
+    def __init__(self, sasl_users=None):
+        """sasl_users: {"name": "password"}: a SASL_PLAINTEXT (PLAIN) listener."""
+        self.sasl_users = sasl_users
         self.root = make_root("kafka")
         self.port, self.ctl = free_port(), free_port()
         self.brokers = "127.0.0.1:%d" % self.port
@@ -26,9 +28,12 @@ class Broker:
 
     def start(self, timeout=90):
         log = open(self.log_path, "ab")
+        env = dict(os.environ)
+        if self.sasl_users:
+            env["KAFKA_SASL_USERS"] = " ".join("%s=%s" % kv for kv in self.sasl_users.items())
         self.proc = subprocess.Popen(
             [os.path.join(KAFKA_DIR, "broker.sh"), os.path.join(self.root, "data"), str(self.port), str(self.ctl)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.proc.poll() is None, "kafka broker exited; see " + self.log_path

@@ -479,6 +479,26 @@ static void validate_takes_ops_listen_as_host_and_port(void **state)
     assert_int_equal(ev_config_validate(c, err, sizeof err), 0);
 }
 
+static void env_passes_kafka_properties_through(void **state)
+{
+    ev_config_t *c = *state;
+    setenv("EVENTLY_KAFKA_BROKERS", "127.0.0.1:9092", 1);
+    setenv("EVENTLY_KAFKA_SECURITY_PROTOCOL", "SASL_SSL", 1);
+    setenv("EVENTLY_KAFKA_SASL_PASSWORD", "p=w,x", 1);
+    int rc = ev_config_load_env(c, err, sizeof err);
+    unsetenv("EVENTLY_KAFKA_BROKERS");
+    unsetenv("EVENTLY_KAFKA_SECURITY_PROTOCOL");
+    unsetenv("EVENTLY_KAFKA_SASL_PASSWORD");
+    assert_int_equal(rc, 0);
+    assert_string_equal(c->kafka_brokers, "127.0.0.1:9092");
+    assert_int_equal(c->nkafka_props, 2); /* BROKERS is evently's own */
+    int proto = strcmp(c->kafka_prop_names[0], "security.protocol") == 0 ? 0 : 1;
+    assert_string_equal(c->kafka_prop_names[proto], "security.protocol");
+    assert_string_equal(c->kafka_prop_values[proto], "SASL_SSL");
+    assert_string_equal(c->kafka_prop_names[1 - proto], "sasl.password");
+    assert_string_equal(c->kafka_prop_values[1 - proto], "p=w,x");
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -508,6 +528,7 @@ int main(void)
         T(validate_refuses_a_bad_smtp_url_and_mail_from),
         T(validate_refuses_an_empty_home),
         T(validate_takes_ops_listen_as_host_and_port),
+        T(env_passes_kafka_properties_through),
     };
     return cmocka_run_group_tests(tests, setup_group, teardown_group);
 }
