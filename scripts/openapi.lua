@@ -102,7 +102,8 @@ local paths = {
       .. "503 `busy` when the password could not be checked now: never 401 for a right password.",
     requestBody = req({ type = "object", required = { "email", "password" }, properties = { email = STR, password = STR } }),
     responses = with({ "400", "401", "422", "429" }, { ["503"] = BUSY, ["403"] = problem("The account is disabled "
-      .. "(type account-disabled; said only to the right password)"), ["200"] = body({ type = "object",
+      .. "(type account-disabled) or its address is not confirmed yet (type email-unverified, only with the rule "
+      .. "verify_email); said only to the right password"), ["200"] = body({ type = "object",
       required = { "token", "expires_at", "user" }, properties = { token = STR, expires_at = TS, user = ref("User") } }) }) } },
   ["/api/v1/auth/logout"] = { post = { tags = { "auth" }, summary = "Revoke the token at once", security = BEARER,
     responses = with({ "401", "503" }, { ["204"] = { description = "Logged out" } }) } },
@@ -114,6 +115,19 @@ local paths = {
       .. "when the account exists and is not disabled, holds a code that works once, for "
       .. "`password_reset_minutes` (rules/auth.lua, default 60). Limited per client address (rule "
       .. "`reset-address`) and per email (rule `reset-account`): past a limit 429 `rate-limited`.",
+    requestBody = req({ type = "object", required = { "email" }, properties = { email = { type = "string", maxLength = 254 } } }),
+    responses = with({ "400", "413", "422", "429", "503" }, { ["202"] = body({ type = "object",
+      required = { "status" }, properties = { status = { type = "string", enum = { "accepted" } } } }, "Accepted") }) } },
+  ["/api/v1/auth/verify-email"] = { post = { tags = { "auth" }, summary = "Confirm an account's email address",
+    description = "Only used when the operator's rule `verify_email` is on (rules/auth.lua; off by default): "
+      .. "registration then answers 201 `{user, verification: \"mailed\"}` without a token, mails a code, and "
+      .. "logins answer 403 `email-unverified` until the code is sent here. 422 naming `token` when the code is "
+      .. "unknown, altered or expired.",
+    requestBody = req({ type = "object", required = { "token" }, properties = { token = { type = "string", maxLength = 200 } } }),
+    responses = with({ "400", "413", "422", "503" }, { ["204"] = { description = "Address confirmed" } }) } },
+  ["/api/v1/auth/verify-email/resend"] = { post = { tags = { "auth" }, summary = "Mail a new confirmation code",
+    description = "Always 202 (no way to learn who has an account); limited per address (rule `reset-address`) "
+      .. "and per email (rule `verify-account`).",
     requestBody = req({ type = "object", required = { "email" }, properties = { email = { type = "string", maxLength = 254 } } }),
     responses = with({ "400", "413", "422", "429", "503" }, { ["202"] = body({ type = "object",
       required = { "status" }, properties = { status = { type = "string", enum = { "accepted" } } } }, "Accepted") }) } },

@@ -4,24 +4,12 @@
 -- sets the password and ends every session of the account.
 local db = require "evently.db"
 local crypto = require "evently.crypto"
-local log = require "evently.log"
-local time = require "evently.time"
+local account_mail = require "domain.account_mail"
 local users = require "domain.users"
 local tokens = require "domain.tokens"
 local rules = require "rules.auth"
 
 local M = {}
-
-local function send(user, token)
-  local msg, err = require("domain.mail").message("password.reset",
-    { token = token, minutes = rules.password_reset_minutes }, user)
-  if not msg then
-    log.warn("password reset for user %d: no mail: %s", user.id, tostring(err))
-    return
-  end
-  local ok, serr = require("evently.mail").send(msg)
-  if not ok then log.warn("password reset for user %d: mail not sent: %s", user.id, tostring(serr)) end
-end
 
 --- Mails a reset token when email belongs to an account that may log in;
 -- the mail goes out after the answer, so the caller cannot tell (by what it
@@ -34,7 +22,7 @@ function M.request(email)
   local ok, ierr = db.query([[INSERT INTO password_resets (token_hash, user_id, expires_at)
       VALUES ($1, $2, now() + make_interval(mins => $3))]], crypto.sha256(token), user.id, rules.password_reset_minutes)
   if not ok then return nil, ierr end
-  time.after(0, function() send(user, token) end)
+  account_mail.send_later("password.reset", { token = token, minutes = rules.password_reset_minutes }, user)
   return true
 end
 

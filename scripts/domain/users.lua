@@ -43,12 +43,14 @@ end
 
 --- Creates a user with role "user" (or role: "admin"). Returns user, or nil,
 -- "duplicate" | "busy" | "timeout" (the hasher could not take it now) | err.
-function M.register(email, password, name, role)
+-- unverified: the address is not confirmed yet (rules.auth.verify_email);
+-- otherwise it counts as confirmed now.
+function M.register(email, password, name, role, unverified)
   local hash, herr = crypto.hash_password(password)
   if not hash then return nil, herr end
-  local row, err = db.one(
-    "INSERT INTO users (email, name, password_hash, role) VALUES (lower($1), $2, $3, $4) RETURNING " .. PUBLIC,
-    email, name, hash, role or "user")
+  local row, err = db.one([[INSERT INTO users (email, name, password_hash, role, email_verified_at)
+      VALUES (lower($1), $2, $3, $4, CASE WHEN $5 THEN NULL ELSE now() END) RETURNING ]] .. PUBLIC,
+    email, name, hash, role or "user", unverified == true)
   if not row then
     if err and err.sqlstate == "23505" then return nil, "duplicate" end
     return nil, err
@@ -66,8 +68,8 @@ local decoy
 -- hasher), or a database error. An unknown email is checked against the
 -- decoy, so it is busy exactly when a known one would be (no oracle).
 function M.authenticate(email, password)
-  local row, err = db.one("SELECT " .. PUBLIC .. ", password_hash, disabled_at IS NOT NULL AS disabled"
-    .. " FROM users WHERE email = lower($1)", email)
+  local row, err = db.one("SELECT " .. PUBLIC .. ", password_hash, disabled_at IS NOT NULL AS disabled,"
+    .. " email_verified_at IS NULL AS unverified FROM users WHERE email = lower($1)", email)
   if err then return nil, err end
   if not row then
     if not decoy then
@@ -112,6 +114,46 @@ function M.set_disabled(user_id, disabled)
   local u = M.public(row)
   u.disabled = row.disabled
   return u
+end
+
+-- An address confirmation code: "<user id>.<expiry, unix s>.<mac>", the MAC
+-- (crypto.sign) over those and the address, so it works for that address
+-- only, until it expires, and needs no table.
+local function verification_mac(user_id, email, expires)
+  return crypto.sign(("verify-email:%d:%s:%d"):format(user_id, email, expires))
+end
+
+--- A code confirming user's address for `seconds`. code | nil, err.
+function M.verification_code(user, seconds)
+  local expires = math.floor(require("evently.time").now()) + seconds
+  local mac, err = verification_mac(user.id, user.email, expires)
+  if not mac then return nil, err end
+  return ("%d.%d.%s"):format(user.id, expires, mac)
+end
+
+--- Confirms the address a code was made for: true, false (unknown, expired,
+-- or the address changed since), or nil, err.
+function M.verify_email(code)
+  local id, expires, mac = code:match("^(%d+)%.(%d+)%.(%x+)$")
+  id, expires = math.tointeger(tonumber(id)), math.tointeger(tonumber(expires))
+  if not (id and expires) or expires < require("evently.time").now() then return false end
+  local row, err = db.one("SELECT email FROM users WHERE id = $1", id)
+  if err then return nil, err end
+  if not row or not crypto.verify(("verify-email:%d:%s:%d"):format(id, row.email, expires), mac) then
+    return false
+  end
+  local ok, uerr = db.query("UPDATE users SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1", id)
+  if not ok then return nil, uerr end
+  return true
+end
+
+--- The account with this email that may log in but has not confirmed its
+-- address, or false.
+function M.find_unverified(email)
+  local row, err = db.one([[SELECT id, email, name FROM users
+      WHERE email = lower($1) AND disabled_at IS NULL AND email_verified_at IS NULL]], email)
+  if err then return nil, err end
+  return row or false
 end
 
 --- id, email, name of the account with this email that may log in, or false.

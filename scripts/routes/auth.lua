@@ -1,5 +1,6 @@
 -- POST /auth/register, /auth/login, /auth/logout (API.md "Auth and users");
--- /auth/logout-all, /auth/password-reset[/confirm] (issue 15, README "Accounts").
+-- /auth/logout-all, /auth/password-reset[/confirm], /auth/verify-email[/resend]
+-- (issue 15, README "Accounts").
 local problem = require "evently.problem"
 local limit = require "evently.limit"
 local validate = require "web.validate"
@@ -11,7 +12,16 @@ local auth_limits = require "domain.auth_limits"
 
 local password_resets = require "domain.password_resets"
 
+local account_mail = require "domain.account_mail"
+
 local not_now = auth.not_now
+
+local function mail_verification(user)
+  local code, err = users.verification_code(user, rules.verify_email_hours * 3600)
+  if not code then return nil, err end
+  account_mail.send_later("email.verify", { token = code, hours = rules.verify_email_hours }, user)
+  return true
+end
 
 return function(app, base)
   app.post(base .. "/auth/register", function(req)
@@ -20,9 +30,15 @@ return function(app, base)
     v:check()
     local allowed, info = auth_limits.register(limit.address(req.peer))
     if not allowed then return limit.response(info) end
-    local user, err = users.register(email, password, name)
+    local unverified = rules.verify_email == true
+    local user, err = users.register(email, password, name, nil, unverified)
     if err == "duplicate" then return problem.response(409, "email-taken", "an account with this email exists") end
     if not user then return not_now(err, "register") end
+    if unverified then -- no token until the address is confirmed
+      local ok, merr = mail_verification(user)
+      if not ok then return problem.unavailable("register", merr) end
+      return 201, { user = users.public(user), verification = "mailed" }
+    end
     local token, expires_at = tokens.issue(user.id)
     if not token then return problem.unavailable("issue a token", expires_at) end
     return 201, { user = users.public(user), token = token, expires_at = expires_at }
@@ -53,6 +69,10 @@ return function(app, base)
     attempt:done("ok")
     if user.disabled then
       return problem.response(403, "account-disabled", "this account is disabled; ask an administrator")
+    end
+    if user.unverified and rules.verify_email == true then
+      return problem.response(403, "email-unverified",
+        "confirm your email address first, with the code we mailed (POST /auth/verify-email)")
     end
     local token, expires_at = tokens.issue(user.id)
     if not token then return problem.unavailable("issue a token", expires_at) end
@@ -91,6 +111,37 @@ return function(app, base)
     if not ok then return problem.unavailable("ask for a password reset", err) end
     return 202, { status = "accepted" }
   end, "auth.password_reset")
+
+  app.post(base .. "/auth/verify-email", function(req)
+    local v = validate.new(req.json)
+    local code = v:string("token", { required = true, max = 200 })
+    v:check()
+    local ok, err = users.verify_email(code)
+    if ok == nil then return problem.unavailable("confirm the address", err) end
+    if not ok then
+      return problem.response(422, "validation", "the confirmation code is unknown or expired",
+        { errors = { { field = "token", message = "is unknown or expired" } } })
+    end
+    return 204
+  end, "auth.verify_email")
+
+  -- A new code for an account that has not confirmed its address; always 202.
+  app.post(base .. "/auth/verify-email/resend", function(req)
+    local allowed, info = limit.check(rules.limits.reset_address, limit.address(req.peer))
+    if not allowed then return limit.response(info) end
+    local v = validate.new(req.json)
+    local email = v:string("email", { required = true, max = 254 })
+    v:check()
+    allowed, info = limit.check(rules.limits.verify_account, email:lower())
+    if not allowed then return limit.response(info) end
+    local user, err = users.find_unverified(email)
+    if user == nil then return problem.unavailable("mail a confirmation code", err) end
+    if user then
+      local ok, merr = mail_verification(user)
+      if not ok then return problem.unavailable("mail a confirmation code", merr) end
+    end
+    return 202, { status = "accepted" }
+  end, "auth.verify_email_resend")
 
   app.post(base .. "/auth/password-reset/confirm", function(req)
     local v = validate.new(req.json)

@@ -3,6 +3,10 @@ return {
   token_ttl_minutes = 30,   -- sliding: every authenticated request pushes expiry forward
   token_max_days = 30,      -- ...but never past this long after the login (log in again)
   password_reset_minutes = 60, -- a mailed reset link works once, for this long
+  -- true: a new account must confirm its address (a code mailed at
+  -- registration, POST /auth/verify-email) before it can log in
+  verify_email = false,
+  verify_email_hours = 48,  -- how long that code works
   min_password_length = 8,
   max_password_length = 1024,
 
@@ -28,6 +32,8 @@ return {
     -- password reset mails asked for, from one address and to one account
     reset_address = { name = "reset-address", limit = 10, window = 3600 },
     reset_account = { name = "reset-account", limit = 3, window = 3600 },
+    -- address confirmation mails asked for again, to one account
+    verify_account = { name = "verify-account", limit = 3, window = 3600 },
   },
   known_address_days = 30,
 }

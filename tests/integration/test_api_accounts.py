@@ -142,3 +142,58 @@ def test_a_token_in_constant_use_still_ends_after_its_absolute_lifetime(api):
         token_of(fresh))
     assert me(api, fresh) == 401
     assert me(api, who) == 200
+
+
+@pytest.fixture(scope="module")
+def verifying(sink):
+    """A server whose rules require new accounts to confirm their address."""
+    import os
+    import shutil
+    from api_support import SCRIPTS
+    from conftest import make_root
+    scripts = os.path.join(make_root("verify-scripts"), "scripts")
+    shutil.copytree(SCRIPTS, scripts)
+    path = os.path.join(scripts, "rules", "auth.lua")
+    with open(path) as f:
+        src = f.read()
+    src, n = re.subn(r"verify_email = false,", "verify_email = true,", src)
+    assert n == 1
+    with open(path, "w") as f:
+        f.write(src)
+    srv = start_api("api-verify", scripts=scripts, env={"EVENTLY_SMTP_URL": sink.url})
+    yield srv
+    srv.stop_and_check()
+
+
+def verify_code(sink, email, nth=1):
+    msgs = sink.wait_for(lambda m: m.to == [email] and "Confirm your" in m.subject, count=nth, timeout=15)
+    found = re.search(r"^(\d+\.\d+\.[0-9a-f]{64})$", msgs[nth - 1].text, re.M)
+    assert found, msgs[nth - 1].text
+    return found.group(1)
+
+
+def test_with_verify_email_an_account_logs_in_only_once_its_address_is_confirmed(verifying, sink):
+    api = verifying
+    body = {"email": "new@example.com", "password": "new password", "name": "N"}
+    r = api.post(BASE + "/auth/register", body=body)
+    assert r.status == 201 and "token" not in r.json() and r.json()["verification"] == "mailed", r.text
+    login_body = {"email": "new@example.com", "password": "new password"}
+    problem(api.post(BASE + "/auth/login", body=login_body), 403, "email-unverified")
+    code = verify_code(sink, "new@example.com")
+    uid, expires, mac = code.split(".")
+    # a code altered in any part, or made for another account, is refused
+    for bad in ("%s.%s.%s" % (int(uid) + 1, expires, mac), "%s.%d.%s" % (uid, int(expires) + 1, mac),
+                "%s.%s.%s" % (uid, expires, mac[::-1]), "nonsense"):
+        doc = problem(api.post(BASE + "/auth/verify-email", body={"token": bad}), 422, "validation")
+        assert doc["errors"][0]["field"] == "token"
+    problem(api.post(BASE + "/auth/login", body=login_body), 403, "email-unverified")
+    # a new code on request; either works
+    assert api.post(BASE + "/auth/verify-email/resend", body={"email": "new@example.com"}).status == 202
+    assert api.post(BASE + "/auth/verify-email/resend", body={"email": "nobody@example.com"}).status == 202
+    second = verify_code(sink, "new@example.com", nth=2)
+    assert api.post(BASE + "/auth/verify-email", body={"token": second}).status == 204
+    assert api.post(BASE + "/auth/verify-email", body={"token": code}).status == 204  # idempotent
+    r = api.post(BASE + "/auth/login", body=login_body)
+    assert r.status == 200, r.text
+    # the admin made by the command line never needed a code
+    assert me(api, api.admin) == 200
