@@ -41,6 +41,7 @@
 #include <libpq-fe.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -865,7 +866,8 @@ static int redis_ping(const char *sock)
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
         send(fd, "PING\r\n", 6, MSG_NOSIGNAL) == 6) {
         ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
-        ok = n >= 5 && memcmp(buf, "+PONG", 5) == 0;
+        /* a Redis that wants its password first is running too */
+        ok = (n >= 5 && memcmp(buf, "+PONG", 5) == 0) || (n >= 7 && memcmp(buf, "-NOAUTH", 7) == 0);
     }
     close(fd);
     return ok;
@@ -907,11 +909,50 @@ static int redis_wait(const layout_t *l, pid_t pid, off_t from, char *err, size_
                 l->redis_sock, REDIS_START_MS / 1000, l->redis_log);
 }
 
+/* The embedded Redis's password, made once: the file is Redis's own config
+ * (read by redis-server, so the password is not on its command line, which
+ * every local user sees), 0600 and owned by the servers' user. */
+static int redis_password(const layout_t *l, char *conf, size_t conflen, char *pw, size_t pwlen,
+                          char *err, size_t errlen)
+{
+    if (join(conf, conflen, l->redis_dir, "evently-redis.conf") != 0 || pwlen < 65)
+        return fail(err, errlen, "path too long: %s", l->redis_dir);
+    int fd = open(conf, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        unsigned char raw[32];
+        char hex[65], line[128];
+        if (RAND_bytes(raw, sizeof raw) != 1) {
+            close(fd);
+            unlink(conf);
+            return fail(err, errlen, "no random bytes for the Redis password");
+        }
+        for (size_t i = 0; i < sizeof raw; i++)
+            snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+        snprintf(line, sizeof line, "requirepass %s\n", hex);
+        int ok = write(fd, line, strlen(line)) == (ssize_t)strlen(line) && fsync(fd) == 0 &&
+                 (!l->ru.drop || fchown(fd, l->ru.uid, l->ru.gid) == 0);
+        close(fd);
+        if (!ok) {
+            unlink(conf);
+            return fail(err, errlen, "cannot write %s: %s", conf, strerror(errno));
+        }
+    } else if (errno != EEXIST) {
+        return fail(err, errlen, "cannot create %s: %s", conf, strerror(errno));
+    }
+    FILE *f = fopen(conf, "re");
+    int got = f && fscanf(f, "requirepass %64[0-9a-f]", pw) == 1 && strlen(pw) == 64;
+    if (f)
+        fclose(f);
+    return got ? 0 : fail(err, errlen, "%s holds no requirepass line; remove it", conf);
+}
+
 static int redis_start(const layout_t *l, ev_embedded_t *e, char *err, size_t errlen)
 {
-    char prog[PATH_MAX], url[PATH_MAX + 8], pidfile[PATH_MAX];
+    char prog[PATH_MAX], url[PATH_MAX + 128], pidfile[PATH_MAX], conf[PATH_MAX], pw[80];
     char sock[PATH_MAX], dir[PATH_MAX], log[PATH_MAX];
-    snprintf(url, sizeof url, "unix:%s", l->redis_sock);
+    if (redis_password(l, conf, sizeof conf, pw, sizeof pw, err, errlen) != 0)
+        return -1;
+    snprintf(url, sizeof url, "unix:%s@%s", pw, l->redis_sock);
     if (!(e->redis_url = strdup(url)))
         return fail(err, errlen, "out of memory");
     if (redis_ping(l->redis_sock)) {
@@ -925,8 +966,8 @@ static int redis_start(const layout_t *l, ev_embedded_t *e, char *err, size_t er
     snprintf(sock, sizeof sock, "%s", l->redis_sock);
     snprintf(dir, sizeof dir, "%s", l->redis_dir);
     snprintf(log, sizeof log, "%s", l->redis_log);
-    char *argv[] = {prog, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--dir",
-                    dir, "--daemonize", "no", "--save", "", "--appendonly", "no",
+    char *argv[] = {prog, conf, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
+                    "--dir", dir, "--daemonize", "no", "--save", "", "--appendonly", "no",
                     /* a cache, a gate and rate counters: bounded, and any key may go */
                     "--maxmemory", EMBEDDED_REDIS_MAXMEMORY, "--maxmemory-policy", "allkeys-lru",
                     "--logfile", log, "--pidfile", pidfile, NULL};

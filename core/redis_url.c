@@ -70,9 +70,13 @@ int ev_redis_url_parse(const char *url, ev_redis_url_t *u, char *err, size_t err
 {
     *u = (ev_redis_url_t){.port = 6379};
     if (strncmp(url, "unix:", 5) == 0) {
-        if (!url[5])
-            return fail(u, err, errlen, "missing socket path after unix:");
-        return (u->path = strdup(url + 5)) ? 0 : fail(u, err, errlen, "out of memory");
+        const char *path = url + 5, *at = *path != '/' ? strstr(path, "@/") : NULL;
+        if (at && !(u->pass = dup_range(path, (size_t)(at - path))))
+            return fail(u, err, errlen, "out of memory");
+        path = at ? at + 1 : path;
+        if (*path != '/')
+            return fail(u, err, errlen, "expected unix:[password@]/absolute/path");
+        return (u->path = strdup(path)) ? 0 : fail(u, err, errlen, "out of memory");
     }
     if (strncmp(url, "redis://", 8) != 0)
         return fail(u, err, errlen,

@@ -3,7 +3,8 @@
  *
  *   "redis://[[user]:password@]host[:port][/db]"  TCP, AUTH when a password
  *                                                 is given (with user: ACL)
- *   "unix:/path"                                  a local socket
+ *   "unix:[password@]/path"                       a local socket, AUTH when a
+ *                                                 password is given
  * Errors never repeat the URL: it may carry a password, and they are logged. */
 #ifndef EV_REDIS_URL_H
 #define EV_REDIS_URL_H

@@ -6,6 +6,7 @@ with the pool limits it needs; the embedded Postgres and Redis are real.
 import concurrent.futures
 import os
 import pwd
+import socket
 import subprocess
 import time
 
@@ -209,6 +210,12 @@ def test_no_other_local_user_reaches_the_embedded_servers(start_server):
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("refused") == 2 and "reached" not in p.stdout, p.stdout
     assert srv.get("/db/value?n=1").json()["value"] == 2  # and evently itself still gets in
+    # and the Redis wants its password even from an account that reaches its socket
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(redis_sock)
+        s.sendall(b"PING\r\n")
+        assert s.recv(64).startswith(b"-NOAUTH"), "the embedded Redis answered without a password"
     # and the cluster trusts nobody: every rule it loaded is peer authentication
     script = os.path.join(srv.root, "hba.lua")
     with open(script, "w") as f:

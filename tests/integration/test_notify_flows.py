@@ -10,7 +10,7 @@ import time
 import pytest
 
 from api_support import BASE, SCRIPTS, new_event, register, start_api, token_of
-from conftest import Server
+from conftest import Server, clean_env, run_cli
 from kafka_broker import kafka  # noqa: F401  (the session fixture)
 from smtp_sink import SmtpSink
 from ws_client import Client
@@ -84,12 +84,22 @@ def test_a_waitlisted_user_is_offered_freed_seats_in_app_by_websocket_and_email(
     assert r.status == 201, r.text
 
 
+def embedded_redis_url(api):
+    """The URL (with its password) of the Redis api's home runs, as evently itself finds it."""
+    script = os.path.join(api.root, "redis_url.lua")
+    with open(script, "w") as f:
+        f.write('io.write(require("evently.runtime").config().redis_url)\n')
+    p = run_cli(["lua", script], env=clean_env({"EVENTLY_HOME": api.home}))
+    assert p.returncode == 0 and p.stdout.startswith("unix:"), p.stderr
+    return p.stdout
+
+
 def test_two_instances_share_one_stream(api, kafka):  # noqa: F811
     """A user connected to instance A hears of a cancellation made through B."""
     other = Server("flows-b", scripts=SCRIPTS, workers=2, env={
         "EVENTLY_KAFKA_BROKERS": kafka.brokers,
         "EVENTLY_DATABASE_URL": "host=%s port=5432 dbname=evently user=evently" % os.path.join(api.home, "run"),
-        "EVENTLY_REDIS_URL": "unix:" + os.path.join(api.home, "run", "redis.sock"),
+        "EVENTLY_REDIS_URL": embedded_redis_url(api),
     })
     other.start()
     try:

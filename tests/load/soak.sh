@@ -73,7 +73,8 @@ for m in $(seq 1 "$minutes"); do
   workers=$(rss_kb $(pgrep -P "$master" -x "$(cat /proc/$master/comm)"))
   redis_pid=$(pgrep -f "redis-server.*$work/home" | head -1 || true)
   redis=$(rss_kb "$redis_pid")
-  rmem=$(redis-cli -s "$work/home/run/redis.sock" info memory 2>/dev/null \
+  rmem=$(redis-cli -s "$work/home/run/redis.sock" --no-auth-warning \
+    -a "$(awk '/^requirepass/ {print $2}' "$work/home/redis/evently-redis.conf")" info memory 2>/dev/null \
     | awk -F: '/^used_memory:/ {printf "%d", $2 / 1024}' || true)
   printf "%-4s %10s %9s %8sk %9sk %10sk  %s\n" "$m" "${rps:-0}" "${p99:-0}" "${workers:-0}" "${redis:-0}" "${rmem:-0}" \
     "$(sizes || true)"

@@ -24,12 +24,14 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "embedded.h"
 #include "migrate.h"
+#include "redis_url.h"
 
 typedef struct {
     char home[64];
@@ -37,20 +39,43 @@ typedef struct {
     ev_embedded_t e;
 } fixture_t;
 
+/* What the Redis of a "unix:[password@]/path" URL answers to PING, sent
+ * after AUTH when auth is set and the URL has a password. */
+static void redis_answer(const char *url, int auth, char *buf, size_t cap)
+{
+    ev_redis_url_t u;
+    char err[128], cmd[256];
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct timeval tv = {2, 0};
+    int fd;
+    buf[0] = '\0';
+    if (ev_redis_url_parse(url, &u, err, sizeof err) != 0)
+        return;
+    if (u.path && strlen(u.path) < sizeof sa.sun_path &&
+        (fd = socket(AF_UNIX, SOCK_STREAM, 0)) >= 0) {
+        strcpy(sa.sun_path, u.path);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        snprintf(cmd, sizeof cmd, "%s%s%sPING\r\n", auth && u.pass ? "AUTH " : "",
+                 auth && u.pass ? u.pass : "", auth && u.pass ? "\r\n" : "");
+        size_t n = 0;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+            write(fd, cmd, strlen(cmd)) > 0) {
+            for (ssize_t got; n < cap - 1 && !strstr(buf, "PONG") && !strstr(buf, "NOAUTH") &&
+                              (got = read(fd, buf + n, cap - 1 - n)) > 0;) {
+                n += (size_t)got;
+                buf[n] = '\0';
+            }
+        }
+        close(fd);
+    }
+    ev_redis_url_free(&u);
+}
+
 static int redis_ping(const char *url)
 {
-    struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    char buf[16] = "";
-    int ok = 0, fd;
-    if (strncmp(url, "unix:", 5) != 0 || strlen(url + 5) >= sizeof sa.sun_path)
-        return 0;
-    strcpy(sa.sun_path, url + 5);
-    if ((fd = socket(AF_UNIX, SOCK_STREAM, 0)) < 0)
-        return 0;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && write(fd, "PING\r\n", 6) == 6)
-        ok = read(fd, buf, sizeof buf - 1) >= 5 && strncmp(buf, "+PONG", 5) == 0;
-    close(fd);
-    return ok;
+    char buf[64];
+    redis_answer(url, 1, buf, sizeof buf);
+    return strstr(buf, "+PONG") != NULL;
 }
 
 static void write_file(const char *dir, const char *name, const char *text)
@@ -77,7 +102,10 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return 0;
 }
 
-static void rm_rf(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void rm_rf(const char *path)
+{
+    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 /* One value from a query on the embedded database. */
 static char *query1(const char *conninfo, const char *sql)
@@ -164,10 +192,16 @@ static void test_started(void **state)
     assert_string_equal(fx->e.run_dir, want);
     snprintf(want, sizeof want, "host=%s/run port=5432 dbname=evently user=evently", fx->home);
     assert_string_equal(fx->e.database_url, want);
-    snprintf(want, sizeof want, "unix:%s/run/redis.sock", fx->home);
-    assert_string_equal(fx->e.redis_url, want);
+    /* "unix:<64 hex of password>@<home>/run/redis.sock" */
+    snprintf(want, sizeof want, "@%s/run/redis.sock", fx->home);
+    assert_true(strncmp(fx->e.redis_url, "unix:", 5) == 0);
+    assert_int_equal(strspn(fx->e.redis_url + 5, "0123456789abcdef"), 64);
+    assert_string_equal(fx->e.redis_url + 5 + 64, want);
     assert_int_equal(PQping(fx->e.database_url), PQPING_OK);
     assert_true(redis_ping(fx->e.redis_url));
+    char answer[64]; /* and without the password it answers nothing else */
+    redis_answer(fx->e.redis_url, 0, answer, sizeof answer);
+    assert_true(strncmp(answer, "-NOAUTH", 7) == 0);
     struct stat st;
     snprintf(want, sizeof want, "%s/pg", fx->home);
     assert_int_equal(stat(want, &st), 0);
@@ -199,8 +233,8 @@ static void test_missing_dir_is_empty(void **state)
 {
     fixture_t *fx = *state;
     char err[512];
-    assert_int_equal(ev_migrate_up(fx->e.database_url, "/nonexistent/migrations", NULL, err,
-                                   sizeof err), 0);
+    assert_int_equal(
+        ev_migrate_up(fx->e.database_url, "/nonexistent/migrations", NULL, err, sizeof err), 0);
 }
 
 static void test_migrations_apply_once(void **state)
@@ -218,8 +252,7 @@ static void test_migrations_apply_once(void **state)
     write_file(fx->migrations, "12_short.sql", "SELECT broken");
     write_file(fx->migrations, "0003_backup.sql~", "SELECT broken");
 
-    char *out = captured(ev_migrate_up, fx->e.database_url, fx->migrations, &rc, err,
-                         sizeof err);
+    char *out = captured(ev_migrate_up, fx->e.database_url, fx->migrations, &rc, err, sizeof err);
     assert_int_equal(rc, 2);
     assert_string_equal(out, "applied 0001_init.sql\napplied 0002_events.sql\n");
     free(out);
@@ -229,8 +262,10 @@ static void test_migrations_apply_once(void **state)
     assert_string_equal(out, "");
     free(out);
     assert_query(fx->e.database_url, "SELECT count(*) FROM event", "1");
-    assert_query(fx->e.database_url, "SELECT string_agg(version || ':' || name, ',' ORDER BY "
-                 "version) FROM schema_migrations", "1:0001_init.sql,2:0002_events.sql");
+    assert_query(fx->e.database_url,
+                 "SELECT string_agg(version || ':' || name, ',' ORDER BY "
+                 "version) FROM schema_migrations",
+                 "1:0001_init.sql,2:0002_events.sql");
 }
 
 static void test_status_lists_pending(void **state)
@@ -239,8 +274,8 @@ static void test_status_lists_pending(void **state)
     char err[512];
     int rc;
     write_file(fx->migrations, "0010_later.sql", "SELECT 1;");
-    char *out = captured(ev_migrate_status, fx->e.database_url, fx->migrations, &rc, err,
-                         sizeof err);
+    char *out =
+        captured(ev_migrate_status, fx->e.database_url, fx->migrations, &rc, err, sizeof err);
     remove_file(fx->migrations, "0010_later.sql");
     assert_int_equal(rc, 0);
     char *l2 = strchr(out, '\n') + 1, *l3 = strchr(l2, '\n') + 1;
@@ -281,8 +316,8 @@ static void test_edited_migration_refused(void **state)
     /* refused before anything ran */
     assert_query(fx->e.database_url, "SELECT to_regclass('never') IS NULL", "t");
 
-    char *out = captured(ev_migrate_status, fx->e.database_url, fx->migrations, &rc, err,
-                         sizeof err);
+    char *out =
+        captured(ev_migrate_status, fx->e.database_url, fx->migrations, &rc, err, sizeof err);
     assert_int_equal(rc, 0);
     assert_memory_equal(out, "edited   0001_init.sql  20", 26);
     assert_non_null(strstr(out, "\napplied  0002_events.sql  20"));

@@ -59,6 +59,11 @@ static void takes_a_unix_socket(void **state)
     assert_int_equal(ev_redis_url_parse("unix:/var/run/redis.sock", &u, err, sizeof err), 0);
     assert_string_equal(u.path, "/var/run/redis.sock");
     assert_null(u.host);
+    assert_null(u.pass);
+    ev_redis_url_free(&u);
+    assert_int_equal(ev_redis_url_parse("unix:0a1b@c@/run/e/redis.sock", &u, err, sizeof err), 0);
+    assert_string_equal(u.pass, "0a1b@c");
+    assert_string_equal(u.path, "/run/e/redis.sock");
     ev_redis_url_free(&u);
 }
 
@@ -67,6 +72,8 @@ static void refuses_bad_urls_without_repeating_them(void **state)
     (void)state;
     const char *bad[] = {"http://x",
                          "unix:",
+                         "unix:hunter2@",
+                         "unix:relative/redis.sock",
                          "redis://:hunter2@",
                          "redis://:hunter2@h:0",
                          "redis://:hunter2@h:99999",
