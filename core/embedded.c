@@ -275,7 +275,11 @@ static void child_exec(const runas_t *ru, char *const argv[], const char *out, i
     if (chdir("/") != 0)
         say("evently: chdir / failed\n");
     close_range(3, ~0U, 0);
-    execv(argv[0], argv);
+    /* Not our environment: it holds EVENTLY_SECRET_KEY, Kafka and SMTP
+     * passwords, which a server (or any SQL superuser, through
+     * pg_read_file('/proc/self/environ')) must not see. */
+    static char *const clean_env[] = {"PATH=" STD_PATH, "LANG=C", NULL};
+    execve(argv[0], argv, clean_env);
     say("evently: cannot execute ");
     say(argv[0]);
     say("\n");

@@ -125,7 +125,8 @@ static int probe_redis(const char *url, char *detail, size_t cap)
     } else if (u.pass && (redis_ask(fd, (const char *[]){"AUTH", u.user ? u.user : u.pass, u.pass},
                                     u.user ? 3 : 2, buf, sizeof buf) != 0 ||
                           /* a Redis with no password takes the commands anyway */
-                          (strncmp(buf, "+OK", 3) != 0 && !strstr(buf, "without any password")))) {
+                          (strncmp(buf, "+OK", 3) != 0 && !strstr(buf, "without any password") &&
+                           !strstr(buf, "no password is set")))) {
         snprintf(detail, cap, "AUTH refused");
     } else {
         ok = redis_ask(fd, (const char *[]){"PING"}, 1, buf, sizeof buf) == 0 &&

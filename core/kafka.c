@@ -138,6 +138,14 @@ static int apply_props(rd_kafka_conf_t *conf, const ev_kafka_props_t *props, cha
     return 0;
 }
 
+int ev_kafka_check_props(const ev_kafka_props_t *props, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    int rc = apply_props(conf, props, err, errlen);
+    rd_kafka_conf_destroy(conf);
+    return rc;
+}
+
 static ev_kafka_t *alloc_handle(char *err, size_t errlen)
 {
     ev_kafka_t *k = calloc(1, sizeof *k);

@@ -41,6 +41,9 @@ typedef struct {
     int n;
 } ev_kafka_props_t;
 
+/* 0 when librdkafka takes every property, else -1 and which one in err. */
+int ev_kafka_check_props(const ev_kafka_props_t *props, char *err, size_t errlen);
+
 ev_kafka_t *ev_kafka_producer_new(struct event_base *base, const char *brokers,
                                   const ev_kafka_props_t *props, char *err, size_t errlen);
 /* Queues one message (copied); dr runs later on the loop, exactly once, also

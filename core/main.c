@@ -26,7 +26,9 @@
 #include "log.h"
 #include "master.h"
 #include "migrate.h"
+#include "kafka.h"
 #include "runtime.h"
+#include "secret.h"
 
 #ifndef EVENTLY_BUILD_TYPE
 #define EVENTLY_BUILD_TYPE "unknown"
@@ -235,6 +237,18 @@ static int cmd_serve(int argc, char **argv)
     int embedded_db = app.cfg.database_url == NULL;
     if (need_services(&app) != 0 || migrate_now(&app, 0) != 0)
         goto done;
+    /* what every worker would find wrong later, refused now: the secret
+     * (each worker loads it at its first signature) and Kafka properties
+     * librdkafka refuses (each client is made on first use) */
+    unsigned char key[EV_SECRET_KEY_BYTES];
+    if (ev_secret_load(app.cfg.secret_key, app.cfg.home, key, err, sizeof err) != 0 ||
+        ev_kafka_check_props(&(ev_kafka_props_t){(const char *const *)app.cfg.kafka_prop_names,
+                                                 (const char *const *)app.cfg.kafka_prop_values,
+                                                 app.cfg.nkafka_props},
+                             err, sizeof err) != 0) {
+        ev_error("configuration: %s", err);
+        goto done;
+    }
     if (embedded_db)
         seed_demo(&app);
     rc = ev_master_serve(&app.cfg);

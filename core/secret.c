@@ -24,7 +24,8 @@ static int create_secret(const char *path, char *err, size_t errlen)
     randombytes_buf(raw, sizeof raw);
     sodium_bin2hex(hex, sizeof hex, raw, sizeof raw);
     hex[FILE_HEX] = '\n';
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    unlink(tmp); /* a leftover of a crash; never follow a planted link */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return snprintf(err, errlen, "secret: cannot create %s: %s", tmp, strerror(errno)), -1;
     int ok = write(fd, hex, FILE_HEX + 1) == FILE_HEX + 1 && fsync(fd) == 0;
@@ -79,6 +80,8 @@ int ev_secret_load(const char *value, const char *home, unsigned char key[EV_SEC
     size_t n = 0;
     if (snprintf(path, sizeof path, "%s/secret", home) >= (int)sizeof path)
         return snprintf(err, errlen, "secret: EVENTLY_HOME path too long"), -1;
+    if (mkdir(home, 0755) != 0 && errno != EEXIST) /* external services: nothing made it yet */
+        return snprintf(err, errlen, "secret: cannot create %s: %s", home, strerror(errno)), -1;
     int rc = read_secret(path, text, sizeof text, &n, err, errlen);
     if (rc == 1 && (create_secret(path, err, errlen) != 0 ||
                     (rc = read_secret(path, text, sizeof text, &n, err, errlen)) != 0))

@@ -133,10 +133,10 @@ local paths = {
       required = { "status" }, properties = { status = { type = "string", enum = { "accepted" } } } }, "Accepted") }) } },
   ["/api/v1/auth/password-reset/confirm"] = { post = { tags = { "auth" }, summary = "Set a new password with a mailed code",
     description = "422 `validation` naming `token` when the code is unknown, used or expired. On success every "
-      .. "session of the account ends.",
+      .. "session of the account ends. Limited per client address (rule `reset-address`).",
     requestBody = req({ type = "object", required = { "token", "password" }, properties = {
       token = { type = "string", minLength = 16, maxLength = 200 }, password = { type = "string", minLength = 8, maxLength = 1024 } } }),
-    responses = with({ "400", "413", "422" }, { ["503"] = BUSY, ["204"] = { description = "Password set" } }) } },
+    responses = with({ "400", "413", "422", "429" }, { ["503"] = BUSY, ["204"] = { description = "Password set" } }) } },
   ["/api/v1/users/me"] = { get = { tags = { "users" }, summary = "The caller", security = BEARER,
     responses = with({ "401", "503" }, { ["200"] = body(ref("User")) }) } },
   ["/api/v1/users/me/password"] = { post = { tags = { "users" }, summary = "Change the caller's password",

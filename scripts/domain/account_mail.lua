@@ -23,4 +23,14 @@ function M.send_later(kind, payload, user)
   time.after(0, function() send(kind, payload, user) end)
 end
 
+--- Runs prepare() in the background, then mails what it returns (kind,
+-- payload, user), or logs its nil, err: work that must not show in the
+-- answer's time (a row written only for accounts that exist).
+function M.later(prepare)
+  time.after(0, function()
+    local kind, payload, user = prepare()
+    if kind then send(kind, payload, user) else log.warn("account mail not prepared: %s", tostring(payload)) end
+  end)
+end
+
 return M

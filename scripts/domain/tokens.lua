@@ -66,12 +66,27 @@ end
 -- at once on every worker, and its WebSockets close. Returns the number
 -- revoked | nil, err.
 function M.revoke_all(user_id, keep)
-  local rows, err = db.query([[UPDATE auth_tokens SET revoked_at = now()
+  local hashes, err = M.revoke_all_in(db, user_id, keep)
+  if not hashes then return nil, err end
+  M.forget(hashes)
+  return #hashes
+end
+
+--- revoke_all as part of the caller's transaction q: returns the revoked
+-- tokens' hashes, for M.forget(hashes) once it committed | nil, err.
+function M.revoke_all_in(q, user_id, keep)
+  local rows, err = q.query([[UPDATE auth_tokens SET revoked_at = now()
       WHERE user_id = $1 AND revoked_at IS NULL AND ($2::text IS NULL OR token_hash <> $2)
       RETURNING token_hash]], user_id, keep)
   if not rows then return nil, err end
-  for _, r in ipairs(rows) do cache.invalidate("token:" .. r.token_hash) end
-  return #rows
+  local hashes = {}
+  for i, r in ipairs(rows) do hashes[i] = r.token_hash end
+  return hashes
+end
+
+--- Drops revoked tokens from every worker's cache (their WebSockets close).
+function M.forget(hashes)
+  for _, h in ipairs(hashes) do cache.invalidate("token:" .. h) end
 end
 
 function M.revoke(token)

@@ -104,10 +104,11 @@ function M.set_password(user_id, password)
   return res.affected == 1
 end
 
---- Disables (true) or enables (false) an account. Returns the public user
--- with `disabled`, false when there is no such user, or nil, err.
-function M.set_disabled(user_id, disabled)
-  local row, err = db.one("UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END"
+--- Disables (true) or enables (false) an account (in transaction q, when
+-- given). Returns the public user with `disabled`, false when there is no
+-- such user, or nil, err.
+function M.set_disabled(user_id, disabled, q)
+  local row, err = (q or db).one("UPDATE users SET disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, now()) END"
     .. " WHERE id = $1 RETURNING " .. PUBLIC .. ", disabled_at IS NOT NULL AS disabled", user_id, disabled)
   if err then return nil, err end
   if not row then return false end

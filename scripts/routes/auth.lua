@@ -144,6 +144,9 @@ return function(app, base)
   end, "auth.verify_email_resend")
 
   app.post(base .. "/auth/password-reset/confirm", function(req)
+    -- guessing codes is hopeless (32 random bytes), but each live one costs a hash
+    local allowed, info = limit.check(rules.limits.reset_address, limit.address(req.peer))
+    if not allowed then return limit.response(info) end
     local v = validate.new(req.json)
     local token = v:string("token", { required = true, min = 16, max = 200 })
     local password = v:string("password",

@@ -1,5 +1,6 @@
 -- GET /users/me (API.md "Auth and users"); POST /users/me/password and
 -- PATCH /admin/users/{id} (issue 15, README "Accounts").
+local db = require "evently.db"
 local problem = require "evently.problem"
 local limit = require "evently.limit"
 local crypto = require "evently.crypto"
@@ -57,13 +58,16 @@ return function(app, base)
       return problem.response(422, "validation", "an administrator cannot disable their own account",
         { errors = { { field = "disabled", message = "cannot disable your own account" } } })
     end
-    local user, err = users.set_disabled(id, disabled)
-    if user == nil then return problem.unavailable("change the account", err) end
+    -- disabled and its tokens revoked together, or neither
+    local user, hashes = db.transaction(function(tx)
+      local u, err = users.set_disabled(id, disabled, tx)
+      if u == nil then error(err, 0) end
+      if not u or not disabled then return u, {} end
+      return u, assert(tokens.revoke_all_in(tx, id))
+    end)
+    if user == nil then return problem.unavailable("change the account", hashes) end
     if not user then return problem.response(404, "not-found", "no such user") end
-    if disabled then
-      local n, rerr = tokens.revoke_all(id)
-      if not n then return problem.unavailable("end the account's sessions", rerr) end
-    end
+    tokens.forget(hashes)
     return user
   end, "admin.users.update")
 end

@@ -150,6 +150,29 @@ describe("evently.cache #redis", function()
     assert.are.equal(6, loads) -- own, both forged, moved, and the replayed key twice
   end)
 
+  it("never writes to Redis what it read before another worker invalidated it (issue 15)", function()
+    local k = key("race")
+    local v = cache.fetch(k, 60, function()
+      -- meanwhile another worker revokes: its stamp is in Redis, its message still on the way
+      redis.call("SET", "evently:cache:inv:" .. k, tostring(math.floor(time.now() * 1000)), "PX", 60000)
+      return { role = "user" }
+    end)
+    assert.are.same({ role = "user" }, v) -- this request still gets what it read
+    assert.is_not_string(redis.call("GET", "evently:cache:" .. k), "a stale entry reached Redis")
+    -- a genuine entry put back after its key was invalidated is refused
+    local k2, loads = key("replay-after-invalidate"), 0
+    cache.fetch(k2, 60, function() loads = loads + 1; return { role = "user" } end)
+    local captured = redis.call("GET", "evently:cache:" .. k2)
+    assert.is_string(captured)
+    time.sleep(0.002)
+    cache.invalidate(k2)
+    redis.call("SET", "evently:cache:" .. k2, captured)
+    local rejected = cache.stats().rejected
+    cache.fetch(k2, 60, function() loads = loads + 1; return { role = "user" } end)
+    assert.are.equal(2, loads)
+    assert.are.equal(rejected + 1, cache.stats().rejected)
+  end)
+
   it("hears invalidations published by others", function()
     local k, loads = key("remote"), 0
     local function loader() loads = loads + 1; return { v = loads } end

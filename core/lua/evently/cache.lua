@@ -129,39 +129,81 @@ local function redis_or_nil()
 end
 
 -- An L2 entry is "<hmac><json>": the HMAC (crypto.sign, the instance
--- secret) covers the key and the JSON, which holds the value and its expiry
--- (wall-clock ms). Whoever can write Redis cannot forge an entry (a token
--- resolving to an admin), move one to another key, or replay an old one past
--- its expiry; such an entry is a miss, counted in stats.rejected.
+-- secret) covers the key and the JSON, which holds the value, when it was
+-- written and its expiry (wall-clock ms). Whoever can write Redis cannot
+-- forge an entry (a token resolving to an admin), move one to another key, or
+-- replay an old one past its expiry; such an entry is a miss, counted in
+-- stats.rejected.
+--
+-- Invalidating a key leaves a stamp (INV .. key, the time, for STAMP_MS)
+-- beside deleting it. A load that began less than SKEW_MS before the latest
+-- stamp may have read the value just invalidated, so its write to Redis is
+-- refused (a script checks the stamp and writes atomically): without it, a
+-- token revoked on one worker while another was loading it came back,
+-- validly signed, for every worker for 30 s. An entry written before the
+-- stamp is a miss too, so a captured entry replayed after an invalidation is
+-- refused as well.
 local MAC = 64
+local INV = "evently:cache:inv:"
+local STAMP_MS = 600000 -- outlives any entry written before it (ttl of what is cached: minutes)
+local SKEW_MS = 1000    -- instances' clocks differ by less
+
+local SET_UNLESS_STALE = [[
+local inv = redis.call('GET', KEYS[2])
+if inv and tonumber(inv) >= tonumber(ARGV[3]) - tonumber(ARGV[4]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1]]
+
+local INVALIDATE = [[
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('UNLINK', KEYS[1])
+return redis.call('PUBLISH', ARGV[3], ARGV[4])]]
+
+local registered = false
+local function scripts(redis)
+  if not registered then
+    redis.register_script("evently_cache_set", SET_UNLESS_STALE)
+    redis.register_script("evently_cache_invalidate", INVALIDATE)
+    registered = true
+  end
+  return redis
+end
+
+local function now_ms() return math.floor(time.now() * 1000) end
 
 local function l2_get(key)
   local redis = redis_or_nil()
   if not redis then return nil end
-  local raw = redis.call("GET", PREFIX .. key)
+  local got = redis.call("MGET", PREFIX .. key, INV .. key)
+  local raw = type(got) == "table" and got[1]
   if type(raw) ~= "string" then return nil end -- miss, null or Redis down
   local text = raw:sub(MAC + 1)
   local doc = crypto.verify(PREFIX .. key .. "\n" .. text, raw:sub(1, MAC)) and json.decode(text)
-  if type(doc) ~= "table" or type(doc.exp) ~= "number" or doc.exp < time.now() * 1000 then
+  local stamp = type(got[2]) == "string" and tonumber(got[2]) or nil
+  if type(doc) ~= "table" or type(doc.exp) ~= "number" or doc.exp < now_ms()
+    or type(doc.at) ~= "number" or (stamp and doc.at <= stamp) then
     stats.rejected = stats.rejected + 1
     return nil
   end
   return doc
 end
 
-local function l2_set(key, value, ttl)
+local function l2_set(key, value, ttl, started_ms)
   local redis = redis_or_nil()
   if not redis then return end
   local ms = math.max(1, math.floor(ttl * 1000))
-  local text = json.encode({ v = value, exp = math.floor(time.now() * 1000) + ms })
+  local at = now_ms()
+  local text = json.encode({ v = value, at = at, exp = at + ms })
   local mac = text and crypto.sign(PREFIX .. key .. "\n" .. text)
-  if mac then redis.call("SET", PREFIX .. key, mac .. text, "PX", ms) end
+  if mac then
+    scripts(redis).eval("evently_cache_set", { PREFIX .. key, INV .. key }, { mac .. text, ms, started_ms, SKEW_MS })
+  end
 end
 
 local inflight = {}
 
 local function load(key, ttl, loader, family)
-  local started = epoch
+  local started, started_ms = epoch, now_ms()
   local doc = not family and l2_get(key)
   if doc then
     stats.hits_l2 = stats.hits_l2 + 1
@@ -174,7 +216,7 @@ local function load(key, ttl, loader, family)
   if v == nil then return nil, err end
   if started == epoch then
     l1_set(key, v, ttl, family)
-    if v ~= false and not family then l2_set(key, v, ttl) end
+    if v ~= false and not family then l2_set(key, v, ttl, started_ms) end
   end
   return v
 end
@@ -217,20 +259,20 @@ function M.fetch(key, ttl, loader, opts)
   return v, err
 end
 
-local function l2_delete(key)
-  local redis = redis_or_nil()
-  if redis then redis.call("UNLINK", PREFIX .. key) end
-end
-
 function M.invalidate(key, prefix)
   if type(key) ~= "string" then error("cache.invalidate: key must be a string", 2) end
   subscribe()
   stats.invalidations = stats.invalidations + 1
   local msg = (prefix and "p:" or "k:") .. key
   apply(msg)
-  if not prefix then l2_delete(key) end -- a family lives in L1 only
   local redis = redis_or_nil()
-  local sent = redis and redis.publish(CHANNEL, msg)
+  local sent
+  if redis and prefix then -- a family lives in L1 only
+    sent = redis.publish(CHANNEL, msg)
+  elseif redis then -- stamp, delete and tell everyone, in one round trip
+    sent = scripts(redis).eval("evently_cache_invalidate", { PREFIX .. key, INV .. key },
+      { now_ms(), STAMP_MS, CHANNEL, msg }) ~= nil
+  end
   if not sent then -- Redis down: Postgres carries the word instead
     local ok, err = require("evently.db").query("SELECT pg_notify($1, $2)", CHANNEL, msg)
     if not ok then log.warn("cache.invalidate %s: no channel reached: %s", key, tostring(err)) end
