@@ -34,24 +34,24 @@ struct ev_pg_conn {
     ev_pg_pool_t *pool;
     PGconn *pg;
     conn_state_t state;
-    struct event *cev;       /* connect steps and write readiness (one-shot) */
-    struct event *rev;       /* persistent read interest once connected */
+    struct event *cev; /* connect steps and write readiness (one-shot) */
+    struct event *rev; /* persistent read interest once connected */
     int fd;
     struct timeval deadline; /* connect deadline */
     ev_pg_result_fn fn;
     void *arg;
     PGresult *last;
-    int preparing;           /* stage 1 of a first-time statement */
-    int stmt;                /* cache index being prepared / executed */
-    char *params;            /* copy of the values while preparing */
+    int preparing; /* stage 1 of a first-time statement */
+    int stmt;      /* cache index being prepared / executed */
+    char *params;  /* copy of the values while preparing */
     const char **values;
     int nparams;
     char *sqls[STMT_CACHE];
     uint32_t hashes[STMT_CACHE];
     int nstmts;
-    ev_pg_conn_t *next;      /* idle list */
+    ev_pg_conn_t *next;                /* idle list */
     ev_pg_conn_t *all_prev, *all_next; /* every connection of the pool */
-    ev_pg_watch_fn watch;    /* input between queries (notifications) */
+    ev_pg_watch_fn watch;              /* input between queries (notifications) */
     void *watch_arg;
 };
 
@@ -70,7 +70,7 @@ struct ev_pg_pool {
     ev_pg_opts_t opts;
     int total, connecting, nidle, nwait;
     ev_pg_conn_t *idle;
-    ev_pg_conn_t *all;       /* every connection, whatever its state: freed with the pool */
+    ev_pg_conn_t *all; /* every connection, whatever its state: freed with the pool */
     ev_pg_waiter_t *whead, *wtail;
     struct event *kick;
     struct timeval backoff_until;
@@ -163,7 +163,8 @@ ev_pg_waiter_t *ev_pg_wait(ev_pg_pool_t *p, ev_pg_acquire_fn fn, void *arg)
         p->whead = w;
     p->wtail = w;
     p->nwait++;
-    struct timeval tv = {p->opts.acquire_timeout_ms / 1000, (p->opts.acquire_timeout_ms % 1000) * 1000};
+    struct timeval tv = {p->opts.acquire_timeout_ms / 1000,
+                         (p->opts.acquire_timeout_ms % 1000) * 1000};
     event_base_update_cache_time(p->base);
     evtimer_add(w->timer, &tv);
     pool_kick(p);
@@ -271,7 +272,8 @@ static void conn_start(ev_pg_pool_t *p)
         return;
     }
     PQsetnonblocking(c->pg, 1);
-    struct timeval now, d = {p->opts.connect_timeout_ms / 1000, (p->opts.connect_timeout_ms % 1000) * 1000};
+    struct timeval now,
+        d = {p->opts.connect_timeout_ms / 1000, (p->opts.connect_timeout_ms % 1000) * 1000};
     gettimeofday(&now, NULL);
     timeradd(&now, &d, &c->deadline);
     connect_wait(c, EV_WRITE);
@@ -386,11 +388,16 @@ ev_pg_pool_t *ev_pg_pool_new(struct event_base *base, const char *conninfo,
     p->conninfo = strdup(conninfo);
     p->opts = (ev_pg_opts_t){10, 0, 5000, 30000, 5000};
     if (opts) {
-        if (opts->max > 0) p->opts.max = opts->max;
-        if (opts->min > 0) p->opts.min = opts->min < p->opts.max ? opts->min : p->opts.max;
-        if (opts->acquire_timeout_ms > 0) p->opts.acquire_timeout_ms = opts->acquire_timeout_ms;
-        if (opts->statement_timeout_ms > 0) p->opts.statement_timeout_ms = opts->statement_timeout_ms;
-        if (opts->connect_timeout_ms > 0) p->opts.connect_timeout_ms = opts->connect_timeout_ms;
+        if (opts->max > 0)
+            p->opts.max = opts->max;
+        if (opts->min > 0)
+            p->opts.min = opts->min < p->opts.max ? opts->min : p->opts.max;
+        if (opts->acquire_timeout_ms > 0)
+            p->opts.acquire_timeout_ms = opts->acquire_timeout_ms;
+        if (opts->statement_timeout_ms > 0)
+            p->opts.statement_timeout_ms = opts->statement_timeout_ms;
+        if (opts->connect_timeout_ms > 0)
+            p->opts.connect_timeout_ms = opts->connect_timeout_ms;
     }
     snprintf(p->options, sizeof p->options,
              "-c statement_timeout=%d -c TimeZone=UTC -c DateStyle=ISO,YMD -c client_encoding=UTF8",
@@ -450,7 +457,10 @@ void ev_pg_abandon(ev_pg_conn_t *c)
     conn_close(c);
 }
 
-PGconn *ev_pg_raw(ev_pg_conn_t *c) { return c->pg; }
+PGconn *ev_pg_raw(ev_pg_conn_t *c)
+{
+    return c->pg;
+}
 
 void ev_pg_watch(ev_pg_conn_t *c, ev_pg_watch_fn fn, void *arg)
 {
@@ -460,9 +470,17 @@ void ev_pg_watch(ev_pg_conn_t *c, ev_pg_watch_fn fn, void *arg)
 
 void ev_pg_stats(const ev_pg_pool_t *p, ev_pg_stats_t *o)
 {
-    *o = (ev_pg_stats_t){p->total, p->nidle, p->total - p->nidle - p->connecting, p->nwait,
-                         p->opts.max, p->acquired, p->timeouts, p->connect_failures, p->queries,
-                         p->errors, p->last_error};
+    *o = (ev_pg_stats_t){p->total,
+                         p->nidle,
+                         p->total - p->nidle - p->connecting,
+                         p->nwait,
+                         p->opts.max,
+                         p->acquired,
+                         p->timeouts,
+                         p->connect_failures,
+                         p->queries,
+                         p->errors,
+                         p->last_error};
 }
 
 /* ---- queries ---- */
@@ -578,7 +596,11 @@ int ev_pg_query(ev_pg_conn_t *c, const char *sql, int nparams, const char *const
     if (c->state != C_LEASED)
         return -1;
     uint32_t h = hash_sql(sql);
-    int idx = stmt_find(c, sql, h);
+    /* a statement whose best plan depends on its values (a substring
+     * search) says so and is never prepared: a prepared statement settles on
+     * a generic plan after five executions (see pg.h) */
+    int custom = strstr(sql, EV_PG_CUSTOM_PLAN) != NULL;
+    int idx = custom ? -1 : stmt_find(c, sql, h);
     c->fn = fn;
     c->arg = arg;
     c->nparams = nparams;
@@ -590,7 +612,7 @@ int ev_pg_query(ev_pg_conn_t *c, const char *sql, int nparams, const char *const
         c->values = (const char **)values;
         ok = send_execute(c) == 0;
         c->values = NULL; /* libpq copied them into its buffer */
-    } else if (c->nstmts < STMT_CACHE) {
+    } else if (c->nstmts < STMT_CACHE && !custom) {
         char name[16];
         snprintf(name, sizeof name, "s%d", c->nstmts);
         c->stmt = c->nstmts;

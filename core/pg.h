@@ -16,6 +16,13 @@
 #ifndef EV_PG_H
 #define EV_PG_H
 
+/* A statement that contains this comment is never prepared: it is planned
+ * with its parameters every time. Postgres gives a prepared statement a
+ * generic plan after five executions when that looks no dearer; for a search
+ * whose best plan depends on the pattern (ILIKE through trigram indexes) the
+ * generic plan walks the whole table. */
+#define EV_PG_CUSTOM_PLAN "/* custom plan */"
+
 #include <libpq-fe.h>
 
 struct event_base;
