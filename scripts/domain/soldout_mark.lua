@@ -52,15 +52,16 @@ function M.clock() return math.floor(time.now() * 1000) end
 --- Marks event_id sold out as seen by a batch that started at started_ms;
 -- max_per_booking is kept with it (a larger quantity is a 422, answered by
 -- the full path). Never raises; a failure only costs later round trips.
+-- What a mark's MAC covers.
 local function signed(event_id, max_per_booking, at_ms)
-  return crypto.sign(("soldout:%d:%d:%d"):format(event_id, max_per_booking, at_ms))
+  return ("soldout:%d:%d:%d"):format(event_id, max_per_booking, at_ms)
 end
 
 function M.mark(event_id, started_ms, max_per_booking)
   local redis = client()
   if not redis then return end
   local at = M.clock()
-  local mac = signed(event_id, max_per_booking, at)
+  local mac = crypto.sign(signed(event_id, max_per_booking, at))
   if not mac then return end
   local ok, err = redis.eval("evently_soldout_mark", { PREFIX .. event_id },
     { started_ms, ("%d:%d:%s"):format(max_per_booking, at, mac), TTL_MS })
@@ -78,7 +79,7 @@ function M.read(event_id)
   max, at = math.tointeger(tonumber(max)), math.tointeger(tonumber(at))
   -- another instance's clock may run a little ahead or behind: a second
   if not (max and at and math.abs(M.clock() - at) <= TTL_MS + 1000) then return nil end
-  return crypto.verify(("soldout:%d:%d:%d"):format(event_id, max, at), mac) and max or nil
+  return crypto.verify(signed(event_id, max, at), mac) and max or nil
 end
 
 --- Seats of event_id came back (called after the commit): no worker may

@@ -120,14 +120,14 @@ end
 -- An address confirmation code: "<user id>.<expiry, unix s>.<mac>", the MAC
 -- (crypto.sign) over those and the address, so it works for that address
 -- only, until it expires, and needs no table.
-local function verification_mac(user_id, email, expires)
-  return crypto.sign(("verify-email:%d:%s:%d"):format(user_id, email, expires))
+local function verification_message(user_id, email, expires)
+  return ("verify-email:%d:%s:%d"):format(user_id, email, expires)
 end
 
 --- A code confirming user's address for `seconds`. code | nil, err.
 function M.verification_code(user, seconds)
   local expires = math.floor(require("evently.time").now()) + seconds
-  local mac, err = verification_mac(user.id, user.email, expires)
+  local mac, err = crypto.sign(verification_message(user.id, user.email, expires))
   if not mac then return nil, err end
   return ("%d.%d.%s"):format(user.id, expires, mac)
 end
@@ -140,7 +140,7 @@ function M.verify_email(code)
   if not (id and expires) or expires < require("evently.time").now() then return false end
   local row, err = db.one("SELECT email FROM users WHERE id = $1", id)
   if err then return nil, err end
-  if not row or not crypto.verify(("verify-email:%d:%s:%d"):format(id, row.email, expires), mac) then
+  if not row or not crypto.verify(verification_message(id, row.email, expires), mac) then
     return false
   end
   local ok, uerr = db.query("UPDATE users SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1", id)

@@ -16,6 +16,25 @@ local account_mail = require "domain.account_mail"
 
 local not_now = auth.not_now
 
+-- The account mails asked for by address (a reset, a new confirmation
+-- code): limited per client address, then per account. email | nil, info.
+local function mail_request(req, account_rule)
+  local allowed, info = limit.check(rules.limits.reset_address, limit.address(req.peer))
+  if not allowed then return nil, info end
+  local v = validate.new(req.json)
+  local email = v:string("email", { required = true, max = 254 })
+  v:check()
+  allowed, info = limit.check(account_rule, email:lower())
+  if not allowed then return nil, info end
+  return email
+end
+
+-- A mailed code that does not work: 422 naming the field, as validation does.
+local function bad_code(why)
+  return problem.response(422, "validation", "the code is " .. why,
+    { errors = { { field = "token", message = "is " .. why } } })
+end
+
 local function mail_verification(user)
   local code, err = users.verification_code(user, rules.verify_email_hours * 3600)
   if not code then return nil, err end
@@ -100,13 +119,8 @@ return function(app, base)
   -- Always 202, whether or not the account exists (no way to learn who has
   -- one); the mail, when there is one, goes out after the answer.
   app.post(base .. "/auth/password-reset", function(req)
-    local allowed, info = limit.check(rules.limits.reset_address, limit.address(req.peer))
-    if not allowed then return limit.response(info) end
-    local v = validate.new(req.json)
-    local email = v:string("email", { required = true, max = 254 })
-    v:check()
-    allowed, info = limit.check(rules.limits.reset_account, email:lower())
-    if not allowed then return limit.response(info) end
+    local email, info = mail_request(req, rules.limits.reset_account)
+    if not email then return limit.response(info) end
     local ok, err = password_resets.request(email)
     if not ok then return problem.unavailable("ask for a password reset", err) end
     return 202, { status = "accepted" }
@@ -118,22 +132,14 @@ return function(app, base)
     v:check()
     local ok, err = users.verify_email(code)
     if ok == nil then return problem.unavailable("confirm the address", err) end
-    if not ok then
-      return problem.response(422, "validation", "the confirmation code is unknown or expired",
-        { errors = { { field = "token", message = "is unknown or expired" } } })
-    end
+    if not ok then return bad_code("unknown or expired") end
     return 204
   end, "auth.verify_email")
 
   -- A new code for an account that has not confirmed its address; always 202.
   app.post(base .. "/auth/verify-email/resend", function(req)
-    local allowed, info = limit.check(rules.limits.reset_address, limit.address(req.peer))
-    if not allowed then return limit.response(info) end
-    local v = validate.new(req.json)
-    local email = v:string("email", { required = true, max = 254 })
-    v:check()
-    allowed, info = limit.check(rules.limits.verify_account, email:lower())
-    if not allowed then return limit.response(info) end
+    local email, info = mail_request(req, rules.limits.verify_account)
+    if not email then return limit.response(info) end
     local user, err = users.find_unverified(email)
     if user == nil then return problem.unavailable("mail a confirmation code", err) end
     if user then
@@ -154,10 +160,7 @@ return function(app, base)
     v:check()
     local ok, err = password_resets.confirm(token, password)
     if ok == nil then return not_now(err, "reset the password") end
-    if not ok then
-      return problem.response(422, "validation", "the reset code is unknown, used or expired",
-        { errors = { { field = "token", message = "is unknown, used or expired" } } })
-    end
+    if not ok then return bad_code("unknown, used or expired") end
     return 204
   end, "auth.password_reset_confirm")
 end
