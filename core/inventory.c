@@ -850,7 +850,7 @@ void ev_inv_free(ev_inv_t *inv)
     free(inv);
 }
 
-int ev_inv_recently_open(ev_inv_t *inv, const char *pool, int64_t key)
+int ev_inv_selling(ev_inv_t *inv, const char *pool, int64_t key)
 {
     unsigned b = key_bucket(pool, key);
     for (keystate_t *k = inv->keys[b]; k; k = k->next)

@@ -125,7 +125,7 @@ int ev_inv_withdraw(ev_inv_claim_t *c);
 
 /* 1 while a batch of pool/key found units left less than gate_seconds ago:
  * a caller may skip asking a shared (Redis) gate then. */
-int ev_inv_recently_open(ev_inv_t *inv, const char *pool, int64_t key);
+int ev_inv_selling(ev_inv_t *inv, const char *pool, int64_t key);
 
 typedef struct {
     unsigned long long batches, claims, gated, busy;

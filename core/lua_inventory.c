@@ -14,7 +14,7 @@
  *       -> nil, err                                   {kind, message, sqlstate}
  *   core.closed(pool, key, quantity) -> bool   the sold-out gate (counts a refusal)
  *   core.close(pool, key, max, seconds) / core.reopen(pool, key) / core.changes(pool, key)
- *   core.recently_open(pool, key) -> bool
+ *   core.selling(pool, key) -> bool
  *   core.stats() -> {batches, claims, gated, busy, rows, refusals}
  * A take whose coroutine is aborted (client gone) is withdrawn: before its
  * batch starts it is never taken. */
@@ -271,11 +271,10 @@ static int inv_changes(lua_State *L)
     return 1;
 }
 
-static int inv_recently_open(lua_State *L)
+static int inv_selling(lua_State *L)
 {
     ev_inv_t *inv = ev_runtime_get(L)->inventory;
-    lua_pushboolean(
-        L, inv && ev_inv_recently_open(inv, luaL_checkstring(L, 1), luaL_checkinteger(L, 2)));
+    lua_pushboolean(L, inv && ev_inv_selling(inv, luaL_checkstring(L, 1), luaL_checkinteger(L, 2)));
     return 1;
 }
 
@@ -309,7 +308,7 @@ static const luaL_Reg funcs[] = {
     {"close", inv_close},
     {"reopen", inv_reopen},
     {"changes", inv_changes},
-    {"recently_open", inv_recently_open},
+    {"selling", inv_selling},
     {"stats", inv_stats},
     {"classify", inv_classify},
     {NULL, NULL},

@@ -2,7 +2,8 @@
  *
  * One per worker (and one for `evently lua`, `test`, `check`). It knows its
  * event loop and configuration through the registry, so every binding can
- * reach them from any coroutine: ev_runtime_get(L)->base, ->cfg. */
+ * reach them from any coroutine: ev_runtime_get(L)->base, ->cfg. Lua sees
+ * it as the module evently.runtime (its worker, configuration, metrics). */
 #ifndef EV_RUNTIME_H
 #define EV_RUNTIME_H
 

@@ -23,10 +23,10 @@ end
 M.changed = changed
 
 --- After a commit that may give seats back (a cancellation, an offer expired
--- or withdrawn, a capacity change): the shared sold-out mark is reopened
--- first, then every worker hears the change (domain/soldout_mark.lua).
+-- or withdrawn, a capacity change): the shared sold-out gate is opened
+-- first, then every worker hears the change (domain/shared_gate.lua).
 function M.reopened(id)
-  require("domain.soldout_mark").reopen(id)
+  require("domain.shared_gate").open(id)
   changed(id)
 end
 

@@ -20,20 +20,21 @@ local rules = require "rules.booking"
 local limit = require "domain.ticket_limit"
 local time = require "evently.time"
 local runtime = require "evently.runtime"
-local mark = require "domain.soldout_mark"
+local shared_gate = require "domain.shared_gate"
 local sync = require "evently.sync"
 
 local M = {}
 
 M.COLUMNS = "id, event_id, user_id, quantity, status, total_cents, currency, created_at, cancelled_at"
 
--- The sold-out gate: a batch that leaves an event with no seats closes this
--- worker's gate (C) for GATE seconds and marks the event in Redis
--- (domain/soldout_mark.lua) for every other worker and instance. Any change
+-- The sold-out gate (core/gate.h has the design): a batch that leaves an
+-- event with no seats closes this worker's gate (C) for GATE_SECONDS and the
+-- event's shared gate in Redis (domain/shared_gate.lua) for every other
+-- worker and instance. Any change
 -- to the event (a cancellation, a capacity raise, anywhere) reopens it at
 -- once through the cache's invalidation fan-out. The gate only ever refuses:
 -- Postgres alone decides every sale.
-local GATE = 1.0
+local GATE_SECONDS = 1.0
 
 M.pool = inventory.pool {
   name = "seats", table = "events", key = "id", available = "available", capacity = "capacity",
@@ -65,7 +66,7 @@ M.pool = inventory.pool {
   owner_held = [[SELECT b.user_id AS owner, sum(b.quantity)::int AS held FROM bookings b
     WHERE b.event_id = $1 AND b.status = 'confirmed' AND b.user_id = ANY($3::bigint[])
     GROUP BY b.user_id]],
-  on_empty = function(event_id, started_ms, max) mark.mark(event_id, started_ms, max) end,
+  on_empty = function(event_id, started_ms, max) shared_gate.close(event_id, started_ms, max) end,
 }
 local pool = M.pool
 local core = inventory.core
@@ -104,20 +105,20 @@ local function start_flushing()
   end)
 end
 
---- true while this worker knows the event has no seats left for quantity.
-function M.sold_out(event_id, quantity)
-  return pool:sold_out(event_id, quantity)
+--- true while this worker's own gate refuses quantity of the event (no I/O).
+function M.gate_closed_here(event_id, quantity)
+  return pool:gate_closed(event_id, quantity)
 end
 
 -- The sold-out gate before a take is queued (core/gate.h has the design):
--- this worker's own gate first; while it is open, the shared mark in Redis,
--- unless this worker's own batches found seats less than GATE seconds ago (a
--- selling event pays nothing for it). One read per event at a time:
+-- this worker's own gate first; while it is open, the shared gate in Redis,
+-- unless this worker's own batches found seats less than GATE_SECONDS ago
+-- (core.selling: a selling event pays nothing for it). One read per event at a time:
 -- concurrent takes wait for it.
 local reading = {}
-local function gated(event_id, quantity)
-  if pool:sold_out(event_id, quantity) then return true end
-  if core.recently_open("seats", event_id) then return false end
+local function gate_closed(event_id, quantity)
+  if pool:gate_closed(event_id, quantity) then return true end
+  if core.selling("seats", event_id) then return false end
   local r = reading[event_id]
   if r then
     r:wait(1)
@@ -131,12 +132,12 @@ local function gated(event_id, quantity)
       r:set()
     end })
     local seen = core.changes("seats", event_id)
-    local ok, max = pcall(mark.read, event_id)
+    local ok, max = pcall(shared_gate.read, event_id)
     if ok and max and core.changes("seats", event_id) == seen then -- no give-back heard meanwhile
-      core.close("seats", event_id, max, GATE)
+      core.close("seats", event_id, max, GATE_SECONDS)
     end
   end
-  if pool:sold_out(event_id, quantity) then
+  if pool:gate_closed(event_id, quantity) then
     shared_learned = shared_learned + 1
     return true
   end
@@ -144,8 +145,8 @@ local function gated(event_id, quantity)
 end
 
 --- true when the sold-out gate refuses quantity now: this worker's, else the
--- shared mark (one Redis read when this worker has not seen the event selling).
-M.gated = function(event_id, quantity) return gated(event_id, quantity) end
+-- shared one (one Redis read when this worker has not seen the event selling).
+M.gate_closed = gate_closed
 
 --- Takes quantity seats for user_id. Returns booking | nil, why, info where
 -- why is "sold-out" (info.available), "too-many" (info.max_per_booking),
@@ -159,7 +160,11 @@ M.gated = function(event_id, quantity) return gated(event_id, quantity) end
 function M.take(event_id, user_id, quantity, idempotency_key)
   if not flushing then start_flushing() end
   local refused
-  if idempotency_key then refused = pool:sold_out(event_id, quantity) else refused = gated(event_id, quantity) end
+  if idempotency_key then
+    refused = pool:gate_closed(event_id, quantity)
+  else
+    refused = gate_closed(event_id, quantity)
+  end
   if refused then
     return nil, "sold-out", { available = 0 }
   end

@@ -95,7 +95,7 @@ return function(app, base)
     -- flood of fresh keys costs one indexed read each, not two writes. A key
     -- seen before goes on to its replay: a 201 lost on the way stays a 201.
     local doc = req.json
-    if plain_take(doc) and seats.gated(doc.event_id, doc.quantity) then
+    if plain_take(doc) and seats.gate_closed(doc.event_id, doc.quantity) then
       local known, err = idempotency.known(user.id, key)
       if known == nil then return problem.unavailable("book", err) end
       if not known then return 409, SOLD_OUT, SOLD_OUT_HEADERS end
@@ -169,7 +169,7 @@ return function(app, base)
   app.post(base .. "/bookings", function(req)
     local user = auth.user(req)
     local key = req.headers["idempotency-key"]
-    if key == nil and plain_take(req.json) and seats.sold_out(req.json.event_id, req.json.quantity) then
+    if key == nil and plain_take(req.json) and seats.gate_closed_here(req.json.event_id, req.json.quantity) then
       return 409, SOLD_OUT, SOLD_OUT_HEADERS
     end
     if key == nil then return book(req, user) end

@@ -98,11 +98,11 @@ describe("evently.inventory #pg", function()
     assert(stock:take(5, 1, 2))
     local r, why = stock:take(5, 1, 1) -- this batch sees 0 left and closes the gate
     assert.is_nil(r); assert.are.equal("sold-out", why)
-    assert.is_true(stock:sold_out(5, 1))
-    assert.is_false(stock:sold_out(5, 6)) -- above the per-claim bound: the full path answers
+    assert.is_true(stock:gate_closed(5, 1))
+    assert.is_false(stock:gate_closed(5, 6)) -- above the per-claim bound: the full path answers
     assert.are.equal(1, stock:give_back(db, 5, 1))
     stock:reopen(5)
-    assert.is_false(stock:sold_out(5, 1))
+    assert.is_false(stock:gate_closed(5, 1))
     assert(stock:take(5, 2, 1))
   end)
 

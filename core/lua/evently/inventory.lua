@@ -32,7 +32,7 @@
 --   pool:resize(q, key, capacity) -> {capacity, available} | nil (below what is taken)
 --   pool:available(key, q?) -> {available, capacity} | nil
 --   pool:sweep(q, max?) -> holds expired now (their units given back), each once
---   pool:sold_out(key, quantity) -> true when the gate refuses (no round trip)
+--   pool:gate_closed(key, quantity) -> true when the gate refuses (no round trip)
 --   pool:reopen(key)   units came back: this worker's gate opens now
 --
 -- q is evently.db or a transaction (db.transaction's tx). Holds live in
@@ -66,7 +66,7 @@ local function refusal(why, info, max)
   return { max = max }
 end
 
-function Pool:sold_out(key, quantity)
+function Pool:gate_closed(key, quantity)
   return core.closed(self.name, key, quantity)
 end
 
@@ -74,7 +74,7 @@ function Pool:reopen(key) core.reopen(self.name, key) end
 
 -- The gate is not asked here: the engine refuses a gated claim when its batch
 -- starts, without a round trip (callers with a cheaper early answer ask
--- pool:sold_out first; see core/gate.h).
+-- pool:gate_closed first; see core/gate.h).
 function Pool:take(key, owner, quantity, opts)
   local limit = opts and opts.limit or 0
   if limit > 0 and not self.limited then error("inventory: pool " .. self.name .. " has no owner_held", 2) end
