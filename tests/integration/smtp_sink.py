@@ -184,6 +184,17 @@ def smtp_sink():
         sink.stop()
 
 
+@pytest.fixture(scope="module")
+def sink():
+    """A started SmtpSink shared by a module's tests (and the server they share), stopped
+    after them. A module imports it by name: `from smtp_sink import sink`."""
+    s = SmtpSink().start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
 if __name__ == "__main__":  # a sink to try things by hand: prints what arrives
     s = SmtpSink(int(os.environ.get("PORT", "0")) or None).start()
     print("listening on", s.url, flush=True)

@@ -9,19 +9,12 @@ import time
 import pytest
 
 from api_support import BASE, login, problem, register, sql, start_api, token_of
-from smtp_sink import SmtpSink
+from smtp_sink import sink  # noqa: F401  (the module fixture)
 from ws_client import CLOSE, Client
 
 
 @pytest.fixture(scope="module")
-def sink():
-    s = SmtpSink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def api(sink):
+def api(sink):  # noqa: F811
     srv = start_api("api-accounts", env={"EVENTLY_SMTP_URL": sink.url})
     yield srv
     srv.stop_and_check()

@@ -6,20 +6,13 @@ import time
 import pytest
 
 from api_support import BASE, new_event, sql, start_api
-from smtp_sink import SmtpSink
+from smtp_sink import sink  # noqa: F401  (the module fixture)
 
 OUTAGE_S = 60
 
 
 @pytest.fixture(scope="module")
-def sink():
-    s = SmtpSink().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def api(sink):
+def api(sink):  # noqa: F811
     srv = start_api("mail-outage", users=1, prefix="outage", env={"EVENTLY_SMTP_URL": sink.url})
     yield srv
     srv.stop_and_check()

@@ -12,7 +12,7 @@ import pytest
 from api_support import BASE, SCRIPTS, new_event, register, start_api, token_of
 from conftest import Server, clean_env, run_cli
 from kafka_broker import kafka  # noqa: F401  (the session fixture)
-from smtp_sink import SmtpSink
+from smtp_sink import sink  # noqa: F401  (the module fixture)
 from ws_client import Client
 
 
@@ -41,13 +41,6 @@ def message_of_type(client, kind, booking_id=None, deadline_s=30):
         if m["type"] == kind and (booking_id is None or m["payload"].get("booking_id") == booking_id):
             return m
     raise AssertionError("no %s message%s" % (kind, "" if booking_id is None else " for booking %d" % booking_id))
-
-
-@pytest.fixture(scope="module")
-def sink():
-    s = SmtpSink().start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
