@@ -345,6 +345,18 @@ static int backing_off(const ev_pg_pool_t *p)
     return timercmp(&now, &p->backoff_until, <);
 }
 
+/* Runs the kick again when the backoff ends: otherwise waiters that only a
+ * new connection could serve would wait for a release or their timeout. */
+static void kick_after_backoff(ev_pg_pool_t *p)
+{
+    struct timeval now, left;
+    gettimeofday(&now, NULL);
+    timersub(&p->backoff_until, &now, &left);
+    if (left.tv_sec < 0)
+        left.tv_sec = left.tv_usec = 0;
+    event_add(p->kick, &left);
+}
+
 static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
     ev_pg_pool_t *p = arg;
@@ -369,6 +381,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     }
     if (p->whead && p->total == 0 && backing_off(p))
         fail_waiters(p); /* down, and nobody holds a live connection */
+    else if (p->nwait > p->connecting && p->total < p->opts.max && backing_off(p))
+        kick_after_backoff(p); /* waiters a new connection could serve */
 }
 
 static void pool_kick(ev_pg_pool_t *p)
@@ -490,6 +504,10 @@ static void query_done(ev_pg_conn_t *c, PGresult *res, const char *err)
     ev_pg_result_fn fn = c->fn;
     void *arg = c->arg;
     c->fn = NULL;
+    /* a result read before the connection broke (the server's error, then
+     * the close) is nobody's answer now */
+    if (c->last && c->last != res)
+        PQclear(c->last);
     c->last = NULL;
     free(c->params);
     c->params = NULL;

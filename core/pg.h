@@ -7,7 +7,10 @@
  *                             error ("timeout", "unavailable: ..."); never
  *                             synchronously; ev_pg_wait_cancel() withdraws
  *   ev_pg_query()             sends a parameterised query; the callback gets
- *                             the result (or an error) from the loop
+ *                             the result from the loop: a statement the
+ *                             server refused is a result whose status is
+ *                             PGRES_FATAL_ERROR (err NULL); err is set only
+ *                             when the connection failed ("closed: ...")
  *   ev_pg_release()           back to the pool; a connection that is broken,
  *                             busy or inside a transaction is closed instead
  *   ev_pg_abandon()           a query whose caller went away: close it
