@@ -96,7 +96,7 @@ w AS (
     AND EXISTS (SELECT 1 FROM ev)
     AND ($4::int IS NULL OR quantity + (SELECT coalesce(sum(quantity), 0) FROM bookings
                                         WHERE event_id = $3 AND user_id = $2 AND status = 'confirmed') <= $4)
-  RETURNING id, event_id, quantity),
+  RETURNING id, event_id, quantity, hold_id),
 b AS (
   INSERT INTO bookings (event_id, user_id, quantity, status, total_cents, currency, waitlist_entry_id)
   SELECT w.event_id, $2, w.quantity, 'confirmed', e.price_cents * w.quantity, e.currency, w.id
@@ -108,7 +108,7 @@ o AS (
          jsonb_build_object('booking_id', b.id, 'event_id', b.event_id, 'user_id', b.user_id,
                             'quantity', b.quantity, 'waitlist_entry_id', $1::bigint)
   FROM b)
-SELECT b.* FROM b]]
+SELECT b.*, w.hold_id AS offer_hold_id FROM b, w]]
 
 --- Turns a waitlist offer into a booking: the seats are already held, so
 -- nothing is taken from the event, but the tickets count toward the user's
@@ -137,9 +137,12 @@ function M.convert(entry_id, user_id, event_id, quantity, q, after_take)
   end
   -- the entry was offered and unexpired under its row lock, and the sweeper
   -- settles hold and entry in one transaction: the hold is still held (if
-  -- not, raising rolls the conversion back)
+  -- not, raising rolls the conversion back). Its id comes from the UPDATE,
+  -- not from the read above: an offer may have committed in between.
+  local hold_id = row.offer_hold_id
+  row.offer_hold_id = nil
   local hold
-  hold, err = require("domain.seats").pool:confirm(q, entry.hold_id, user_id)
+  hold, err = require("domain.seats").pool:confirm(q, hold_id, user_id)
   if not hold then error(err or "waitlist entry " .. entry_id .. ": its hold is not held", 0) end
   if after_take then after_take(row) end
   return row

@@ -60,7 +60,7 @@ return function(app, base)
       if why == "no-offer" then
         return problem.response(409, "no-offer", "there is no open offer for this waitlist entry")
       end
-      return problem.unavailable("book")
+      return problem.unavailable("book", why)
     end
     local booking, why, ev = bookings.create(event_id, user.id, quantity, tx, after_take, idempotency_key)
     if booking then
@@ -86,7 +86,7 @@ return function(app, base)
         message = "must be <= " .. ev.max_per_booking } } } or nil
       return problem.response(r[1], r[2], r[3], extra)
     end
-    return problem.unavailable("book")
+    return problem.unavailable("book", why)
   end
 
   local function book_once(req, user, key)
