@@ -625,12 +625,14 @@ int ev_pg_query(ev_pg_conn_t *c, const char *sql, int nparams, const char *const
     c->preparing = 0;
     c->pool->queries++;
     int ok;
+    char *copy = NULL; /* the statement's text, kept when it prepares */
     if (idx >= 0) {
         c->stmt = idx;
         c->values = (const char **)values;
         ok = send_execute(c) == 0;
         c->values = NULL; /* libpq copied them into its buffer */
-    } else if (c->nstmts < STMT_CACHE && !custom) {
+    } else if (c->nstmts < STMT_CACHE && !custom && (copy = strdup(sql)) != NULL) {
+        /* (out of memory for the copy: sent unprepared below) */
         char name[16];
         snprintf(name, sizeof name, "s%d", c->nstmts);
         c->stmt = c->nstmts;
@@ -638,8 +640,10 @@ int ev_pg_query(ev_pg_conn_t *c, const char *sql, int nparams, const char *const
         ok = copy_params(c, nparams, values) == 0 &&
              PQsendPrepare(c->pg, name, sql, nparams, NULL) && send_flush(c) == 0;
         if (ok) {
-            c->sqls[c->nstmts] = strdup(sql);
+            c->sqls[c->nstmts] = copy;
             c->hashes[c->nstmts] = h;
+        } else {
+            free(copy);
         }
     } else {
         ok = PQsendQueryParams(c->pg, sql, nparams, NULL, values, NULL, NULL, 0) &&
@@ -651,6 +655,8 @@ int ev_pg_query(ev_pg_conn_t *c, const char *sql, int nparams, const char *const
         c->params = NULL;
         set_error(c->pool, PQerrorMessage(c->pg));
         c->state = C_DEAD; /* a connection that cannot send is done for */
+        if (c->rev)        /* libpq may have closed its socket: see conn_broken */
+            event_del(c->rev);
         return -1;
     }
     c->state = C_QUERY;
