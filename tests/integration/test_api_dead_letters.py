@@ -64,3 +64,22 @@ def test_dead_letters_are_for_admins(api):
     problem(api.post(BASE + "/admin/dead-letters/retry", body={"group": "waitlist"}, headers=api.users[0]),
             403, "forbidden")
     problem(api.get(BASE + "/admin/dead-letters"), 401, "unauthorized")
+
+
+def test_metrics_count_dead_letters_per_group_and_topic(api):
+    """/metrics has evently_dead_letters{group,topic} (the alert rules of
+    examples/deploy/monitoring watch it): one more parked message is one more,
+    and a group with none still shows 0, so an alert can tell "none" from
+    "no figure"."""
+    import re
+
+    def count(text, group, topic):
+        m = re.search(r'^evently_dead_letters\{group="%s",topic="%s"\} (\d+)$' % (group, topic), text, re.M)
+        return int(m.group(1)) if m else None
+
+    before = count(api.metrics(), "waitlist", "booking-cancelled")
+    assert before is not None, "no evently_dead_letters series for a consumer with none"
+    ev = new_event(api, capacity=5)["id"]
+    dead_letter(api, ev)
+    assert count(api.metrics(), "waitlist", "booking-cancelled") == before + 1
+    assert count(api.metrics(), "notify-email", "booking-confirmed") is not None

@@ -661,18 +661,57 @@ function M.lag(group, topic)
   return db.value(M.LAG_SQL, pos and pos.last_txid or 0, pos and pos.last_id or 0, topic, M.LAG_SCAN)
 end
 
---- Consumer lag lines for /metrics. Kafka mode: evently.kafka reports each
--- worker's share through runtime.gauge (rendered with the process figures);
--- here only the in-process lag, read from the database.
-function M.metrics_text()
-  if #consumers == 0 or kafka.enabled() then return "" end
-  local out = { "# HELP evently_consumer_lag Messages a consumer group has not handled yet.",
-    "# TYPE evently_consumer_lag gauge" }
+-- Dead letters per group and topic; like the lag, at most LAG_SCAN rows are
+-- read, so a scrape costs the same however many there are.
+local DEAD_SQL = [[SELECT consumer_group, topic, count(*) AS n FROM (
+    SELECT consumer_group, topic FROM dead_letters LIMIT $1) d GROUP BY consumer_group, topic]]
+-- The oldest row the relay has not published (the partial index on
+-- unpublished ids: one index entry read).
+local OLDEST_SQL = [[SELECT extract(epoch FROM now() - created_at)::float8 AS age FROM outbox
+  WHERE published_at IS NULL ORDER BY id LIMIT 1]]
+
+local function label(v) return (tostring(v):gsub('[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" })) end
+
+local function inprocess_lines(out)
+  out[#out + 1] = "# HELP evently_consumer_lag Messages a consumer group has not handled yet."
+  out[#out + 1] = "# TYPE evently_consumer_lag gauge"
   for _, c in ipairs(consumers) do
     local ok, n = pcall(M.lag, c.group, c.topic)
     if ok and n then
       out[#out + 1] = string.format('evently_consumer_lag{group="%s",topic="%s"} %d', c.group, c.topic, n)
     end
+  end
+  out[#out + 1] = "# HELP evently_dead_letters Messages a consumer group gave up on, kept for a retry."
+  out[#out + 1] = "# TYPE evently_dead_letters gauge"
+  local seen = {}
+  for _, c in ipairs(consumers) do seen[c.group .. "\0" .. c.topic] = { c.group, c.topic, 0 } end
+  local ok, rows = pcall(db.query, DEAD_SQL, M.LAG_SCAN)
+  if not (ok and rows) then return end
+  for _, r in ipairs(rows) do seen[r.consumer_group .. "\0" .. r.topic] = { r.consumer_group, r.topic, r.n } end
+  local keys = {}
+  for k in pairs(seen) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local g = seen[k]
+    out[#out + 1] = string.format('evently_dead_letters{group="%s",topic="%s"} %d', label(g[1]), label(g[2]), g[3])
+  end
+end
+
+--- Stream lines for /metrics. In-process mode: each consumer's lag and dead
+-- letters, read from the database. Kafka mode: evently.kafka reports each
+-- worker's lag share through runtime.gauge (rendered with the process
+-- figures); here the age of the oldest row the relay has not published.
+function M.metrics_text()
+  if #consumers == 0 and not kafka.enabled() then return "" end
+  local out = {}
+  if kafka.enabled() then
+    local ok, row, err = pcall(db.one, OLDEST_SQL)
+    if not ok or err then return "" end -- no figure rather than a false one
+    out[1] = "# HELP evently_outbox_oldest_unpublished_seconds Age of the oldest outbox row not yet in Kafka (0: none)."
+    out[2] = "# TYPE evently_outbox_oldest_unpublished_seconds gauge"
+    out[3] = string.format("evently_outbox_oldest_unpublished_seconds %.3f", row and row.age or 0)
+  else
+    inprocess_lines(out)
   end
   return table.concat(out, "\n") .. "\n"
 end
