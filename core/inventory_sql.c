@@ -106,7 +106,15 @@ static char *fmt(const char *f, ...)
 
 /* The take. The walk: claims in arrival order against what is left; a claim
  * that does not fit is skipped and later smaller ones may still fit. With a
- * limit the owner's held total (read after the row lock) also bounds it. */
+ * limit the owner's held total (read after the row lock) also bounds it.
+ * The new value is the locked row's (pool) less what was granted, never
+ * t's: pool's FOR UPDATE returns the newest version after any wait, but the
+ * UPDATE's scan reads the statement's older snapshot, and Postgres checks
+ * the table's constraints on that first candidate row before it notices the
+ * concurrent update and recomputes it. Units given back while the take
+ * waited made that candidate negative, and the batch failed its CHECK.
+ * Nothing may be tested on t in WHERE either: a stale row failing it would
+ * be skipped without a recheck, and the grants recorded without the take. */
 static const char BATCH[] =
     "WITH RECURSIVE\n"
     "req AS (SELECT * FROM unnest($2::int[], $3::bigint[], $4::int[], $5::text[]) AS t(seq, "
@@ -130,8 +138,8 @@ static const char BATCH[] =
     "  SELECT q.seq, q.owner, q.quantity, q.tag, {ids} AS id{columns}\n"
     "  FROM walk w JOIN req q USING (seq) CROSS JOIN pool WHERE w.took > 0),\n"
     "taken AS (\n"
-    "  UPDATE {table} t SET {available} = t.{available} - s.total{touch} FROM (SELECT "
-    "sum(quantity) AS total FROM granted) s\n"
+    "  UPDATE {table} t SET {available} = pool.available - s.total{touch}\n"
+    "  FROM pool, (SELECT sum(quantity) AS total FROM granted) s\n"
     "  WHERE t.{key} = $1 AND s.total > 0 RETURNING t.{available}),\n"
     "{recorded_ctes}"
     "last AS (SELECT min(left_after) AS left_after FROM walk)\n"

@@ -317,4 +317,32 @@ describe("evently.inventory #pg", function()
     assert.are.equal(weird, db.value("SELECT tag FROM spec_tags WHERE order_id = $1", r.id))
     db.query("DROP TABLE spec_tags")
   end)
+
+  -- Found by the soak: a sold-out row whose units come back while a take
+  -- waits for its lock. The statement's snapshot still has 0; the UPDATE's
+  -- first candidate row was computed from that stale version and failed the
+  -- CHECK (free >= 0) before Postgres rechecked it against the locked one.
+  -- The new value now comes from the locked row the walk itself read.
+  it("takes units given back while the take waited for the row lock (no CHECK failure)", function()
+    new_sku(17, 2)
+    assert(stock:take(17, 1, 2)) -- sold out: free = 0
+    stock:reopen(17)
+    local taking, result = false, nil
+    local ok, err = db.transaction(function(tx)
+      assert(tx.query("UPDATE spec_stock SET free = free + 1 WHERE sku = 17")) -- not committed yet
+      time.after(0, function()
+        taking = true
+        result = table.pack(stock:take(17, 2, 1)) -- its snapshot: free = 0; it waits for our lock
+      end)
+      assert(wait_until(2, function() return taking end), "the take never started")
+      time.sleep(0.2) -- the take's statement is waiting on the row lock now
+      return true
+    end)
+    assert(ok, err)
+    assert(wait_until(5, function() return result end), "the take never answered")
+    local order, why = result[1], result[2]
+    assert.is_table(order, "the take failed: " .. tostring(why))
+    assert.are.equal(2, order.buyer)
+    assert.are.equal(0, stock:available(17).available)
+  end)
 end)

@@ -17,7 +17,8 @@ granted AS MATERIALIZED (
   SELECT q.seq, q.owner, q.quantity, q.tag, nextval('bookings_id_seq') AS id, price_cents
   FROM walk w JOIN req q USING (seq) CROSS JOIN pool WHERE w.took > 0),
 taken AS (
-  UPDATE public.events t SET available = t.available - s.total, updated_at = now() FROM (SELECT sum(quantity) AS total FROM granted) s
+  UPDATE public.events t SET available = pool.available - s.total, updated_at = now()
+  FROM pool, (SELECT sum(quantity) AS total FROM granted) s
   WHERE t.id = $1 AND s.total > 0 RETURNING t.available),
 recorded AS (INSERT INTO bookings (id, event_id, user_id, quantity, price_cents) SELECT g.id, $1, g.owner, g.quantity, g.price_cents FROM granted g RETURNING id),
 after_1 AS (INSERT INTO outbox (topic, payload) SELECT 'booking', r.id::text FROM recorded r),

@@ -16,7 +16,8 @@ granted AS MATERIALIZED (
   SELECT q.seq, q.owner, q.quantity, q.tag, q.seq::bigint AS id
   FROM walk w JOIN req q USING (seq) CROSS JOIN pool WHERE w.took > 0),
 taken AS (
-  UPDATE items t SET left = t.left - s.total FROM (SELECT sum(quantity) AS total FROM granted) s
+  UPDATE items t SET left = pool.available - s.total
+  FROM pool, (SELECT sum(quantity) AS total FROM granted) s
   WHERE t.id = $1 AND s.total > 0 RETURNING t.left),
 recorded AS (SELECT granted.id FROM granted),
 last AS (SELECT min(left_after) AS left_after FROM walk)
