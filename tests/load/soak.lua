@@ -8,7 +8,8 @@
 -- Users (TOKENS) in turn;
 -- events EVENTS (a file of ids); cancellations as the admin (ADMIN, a token):
 -- wrk's response() cannot tell which request it answers, so a booking is
--- recognised by its body. Prints p50/p99.
+-- recognised by its body. Prints p50/p99 and how many requests failed: a 5xx
+-- answer, or a socket error or timeout (none is expected at this load).
 local tokens, events = {}, {}
 for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
 for line in io.lines(os.getenv("EVENTS")) do events[#events + 1] = line end
@@ -51,7 +52,14 @@ request = function()
   return wrk.format("GET", "/api/v1/bookings?size=10", auth(who))
 end
 
+local failed = 0 -- this thread's 5xx answers (read by done() through the thread)
+
 response = function(status, _, body)
+  if status >= 500 then
+    failed = failed + 1
+    wrk.thread:set("failed", failed)
+    wrk.thread:set("last_failed", status .. " " .. body:sub(1, 300))
+  end
   if status == 201 and body:find('"total_cents"', 1, true) then -- a booking, not a waitlist entry
     local id = body:match('"id":%s*(%d+)')
     if id and #booked < 5000 then booked[#booked + 1] = id end
@@ -62,6 +70,18 @@ response = function(status, _, body)
   end
 end
 
-done = function(_, latency)
+local threads = {}
+setup = function(thread) threads[#threads + 1] = thread end
+
+done = function(summary, latency)
   io.write(string.format("p50_ms %.2f\np99_ms %.2f\n", latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+  local e = summary.errors
+  local socket = e.connect + e.read + e.write + e.timeout
+  local answers = 0
+  for _, t in ipairs(threads) do
+    answers = answers + (tonumber(t:get("failed")) or 0)
+    if t:get("last_failed") then io.write("last_failed ", t:get("last_failed"), "\n") end
+  end
+  io.write(string.format("failed %d (5xx %d, connect %d, read %d, write %d, timeout %d)\n", answers + socket,
+    answers, e.connect, e.read, e.write, e.timeout))
 end
